@@ -1,0 +1,91 @@
+// Package crmapi speaks the CRM's JSON API (docs/crm-api.md): the wire types
+// shared by the integrator's HTTP client and by fakecrm, and the client
+// itself.
+package crmapi
+
+import "crmsync/shared/contact"
+
+// Paths of version 1 of the API, relative to the base URL.
+const (
+	PathContacts = "/v1/contacts"
+	PathBatch    = "/v1/contacts/batch"
+)
+
+// Header names of the contract.
+const (
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderReplayed       = "Idempotent-Replayed"
+	HeaderRetryAfter     = "Retry-After"
+)
+
+// MaxBatch is the most contacts one batch request may carry.
+const MaxBatch = 100
+
+// BatchRequest is the body of POST /v1/contacts/batch.
+type BatchRequest struct {
+	Contacts []contact.Contact `json:"contacts"`
+}
+
+// BatchResponse is the 200 answer of POST /v1/contacts/batch: one result per
+// input contact, in input order.
+type BatchResponse struct {
+	Results []BatchResult `json:"results"`
+}
+
+// Result statuses.
+const (
+	StatusCreated  = "created"
+	StatusRejected = "rejected"
+)
+
+// BatchResult is the outcome of one contact of a batch.
+type BatchResult struct {
+	ExternalID string       `json:"external_id"`
+	Status     string       `json:"status"`
+	ID         string       `json:"id,omitempty"`
+	Error      *ErrorDetail `json:"error,omitempty"`
+}
+
+// CreateResponse is the 201 answer of POST /v1/contacts.
+type CreateResponse struct {
+	ID         string `json:"id"`
+	ExternalID string `json:"external_id"`
+}
+
+// StoredContact is a contact as GET /v1/contacts returns it.
+type StoredContact struct {
+	ID string `json:"id"`
+	contact.Contact
+	CreatedAt string `json:"created_at"`
+}
+
+// ListResponse is the answer of GET /v1/contacts?external_id=X.
+type ListResponse struct {
+	Contacts []StoredContact `json:"contacts"`
+}
+
+// ErrorDetail is a machine code and a human message.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// ErrorResponse is the body of every 4xx and 5xx answer.
+type ErrorResponse struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// Error codes of whole requests.
+const (
+	CodeMalformed            = "malformed_request"
+	CodeUnauthorized         = "unauthorized"
+	CodeBatchTooLarge        = "batch_too_large"
+	CodeIdempotencyKeyReused = "idempotency_key_reused"
+	CodeRequestInProgress    = "request_in_progress"
+	CodeRateLimited          = "rate_limited"
+	CodeUnavailable          = "unavailable"
+	CodeInternal             = "internal_error"
+	CodeInvalidIdempotency   = "invalid_idempotency_key"
+	CodeNotFound             = "not_found"
+	CodeMethodNotAllowed     = "method_not_allowed"
+)

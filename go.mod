@@ -1,0 +1,5 @@
+module crmsync
+
+go 1.26
+
+require github.com/lib/pq v1.12.3 // indirect

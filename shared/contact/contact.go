@@ -1,0 +1,119 @@
+// Package contact defines the customer record the CRM stores and the
+// validation rules the CRM applies to it. The reader, the integrator and
+// fakecrm all validate through this package, so a row the reader accepts is
+// a row the CRM accepts, and the rejects file uses the CRM's own codes.
+//
+// Everything here is pure and safe for concurrent use.
+package contact
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"unicode/utf8"
+)
+
+// Contact is one customer as the CRM's JSON API carries it.
+type Contact struct {
+	ExternalID string            `json:"external_id"`
+	Email      string            `json:"email"`
+	FirstName  string            `json:"first_name,omitempty"`
+	LastName   string            `json:"last_name,omitempty"`
+	Phone      string            `json:"phone,omitempty"`
+	Attributes map[string]string `json:"attributes,omitempty"`
+}
+
+// MaxExternalIDLen is the longest external_id the CRM accepts, in characters.
+const MaxExternalIDLen = 128
+
+// Rejection codes, as the CRM reports them per contact.
+const (
+	CodeMissingExternalID = "missing_external_id"
+	CodeExternalIDTooLong = "external_id_too_long"
+	CodeMissingEmail      = "missing_email"
+	CodeInvalidEmail      = "invalid_email"
+	CodeInvalidUTF8       = "invalid_utf8"
+)
+
+// Problem is why a contact is invalid: a stable code and a human message.
+type Problem struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (p *Problem) Error() string { return p.Code + ": " + p.Message }
+
+// Validate applies the CRM's rules (docs/crm-api.md) and returns the first
+// problem found, or nil when the CRM would accept the contact.
+func (c *Contact) Validate() *Problem {
+	switch n := utf8.RuneCountInString(c.ExternalID); {
+	case n == 0:
+		return &Problem{CodeMissingExternalID, "external_id is required"}
+	case n > MaxExternalIDLen:
+		return &Problem{CodeExternalIDTooLong, fmt.Sprintf("external_id has %d characters, at most %d allowed", n, MaxExternalIDLen)}
+	}
+	if c.Email == "" {
+		return &Problem{CodeMissingEmail, "email is required"}
+	}
+	if !ValidEmail(c.Email) {
+		return &Problem{CodeInvalidEmail, fmt.Sprintf("email %q is not a valid address", c.Email)}
+	}
+	if !c.validUTF8() {
+		return &Problem{CodeInvalidUTF8, "a field is not valid UTF-8"}
+	}
+	return nil
+}
+
+func (c *Contact) validUTF8() bool {
+	for _, s := range []string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
+		if !utf8.ValidString(s) {
+			return false
+		}
+	}
+	for k, v := range c.Attributes {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidEmail reports whether s is an address the CRM accepts: exactly one
+// '@', a non-empty local part, a domain containing a dot, and no white space.
+func ValidEmail(s string) bool {
+	at := strings.IndexByte(s, '@')
+	if at <= 0 || strings.IndexByte(s[at+1:], '@') >= 0 {
+		return false
+	}
+	domain := s[at+1:]
+	if !strings.Contains(domain, ".") {
+		return false
+	}
+	for _, r := range s {
+		if r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f' || r == 0x85 || r == 0xA0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Fingerprint is a stable digest of the contact's content. Two contacts with
+// the same fingerprint would be stored identically by the CRM.
+func (c *Contact) Fingerprint() string {
+	h := sha256.New()
+	for _, s := range []string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
+		fmt.Fprintf(h, "%d:%s", len(s), s)
+	}
+	keys := make([]string, 0, len(c.Attributes))
+	for k := range c.Attributes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := c.Attributes[k]
+		fmt.Fprintf(h, "%d:%s%d:%s", len(k), k, len(v), v)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}

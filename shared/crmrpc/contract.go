@@ -1,0 +1,150 @@
+// Package crmrpc is the net/rpc contract between csvreader and
+// crmintegrator: the service and method names, the argument and reply types,
+// and the outcome codes. It also holds the Client readers use to call the
+// daemon.
+//
+// The contract is versioned by service name. A change that old readers could
+// not decode gets a new service name (IntegratorV2) served beside the old one;
+// fields may be added to these types because gob ignores unknown fields.
+package crmrpc
+
+import (
+	"fmt"
+	"time"
+
+	"crmsync/shared/contact"
+)
+
+// ServiceV1 is the net/rpc service name of version 1 of the contract.
+const ServiceV1 = "IntegratorV1"
+
+// Method names, as passed to rpc.Client.Call.
+const (
+	MethodHello   = ServiceV1 + ".Hello"
+	MethodDeliver = ServiceV1 + ".Deliver"
+	MethodLookup  = ServiceV1 + ".Lookup"
+)
+
+// DefaultMaxRecords is how many records one Deliver call may carry unless
+// the daemon is configured otherwise; Hello reports the daemon's limit.
+const DefaultMaxRecords = 1000
+
+// HelloArgs asks the daemon who it is and what it accepts.
+type HelloArgs struct {
+	Token string // shared RPC token, when the daemon requires one
+}
+
+// HelloReply describes the daemon.
+type HelloReply struct {
+	Err           *Error
+	Version       string
+	MaxRecords    int  // most records one Deliver or Lookup call may carry
+	MaxFieldBytes int  // longest field, in bytes, a record may carry
+	Idempotency   bool // the daemon trusts the CRM's Idempotency-Key replays
+}
+
+// Record is one contact to create in the CRM.
+type Record struct {
+	Contact contact.Contact
+	// MaybeSent says an earlier attempt may already have created this
+	// contact (a crashed run, an ambiguous answer). The daemon then looks
+	// the external id up in the CRM before it creates anything.
+	MaybeSent bool
+}
+
+// DeliverArgs carries a block of records.
+type DeliverArgs struct {
+	Token   string
+	Records []Record
+}
+
+// DeliverReply holds one verdict per record, in the order of the records.
+// When Err is set the call as a whole failed and Verdicts is empty.
+type DeliverReply struct {
+	Err      *Error
+	Verdicts []Verdict
+}
+
+// Outcome is what happened to one record.
+type Outcome uint8
+
+const (
+	// Delivered: the CRM holds the contact; CRMID is its id.
+	Delivered Outcome = iota + 1
+	// Retry: the CRM did not create the contact (or, with Ambiguous, may
+	// have); send it again no sooner than RetryAfter.
+	Retry
+	// Rejected: the CRM refused the contact for good; Code and Message say
+	// why. Sending it again unchanged is pointless.
+	Rejected
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Delivered:
+		return "delivered"
+	case Retry:
+		return "retry"
+	case Rejected:
+		return "rejected"
+	}
+	return fmt.Sprintf("outcome(%d)", uint8(o))
+}
+
+// Verdict is the daemon's answer for one record.
+type Verdict struct {
+	Outcome    Outcome
+	CRMID      string        // Delivered: the CRM's id for the contact
+	RetryAfter time.Duration // Retry: the earliest moment to send again
+	// Ambiguous, with Retry: an attempt may have created the contact and the
+	// daemon could not tell. Resend with Record.MaybeSent set.
+	Ambiguous bool
+	Code      string // Rejected, and Retry for diagnostics: a stable code
+	Message   string // human readable, never a secret
+}
+
+// LookupArgs asks which of these external ids the CRM holds.
+type LookupArgs struct {
+	Token       string
+	ExternalIDs []string
+}
+
+// LookupReply holds one result per external id, in order.
+type LookupReply struct {
+	Err     *Error
+	Results []LookupResult
+}
+
+// LookupResult lists the CRM ids holding one external id: none, one, or
+// more than one when duplicates were created before this tool was used.
+type LookupResult struct {
+	ExternalID string
+	CRMIDs     []string
+}
+
+// Error is a failure of a whole call. Errors cross net/rpc as strings, so
+// the reply carries it with a machine-readable code instead.
+type Error struct {
+	Code    string
+	Message string
+}
+
+// Call error codes.
+const (
+	// ErrUnauthorized: the RPC token is missing or wrong. Fatal.
+	CodeUnauthorized = "unauthorized"
+	// The CRM refused the daemon's credentials (HTTP 401). Fatal: the
+	// operator must fix the daemon's configuration.
+	CodeCRMUnauthorized = "crm_unauthorized"
+	// Too many records in one call, or a field too large. Fatal for the call.
+	CodeTooManyRecords = "too_many_records"
+	CodeFieldTooLarge  = "field_too_large"
+	// The daemon is shutting down; call again (another address, or later).
+	CodeShuttingDown = "shutting_down"
+)
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Fatal reports whether retrying the same call cannot succeed until an
+// operator changes something.
+func (e *Error) Fatal() bool { return e.Code != CodeShuttingDown }
