@@ -2,4 +2,4 @@ module crmsync
 
 go 1.26
 
-require github.com/lib/pq v1.12.3 // indirect
+require github.com/lib/pq v1.12.3

@@ -1,0 +1,48 @@
+# Run `make` or `make help` for the list of targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+PROGRAMS := csvreader crmintegrator fakecrm
+GOFILES = $(shell find . -name '*.go' -not -path './.pg/*' -not -path './bin/*')
+# Tests get a disposable PostgreSQL unless DATABASE_URL is set.
+WITH_PG := PG_FAST=1 scripts/with-pg
+
+.DEFAULT_GOAL := help
+.PHONY: help build test check fmt-check vet compose-check demo bench fuzz replay clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/csvreader, bin/crmintegrator and bin/fakecrm
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/csvreader ./csvreader
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/crmintegrator ./crmintegrator
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/fakecrm ./crmintegrator/cmd/fakecrm
+
+test: fmt-check vet compose-check ## gofmt check, go vet, go test -race against a real PostgreSQL
+	$(WITH_PG) $(GO) test -race -count=1 -timeout 12m ./...
+
+check: test ## alias of test
+
+fmt-check: ## fail when gofmt would change a file
+	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet: ## go vet
+	$(GO) vet ./...
+
+compose-check: ## validate docker-compose.yml (needs docker-compose)
+	@if command -v docker-compose >/dev/null 2>&1; then docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"; \
+	else echo "compose-check: docker-compose is not installed, docker-compose.yml NOT validated (apt-get install docker-compose)"; fi
+
+demo: build ## the whole duo on a generated export against fakecrm and a disposable PostgreSQL
+	scripts/with-pg scripts/demo
+
+bench: build ## benchmarks: end to end vs psql \copy, memory, CRM quota, flaky CRM, Go benchmarks
+	scripts/with-pg scripts/bench
+
+fuzz: ## run every fuzz target for FUZZTIME (default 1m) each
+	scripts/fuzz $${FUZZTIME:-1m}
+
+clean: ## remove binaries, disposable clusters and generated data
+	@for d in .pg/*/; do [ -d "$$d" ] && scripts/pg stop "$$d"; done; true
+	rm -rf $(BIN) .pg .bench

@@ -1,0 +1,4 @@
+package db
+
+// LoadMigrations exposes loadMigrations to the tests.
+var LoadMigrations = loadMigrations

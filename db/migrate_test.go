@@ -1,0 +1,119 @@
+package db_test
+
+import (
+	"context"
+	"database/sql"
+	"sync"
+	"testing"
+	"testing/fstest"
+
+	"crmsync/db"
+	"crmsync/shared/pgtest"
+)
+
+func TestMigrateAppliesOnceInOrder(t *testing.T) {
+	d := pgtest.Open(t, pgtest.DSN(t, false))
+	ctx := context.Background()
+	ms, err := db.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := db.Migrate(ctx, d)
+	if err != nil {
+		t.Fatalf("first migrate: %v", err)
+	}
+	if n != len(ms) {
+		t.Fatalf("first migrate applied %d, want %d", n, len(ms))
+	}
+	n, err = db.Migrate(ctx, d)
+	if err != nil || n != 0 {
+		t.Fatalf("second migrate = %d, %v; want 0, nil", n, err)
+	}
+	for _, table := range []string{"customers", "claims", "runs"} {
+		var ok bool
+		if err := d.QueryRow(`SELECT to_regclass($1) IS NOT NULL`, table).Scan(&ok); err != nil || !ok {
+			t.Errorf("table %s missing after migrate (err %v)", table, err)
+		}
+	}
+	var got int
+	d.QueryRow(`SELECT count(*) FROM schema_migrations`).Scan(&got)
+	if got != len(ms) {
+		t.Errorf("schema_migrations has %d rows, want %d", got, len(ms))
+	}
+}
+
+// Several processes starting at once must not race each other into a
+// half-applied schema or a duplicate-key error.
+func TestMigrateConcurrentStarts(t *testing.T) {
+	dsn := pgtest.DSN(t, false)
+	const starters = 6
+	var wg sync.WaitGroup
+	applied := make([]int, starters)
+	errs := make([]error, starters)
+	for i := range starters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := sql.Open("postgres", dsn)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer d.Close()
+			applied[i], errs[i] = db.Migrate(context.Background(), d)
+		}()
+	}
+	wg.Wait()
+	ms, _ := db.Migrations()
+	total := 0
+	for i := range starters {
+		if errs[i] != nil {
+			t.Errorf("starter %d: %v", i, errs[i])
+		}
+		total += applied[i]
+	}
+	if total != len(ms) {
+		t.Errorf("starters applied %d migrations in all, want %d (each exactly once)", total, len(ms))
+	}
+}
+
+func TestMigrateDetectsEditedMigration(t *testing.T) {
+	d := pgtest.New(t)
+	if _, err := d.Exec(`UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Migrate(context.Background(), d); err == nil {
+		t.Fatal("Migrate accepted a migration whose checksum changed after it was applied")
+	}
+}
+
+func TestLoadMigrationsRejectsBadNames(t *testing.T) {
+	tests := []struct {
+		name  string
+		files fstest.MapFS
+		ok    bool
+	}{
+		{"ordered", fstest.MapFS{"migrations/0002_b.sql": {}, "migrations/0001_a.sql": {}}, true},
+		{"no number", fstest.MapFS{"migrations/init.sql": {}}, false},
+		{"zero", fstest.MapFS{"migrations/0000_a.sql": {}}, false},
+		{"duplicate version", fstest.MapFS{"migrations/0001_a.sql": {}, "migrations/1_b.sql": {}}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ms, err := db.LoadMigrations(tc.files)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
+			}
+			if tc.ok && (ms[0].Version != 1 || ms[1].Version != 2) {
+				t.Errorf("order = %d,%d; want 1,2", ms[0].Version, ms[1].Version)
+			}
+		})
+	}
+}
+
+func TestRunLockKeyFitsNamespace(t *testing.T) {
+	k := db.RunLockKey(42)
+	if k>>32 != db.RunLockNamespace || k&0xffffffff != 42 {
+		t.Errorf("RunLockKey(42) = %#x", k)
+	}
+}
