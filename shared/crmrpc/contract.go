@@ -41,6 +41,10 @@ type HelloReply struct {
 	MaxRecords    int  // most records one Deliver or Lookup call may carry
 	MaxFieldBytes int  // longest field, in bytes, a record may carry
 	Idempotency   bool // the daemon trusts the CRM's Idempotency-Key replays
+	// CallTimeout is the longest a Deliver call should take (the daemon's
+	// call budget plus one CRM timeout); a client's call timeout should be
+	// longer. Zero from daemons that predate the field.
+	CallTimeout time.Duration
 }
 
 // Record is one contact to create in the CRM.
@@ -127,6 +131,8 @@ type LookupResult struct {
 type Error struct {
 	Code    string
 	Message string
+	// RetryAfter, with CodeCRMUnavailable: call again no sooner than this.
+	RetryAfter time.Duration
 }
 
 // Call error codes.
@@ -141,10 +147,15 @@ const (
 	CodeFieldTooLarge  = "field_too_large"
 	// The daemon is shutting down; call again (another address, or later).
 	CodeShuttingDown = "shutting_down"
+	// The CRM did not answer a Lookup in time (down, rate limited, circuit
+	// open); call again after Error.RetryAfter. Not fatal.
+	CodeCRMUnavailable = "crm_unavailable"
 )
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 // Fatal reports whether retrying the same call cannot succeed until an
 // operator changes something.
-func (e *Error) Fatal() bool { return e.Code != CodeShuttingDown }
+func (e *Error) Fatal() bool {
+	return e.Code != CodeShuttingDown && e.Code != CodeCRMUnavailable
+}
