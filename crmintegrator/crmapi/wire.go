@@ -89,3 +89,11 @@ const (
 	CodeNotFound             = "not_found"
 	CodeMethodNotAllowed     = "method_not_allowed"
 )
+
+// More error codes of whole requests.
+const (
+	CodeEmptyBatch     = "empty_batch"     // 400: a batch without contacts
+	CodeBodyTooLarge   = "body_too_large"  // 413: the body exceeds the byte cap
+	CodeBadGateway     = "bad_gateway"     // 502, ambiguous: contacts may exist
+	CodeGatewayTimeout = "gateway_timeout" // 504, ambiguous: contacts may exist
+)

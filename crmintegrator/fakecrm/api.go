@@ -1,0 +1,362 @@
+package fakecrm
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"crmsync/crmintegrator/crmapi"
+	"crmsync/shared/contact"
+)
+
+// MaxBodyBytes caps a request body; larger bodies get 413 body_too_large.
+const MaxBodyBytes = 16 << 20
+
+// Preallocated header values: net/http does not modify them.
+var (
+	jsonContentType = []string{"application/json"}
+	headerTrue      = []string{"true"}
+	headerOne       = []string{"1"}
+)
+
+// writeBody writes a complete JSON response.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(status)
+	w.Write(body) //nolint:errcheck // the client left; nothing to do
+}
+
+// marshal encodes v with a trailing newline, as json.Encoder would.
+func marshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only our own wire types get here; they always encode.
+		panic("fakecrm: encode response: " + err.Error())
+	}
+	return append(b, '\n')
+}
+
+func errorBody(code, msg string) []byte {
+	return marshal(crmapi.ErrorResponse{Error: crmapi.ErrorDetail{Code: code, Message: msg}})
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeBody(w, status, errorBody(code, msg))
+}
+
+// op is what a /v1 request asks for.
+type op int
+
+const (
+	opNone op = iota
+	opCreate
+	opBatch
+	opList
+)
+
+// route maps a /v1 request to its op; for a known path with the wrong
+// method it returns opNone and the methods allowed.
+func route(r *http.Request) (o op, allow string) {
+	switch r.URL.Path {
+	case crmapi.PathContacts:
+		switch r.Method {
+		case http.MethodPost:
+			return opCreate, ""
+		case http.MethodGet:
+			return opList, ""
+		}
+		return opNone, "GET, POST"
+	case crmapi.PathBatch:
+		if r.Method == http.MethodPost {
+			return opBatch, ""
+		}
+		return opNone, "POST"
+	}
+	return opNone, ""
+}
+
+// call is one /v1 request on its way through: it applies the request's
+// latency exactly once, before the answer or while holding its key.
+type call struct {
+	s      *Server
+	w      http.ResponseWriter
+	r      *http.Request
+	f      *faultState
+	delay  time.Duration
+	paused bool
+}
+
+func (c *call) wait() {
+	if !c.paused {
+		c.paused = true
+		c.s.pause(c.delay)
+	}
+}
+
+func (c *call) reply(status int, body []byte) {
+	c.wait()
+	writeBody(c.w, status, body)
+	c.s.audit.status(status)
+}
+
+func (c *call) fail(status int, code, msg string) { c.reply(status, errorBody(code, msg)) }
+
+func (s *Server) serveV1(w http.ResponseWriter, r *http.Request) {
+	s.audit.requests.Add(1)
+	c := &call{s: s, w: w, r: r, f: s.faults.Load()}
+	o, allow := route(r)
+	switch {
+	case o == opNone && allow != "":
+		w.Header().Set("Allow", allow)
+		c.fail(http.StatusMethodNotAllowed, crmapi.CodeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path+"; use "+allow)
+		return
+	case o == opNone:
+		c.fail(http.StatusNotFound, crmapi.CodeNotFound, "no such endpoint: "+r.URL.Path)
+		return
+	}
+	var d decision
+	if o == opList {
+		c.delay = jitter(c.f)
+	} else {
+		d = decide(s.seed, s.postSeq.Add(1), c.f)
+		c.delay = d.delay
+	}
+
+	if !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="crm"`)
+		c.fail(http.StatusUnauthorized, crmapi.CodeUnauthorized, "missing or wrong bearer token in the Authorization header")
+		return
+	}
+	if c.f.Down {
+		s.audit.failed.Add(1)
+		w.Header()[crmapi.HeaderRetryAfter] = headerOne
+		c.fail(http.StatusServiceUnavailable, crmapi.CodeUnavailable, "the CRM is down for maintenance; nothing was created, retry later")
+		return
+	}
+	if c.f.Rate > 0 {
+		if ok, after := s.limiter.take(s.now()); !ok {
+			s.audit.rateLimited.Add(1)
+			w.Header().Set(crmapi.HeaderRetryAfter, strconv.Itoa(after))
+			c.fail(http.StatusTooManyRequests, crmapi.CodeRateLimited, "rate limit exceeded; nothing was created, retry after "+strconv.Itoa(after)+"s")
+			return
+		}
+	}
+	if o == opList {
+		s.list(c)
+		return
+	}
+	s.post(c, o, d)
+}
+
+// list answers GET /v1/contacts?external_id=X.
+func (s *Server) list(c *call) {
+	ext := c.r.URL.Query().Get("external_id")
+	if ext == "" {
+		c.fail(http.StatusBadRequest, crmapi.CodeMalformed, "the external_id query parameter is required")
+		return
+	}
+	c.reply(http.StatusOK, marshal(crmapi.ListResponse{Contacts: s.store.lookup(ext)}))
+}
+
+// post answers both creating endpoints: faults first, then the
+// Idempotency-Key, then the work, then maybe an ambiguous answer.
+func (s *Server) post(c *call, o op, d decision) {
+	w, r := c.w, c.r
+	if d.fail {
+		s.audit.failed.Add(1)
+		if d.failRetryAfter {
+			w.Header()[crmapi.HeaderRetryAfter] = headerOne
+		}
+		c.fail(http.StatusServiceUnavailable, crmapi.CodeUnavailable, "service temporarily unavailable; nothing was created, retry later")
+		return
+	}
+
+	var key string
+	useKey := false
+	if vals, ok := r.Header[crmapi.HeaderIdempotencyKey]; ok && !s.idemOff.Load() {
+		key, useKey = vals[0], true
+		if key == "" || len(key) > MaxIdempotencyKeyLen {
+			c.fail(http.StatusBadRequest, crmapi.CodeInvalidIdempotency,
+				"Idempotency-Key must be 1 to "+strconv.Itoa(MaxIdempotencyKeyLen)+" characters long")
+			return
+		}
+	}
+
+	body, err := readBody(w, r)
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			c.fail(http.StatusRequestEntityTooLarge, crmapi.CodeBodyTooLarge, "the body exceeds "+strconv.Itoa(MaxBodyBytes)+" bytes")
+			return
+		}
+		c.fail(http.StatusBadRequest, crmapi.CodeMalformed, "reading the body: "+err.Error())
+		return
+	}
+
+	var rec *idemRecord
+	finished := false
+	if useKey {
+		var out idemOutcome
+		var status int
+		var stored []byte
+		rec, out, status, stored = s.idem.begin(key, fingerprintOf(r.Method, r.URL.Path, body), s.now())
+		switch out {
+		case idemReused:
+			c.fail(http.StatusUnprocessableEntity, crmapi.CodeIdempotencyKeyReused, "this Idempotency-Key was used with a different request; use a new key")
+			return
+		case idemInProgress:
+			w.Header()[crmapi.HeaderRetryAfter] = headerOne
+			c.fail(http.StatusConflict, crmapi.CodeRequestInProgress, "a request with this Idempotency-Key is still in progress; retry later")
+			return
+		case idemReplay:
+			if d.ambiguous != modeNone {
+				s.ambiguous(c, d.ambiguous)
+				return
+			}
+			s.audit.replays.Add(1)
+			w.Header()[crmapi.HeaderReplayed] = headerTrue
+			c.reply(status, stored)
+			return
+		}
+		// Free the key if the work below panics, so a retry is not stuck
+		// at 409 forever.
+		defer func() {
+			if !finished {
+				s.idem.finish(key, rec, 0, nil)
+			}
+		}()
+		if s.afterReserve != nil {
+			s.afterReserve()
+		}
+	}
+
+	c.wait() // the CRM's processing time, with the key held in progress
+	var status int
+	var resp []byte
+	if o == opBatch {
+		status, resp = s.createBatch(body)
+	} else {
+		status, resp = s.createOne(body)
+	}
+	if useKey {
+		// Stored before any ambiguous answer: that is what makes a retry
+		// with the same key safe.
+		s.idem.finish(key, rec, status, resp)
+		finished = true
+	}
+	if d.ambiguous != modeNone && status/100 == 2 {
+		s.ambiguous(c, d.ambiguous)
+		return
+	}
+	c.reply(status, resp)
+}
+
+// readBody reads the whole body, at most MaxBodyBytes.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 {
+		if n > MaxBodyBytes {
+			return nil, &http.MaxBytesError{Limit: MaxBodyBytes}
+		}
+		b := make([]byte, n)
+		_, err := io.ReadFull(r.Body, b)
+		return b, err
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+}
+
+func (s *Server) createdAt() string { return s.now().UTC().Format(time.RFC3339Nano) }
+
+// createOne is POST /v1/contacts.
+func (s *Server) createOne(body []byte) (int, []byte) {
+	var ct contact.Contact
+	if err := json.Unmarshal(body, &ct); err != nil {
+		return http.StatusBadRequest, errorBody(crmapi.CodeMalformed, "the body is not a contact: "+err.Error())
+	}
+	if p := ct.Validate(); p != nil {
+		return http.StatusBadRequest, errorBody(p.Code, p.Message)
+	}
+	var ids [1]string
+	s.store.create([]*contact.Contact{&ct}, s.createdAt(), ids[:])
+	return http.StatusCreated, marshal(crmapi.CreateResponse{ID: ids[0], ExternalID: ct.ExternalID})
+}
+
+// createBatch is POST /v1/contacts/batch: valid contacts are created,
+// invalid ones rejected one by one.
+func (s *Server) createBatch(body []byte) (int, []byte) {
+	var req crmapi.BatchRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return http.StatusBadRequest, errorBody(crmapi.CodeMalformed, "the body is not a batch: "+err.Error())
+	}
+	n := len(req.Contacts)
+	switch {
+	case n == 0:
+		return http.StatusBadRequest, errorBody(crmapi.CodeEmptyBatch, "the batch holds no contacts")
+	case n > s.maxBatch:
+		return http.StatusRequestEntityTooLarge, errorBody(crmapi.CodeBatchTooLarge,
+			"the batch holds "+strconv.Itoa(n)+" contacts, at most "+strconv.Itoa(s.maxBatch)+" allowed; split it")
+	}
+	results := make([]crmapi.BatchResult, n)
+	valid := make([]*contact.Contact, 0, n)
+	where := make([]int, 0, n)
+	for i := range req.Contacts {
+		ct := &req.Contacts[i]
+		results[i].ExternalID = ct.ExternalID
+		if p := ct.Validate(); p != nil {
+			results[i].Status = crmapi.StatusRejected
+			results[i].Error = &crmapi.ErrorDetail{Code: p.Code, Message: p.Message}
+			continue
+		}
+		valid = append(valid, ct)
+		where = append(where, i)
+	}
+	if len(valid) > 0 {
+		ids := make([]string, len(valid))
+		s.store.create(valid, s.createdAt(), ids)
+		for j, i := range where {
+			results[i].Status, results[i].ID = crmapi.StatusCreated, ids[j]
+		}
+	}
+	return http.StatusOK, marshal(crmapi.BatchResponse{Results: results})
+}
+
+// ambiguous answers a request whose contacts were created as if they might
+// not have been.
+func (s *Server) ambiguous(c *call, m ambiguousMode) {
+	s.audit.ambiguous.Add(1)
+	s.log.Debug("ambiguous answer", "mode", m.String(), "path", c.r.URL.Path)
+	switch m {
+	case mode500:
+		c.fail(http.StatusInternalServerError, crmapi.CodeInternal, "internal error")
+	case mode502:
+		c.fail(http.StatusBadGateway, crmapi.CodeBadGateway, "bad gateway")
+	case mode504:
+		c.fail(http.StatusGatewayTimeout, crmapi.CodeGatewayTimeout, "gateway timeout")
+	case modeReset:
+		c.wait()
+		s.drop(c.w, true)
+	case modeHang:
+		c.wait()
+		s.hang(c.r.Context(), c.f.Hang)
+		s.drop(c.w, false)
+	}
+}
+
+// drop closes the connection without an answer: with an RST when reset is
+// set, else with a plain close.
+func (s *Server) drop(w http.ResponseWriter, reset bool) {
+	s.audit.dropped.Add(1)
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// HTTP/2 or a recorder: abort the response instead.
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok && reset {
+		tc.SetLinger(0) //nolint:errcheck // best effort: a plain close still drops
+	}
+	conn.Close()
+}
