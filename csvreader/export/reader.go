@@ -61,19 +61,21 @@ var (
 // is unusable, or reading failed part way (truncated gzip, I/O error).
 type Error struct {
 	Name   string // the file, as given to Open or NewReader
-	Line   int    // the header's line, or the last line read before the failure; 0 if none
-	Offset int64  // bytes of the file consumed (compressed bytes for gzip); -1 if not relevant
+	Line   int    // the header's line, or for a read failure the last line read before it; 0 if none
+	Offset int64  // for a read failure, bytes of the file consumed (compressed bytes for gzip); otherwise -1
 	Err    error
 }
 
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Name)
-	if e.Line > 0 {
+	switch {
+	case e.Offset >= 0 && e.Line > 0:
+		fmt.Fprintf(&b, ": after line %d, at byte %d", e.Line, e.Offset)
+	case e.Offset >= 0:
+		fmt.Fprintf(&b, ": at byte %d", e.Offset)
+	case e.Line > 0:
 		fmt.Fprintf(&b, ": line %d", e.Line)
-	}
-	if e.Offset >= 0 {
-		fmt.Fprintf(&b, ": byte %d", e.Offset)
 	}
 	b.WriteString(": ")
 	b.WriteString(e.Err.Error())
