@@ -224,11 +224,9 @@ func (c *Client) lookup(ctx context.Context, op, externalID string) ([]StoredCon
 		return nil, &Error{Class: ClassUnexpected, Message: "build request", Err: err}
 	}
 	var out ListResponse
+	// A 404 is an error, not "no such contact": it means a wrong base URL,
+	// and reading it as "not found" would make the caller create again.
 	if _, err := c.do(req, op, &out); err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Status == http.StatusNotFound && e.Code == CodeNotFound {
-			return nil, nil
-		}
 		return nil, err
 	}
 	return out.Contacts, nil

@@ -270,7 +270,7 @@ func TestLookup(t *testing.T) {
 	}{
 		{"two", 2, ClassOK},
 		{"none", 0, ClassOK},
-		{"gone", 0, ClassOK},
+		{"gone", 0, ClassUnexpected}, // a wrong URL must not read as "not found"
 		{"busy", 0, ClassUnavailable},
 	}
 	for _, tc := range tests {
