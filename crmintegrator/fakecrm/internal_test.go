@@ -1,0 +1,113 @@
+package fakecrm
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBucket(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	type step struct {
+		at        time.Duration // since t0
+		wantOK    bool
+		wantAfter int
+	}
+	tests := []struct {
+		name  string
+		rate  float64
+		burst int
+		steps []step
+	}{
+		{"unlimited", 0, 0, []step{{0, true, 0}, {0, true, 0}, {0, true, 0}}},
+		{"burst then wait", 1, 2, []step{{0, true, 0}, {0, true, 0}, {0, false, 1}, {time.Second, true, 0}}},
+		{"slow rate rounds up", 0.25, 1, []step{{0, true, 0}, {0, false, 4}, {time.Second, false, 3}, {4 * time.Second, true, 0}}},
+		{"fast rate at least 1s", 100, 1, []step{{0, true, 0}, {0, false, 1}, {10 * time.Millisecond, true, 0}}},
+		{"burst 0 is one second's worth", 3, 0, []step{{0, true, 0}, {0, true, 0}, {0, true, 0}, {0, false, 1}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bucket
+			b.configure(tc.rate, tc.burst)
+			for i, s := range tc.steps {
+				ok, after := b.take(t0.Add(s.at))
+				if ok != s.wantOK || after != s.wantAfter {
+					t.Errorf("step %d: got ok=%v after=%d, want ok=%v after=%d", i, ok, after, s.wantOK, s.wantAfter)
+				}
+			}
+		})
+	}
+}
+
+func TestDecideDependsOnlyOnSeedAndK(t *testing.T) {
+	f := newFaultState(Faults{FailRate: 0.3, AmbiguousRate: 0.2, Jitter: time.Second})
+	for k := uint64(1); k < 100; k++ {
+		if a, b := decide(7, k, f), decide(7, k, f); a != b {
+			t.Fatalf("k=%d: decide not repeatable: %+v vs %+v", k, a, b)
+		}
+	}
+	// Fractions come out near the knobs over many k.
+	const n = 20000
+	var fails, ambiguous int
+	modes := map[ambiguousMode]int{}
+	for k := uint64(1); k <= n; k++ {
+		d := decide(42, k, f)
+		if d.delay < 0 || d.delay >= time.Second {
+			t.Fatalf("k=%d: delay %v outside [0, 1s)", k, d.delay)
+		}
+		switch {
+		case d.fail:
+			fails++
+		case d.ambiguous != modeNone:
+			ambiguous++
+			modes[d.ambiguous]++
+		}
+	}
+	if got := float64(fails) / n; got < 0.28 || got > 0.32 {
+		t.Errorf("fail fraction %.3f, want about 0.3", got)
+	}
+	if got := float64(ambiguous) / n; got < 0.18 || got > 0.22 {
+		t.Errorf("ambiguous fraction %.3f, want about 0.2", got)
+	}
+	if len(modes) != len(allModes) {
+		t.Errorf("modes drawn %v, want all %d", modes, len(allModes))
+	}
+}
+
+func TestParseModes(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []ambiguousMode
+		wantErr bool
+	}{
+		{"", allModes, false},
+		{"500", []ambiguousMode{mode500}, false},
+		{" reset , hang ", []ambiguousMode{modeReset, modeHang}, false},
+		{"502,504", []ambiguousMode{mode502, mode504}, false},
+		{"503", nil, true},
+		{"500,", nil, true},
+	}
+	for _, tc := range tests {
+		got, err := parseModes(tc.in)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("parseModes(%q) error %v, want error %v", tc.in, err, tc.wantErr)
+			continue
+		}
+		if !tc.wantErr && len(got) != len(tc.want) {
+			t.Errorf("parseModes(%q) = %v, want %v", tc.in, got, tc.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != tc.want[i] {
+				t.Errorf("parseModes(%q) = %v, want %v", tc.in, got, tc.want)
+			}
+		}
+	}
+}
+
+func TestFormatID(t *testing.T) {
+	for n, want := range map[uint64]string{1: "ct_00000001", 42: "ct_00000042", 123456789: "ct_123456789"} {
+		if got := formatID(n); got != want {
+			t.Errorf("formatID(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
