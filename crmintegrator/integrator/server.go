@@ -1,0 +1,461 @@
+// Package integrator is the crmintegrator daemon: a net/rpc service
+// (crmrpc.ServiceV1) that receives blocks of contacts from readers, sends
+// them to the CRM in batches, and answers one verdict per record. It owns
+// the classification of every CRM answer, the resolution of ambiguous
+// answers (so no contact is ever created twice), the shared adaptive rate
+// limiter, the circuit breaker, and the HTTP side port with health and
+// metrics.
+//
+// A Server is safe for concurrent use. Start one with New, serve RPC on any
+// number of listeners with Serve, serve Handler on the side port, and stop
+// it with Close.
+package integrator
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/gob"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/rpc"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"crmsync/crmintegrator/crmapi"
+	"crmsync/shared/crmrpc"
+)
+
+// Version is reported by Hello.
+const Version = "crmintegrator/1"
+
+// Config configures a Server. The zero value of every field but CRMURL is
+// usable.
+type Config struct {
+	CRMURL   string // base URL of the CRM API, e.g. http://127.0.0.1:8080
+	CRMToken string // bearer token; never logged
+
+	CRMTimeout     time.Duration // per CRM request; default 10s
+	CRMConcurrency int           // most CRM requests in flight; default 8
+	CRMRate        float64       // hard cap on CRM requests/second; 0: adaptive only
+	MaxBatch       int           // contacts per CRM batch; default crmapi.MaxBatch
+	// Idempotency declares that the CRM honours Idempotency-Key: after an
+	// ambiguous answer the daemon resends the same body with the same key
+	// instead of looking every contact up. Default false, the safe choice.
+	Idempotency bool
+
+	// CallBudget bounds the internal retries of one Deliver or Lookup call:
+	// no wait or new attempt starts past it; the records left get Retry.
+	// Default 20s.
+	CallBudget time.Duration
+	// MaxAttempts bounds the rounds (resends, lookups) per batch inside
+	// one call. Default 4.
+	MaxAttempts int
+
+	BreakerThreshold int           // consecutive failures that open the breaker; default 5
+	BreakerCooldown  time.Duration // how long it stays open; default 10s
+
+	MaxRecords    int           // records per call; default crmrpc.DefaultMaxRecords
+	MaxFieldBytes int           // bytes per field; default 4096
+	RPCToken      string        // shared token callers must present; "" = none
+	TLS           *tls.Config   // when set, Serve speaks TLS
+	IdleTimeout   time.Duration // close RPC connections idle this long; default 5m, <0: never
+
+	Logger     *slog.Logger // default: discard
+	HTTPClient *http.Client // default: one on crmapi.NewTransport(CRMConcurrency)
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.CRMTimeout, 10*time.Second)
+	def(&c.CallBudget, 20*time.Second)
+	def(&c.BreakerCooldown, 10*time.Second)
+	def(&c.IdleTimeout, 5*time.Minute)
+	defInt(&c.CRMConcurrency, 8)
+	defInt(&c.MaxBatch, crmapi.MaxBatch)
+	defInt(&c.MaxAttempts, 4)
+	defInt(&c.BreakerThreshold, 5)
+	defInt(&c.MaxRecords, crmrpc.DefaultMaxRecords)
+	defInt(&c.MaxFieldBytes, 4096)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Server is the daemon.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	crm     *crmapi.Client
+	hc      *http.Client
+	limiter *Limiter
+	breaker *Breaker
+	met     *metrics
+	sem     chan struct{} // CRM requests in flight
+
+	// ctx is the parent of all CRM work; cancelled when Close runs out of
+	// grace.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	rpc     *rpc.Server
+	closing atomic.Bool
+	active  atomic.Int64 // RPC calls read and not yet answered
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	wg        sync.WaitGroup // Serve loops and connections
+
+	ready readiness
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("integrator: server closed")
+
+// New checks cfg and returns a Server ready to Serve.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.CRMURL == "" {
+		return nil, errors.New("no CRM url: set -crm-url or CRM_URL")
+	}
+	if cfg.MaxBatch > crmapi.MaxBatch {
+		return nil, fmt.Errorf("max batch %d exceeds the CRM's limit of %d", cfg.MaxBatch, crmapi.MaxBatch)
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Transport: crmapi.NewTransport(cfg.CRMConcurrency)}
+	}
+	crm, err := crmapi.NewClient(cfg.CRMURL, cfg.CRMToken, cfg.CRMTimeout, hc)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		crm:       crm,
+		hc:        hc,
+		limiter:   NewLimiter(cfg.CRMRate, nil),
+		met:       newMetrics(),
+		sem:       make(chan struct{}, cfg.CRMConcurrency),
+		rpc:       rpc.NewServer(),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*serverConn]struct{}{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.breaker = NewBreaker(cfg.BreakerThreshold, cfg.BreakerCooldown, nil, func(from, to BreakerState) {
+		lvl := slog.LevelWarn
+		if to == BreakerClosed {
+			lvl = slog.LevelInfo
+		}
+		s.log.Log(context.Background(), lvl, "crm circuit breaker", "from", from.String(), "to", to.String())
+	})
+	s.met.breakerState = s.breaker.State
+	s.met.rate = s.limiter.Rate
+	crm.Observe = s.met.observeCRM
+	if err := s.rpc.RegisterName(crmrpc.ServiceV1, &service{s}); err != nil {
+		return nil, fmt.Errorf("register rpc service: %w", err)
+	}
+	return s, nil
+}
+
+// Serve accepts RPC connections on ln until Close. It always closes ln and
+// returns ErrServerClosed after Close, or the accept error.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.cfg.TLS != nil {
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	var tempDelay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		tempDelay = 0
+		sc := &serverConn{Conn: c, idle: s.cfg.IdleTimeout}
+		s.mu.Lock()
+		if s.closing.Load() {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.conns[sc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(sc)
+	}
+}
+
+func (s *Server) serveConn(c *serverConn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.Close()
+	}()
+	buf := bufio.NewWriter(c)
+	s.rpc.ServeCodec(&serverCodec{
+		s:   s,
+		c:   c,
+		dec: gob.NewDecoder(bufio.NewReader(c)),
+		enc: gob.NewEncoder(buf),
+		buf: buf,
+	})
+}
+
+// Close stops accepting connections, answers calls that arrive from now on
+// with CodeShuttingDown, and waits for the calls in flight to be answered
+// until ctx is done; then it aborts what is left and closes every
+// connection. It returns ctx.Err() when the grace ran out.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+
+	var err error
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for s.active.Load() > 0 && err == nil {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+			s.log.Warn("grace period over; abandoning calls in flight", "calls", s.active.Load())
+		case <-tick.C:
+		}
+	}
+	s.cancel()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.hc.CloseIdleConnections()
+	return err
+}
+
+// serverConn is an RPC connection that is closed once it has been idle —
+// no bytes read and no call in flight — for idle.
+type serverConn struct {
+	net.Conn
+	idle    time.Duration
+	pending atomic.Int64 // calls read and not yet answered
+}
+
+func (c *serverConn) Read(p []byte) (int, error) {
+	for {
+		if c.idle > 0 {
+			c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+		}
+		n, err := c.Conn.Read(p)
+		var ne net.Error
+		if n == 0 && errors.As(err, &ne) && ne.Timeout() && c.pending.Load() > 0 {
+			continue // a slow call is not idleness
+		}
+		return n, err
+	}
+}
+
+// serverCodec is net/rpc's gob codec plus the bookkeeping Close needs: a
+// call counts as active from its header until its answer is written.
+type serverCodec struct {
+	s      *Server
+	c      *serverConn
+	dec    *gob.Decoder
+	enc    *gob.Encoder
+	buf    *bufio.Writer
+	closed bool
+}
+
+func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
+	if err := c.dec.Decode(r); err != nil {
+		return err
+	}
+	c.c.pending.Add(1)
+	c.s.active.Add(1)
+	return nil
+}
+
+func (c *serverCodec) ReadRequestBody(body any) error {
+	return c.dec.Decode(body)
+}
+
+func (c *serverCodec) WriteResponse(r *rpc.Response, body any) (err error) {
+	defer func() {
+		c.c.pending.Add(-1)
+		c.s.active.Add(-1)
+	}()
+	if err = c.enc.Encode(r); err != nil {
+		if c.buf.Flush() == nil {
+			// Gob couldn't encode the header. Should not happen, so if it
+			// does, shut down the connection to signal that it did.
+			c.Close()
+		}
+		return err
+	}
+	if err = c.enc.Encode(body); err != nil {
+		if c.buf.Flush() == nil {
+			c.Close()
+		}
+		return err
+	}
+	return c.buf.Flush()
+}
+
+func (c *serverCodec) Close() error {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	return c.c.Close()
+}
+
+// service is what net/rpc sees: exactly the three methods of the contract.
+type service struct{ s *Server }
+
+func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error {
+	if reply.Err = v.s.admit(args.Token); reply.Err == nil {
+		reply.Version = Version
+		reply.MaxRecords = v.s.cfg.MaxRecords
+		reply.MaxFieldBytes = v.s.cfg.MaxFieldBytes
+		reply.Idempotency = v.s.cfg.Idempotency
+		reply.CallTimeout = v.s.cfg.CallBudget + 2*v.s.cfg.CRMTimeout
+	}
+	v.s.met.rpcCall("Hello", resultOf(reply.Err))
+	return nil
+}
+
+func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) error {
+	v.s.met.recordsReceived.Add(int64(len(args.Records)))
+	if reply.Err = v.s.admit(args.Token); reply.Err == nil {
+		reply.Verdicts, reply.Err = v.s.Deliver(v.s.ctx, args.Records)
+	}
+	v.s.met.rpcCall("Deliver", resultOf(reply.Err))
+	return nil
+}
+
+func (v *service) Lookup(args *crmrpc.LookupArgs, reply *crmrpc.LookupReply) error {
+	if reply.Err = v.s.admit(args.Token); reply.Err == nil {
+		reply.Results, reply.Err = v.s.Lookup(v.s.ctx, args.ExternalIDs)
+	}
+	v.s.met.rpcCall("Lookup", resultOf(reply.Err))
+	return nil
+}
+
+func resultOf(e *crmrpc.Error) string {
+	if e == nil {
+		return "ok"
+	}
+	return e.Code
+}
+
+// admit checks the shutdown state and the RPC token, in constant time.
+func (s *Server) admit(token string) *crmrpc.Error {
+	if s.closing.Load() {
+		return &crmrpc.Error{Code: crmrpc.CodeShuttingDown, Message: "the daemon is shutting down; call again later or another address"}
+	}
+	if s.cfg.RPCToken != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.RPCToken)) != 1 {
+		return &crmrpc.Error{Code: crmrpc.CodeUnauthorized, Message: "missing or wrong rpc token: set the reader's token to the daemon's -rpc-token"}
+	}
+	return nil
+}
+
+// readiness caches the answer of the CRM probe for a moment, so that a
+// busy /readyz does not become load on the CRM.
+type readiness struct {
+	mu  sync.Mutex
+	at  time.Time
+	err error
+}
+
+// Ready reports whether the daemon can deliver: the breaker is not open
+// and the CRM answers a cheap lookup with the daemon's credentials.
+func (s *Server) Ready(ctx context.Context) error {
+	if s.closing.Load() {
+		return errors.New("shutting down")
+	}
+	if st := s.breaker.State(); st == BreakerOpen {
+		return errors.New("crm circuit breaker is open")
+	}
+	s.ready.mu.Lock()
+	defer s.ready.mu.Unlock()
+	if !s.ready.at.IsZero() && time.Since(s.ready.at) < 2*time.Second {
+		return s.ready.err
+	}
+	err := s.crm.Ping(ctx)
+	switch crmapi.ClassOf(err) {
+	case crmapi.ClassOK, crmapi.ClassRateLimited, crmapi.ClassRejected, crmapi.ClassInProgress:
+		err = nil // it answered with our credentials
+	}
+	if err != nil {
+		err = fmt.Errorf("crm not reachable: %w", err)
+	}
+	s.ready.at, s.ready.err = time.Now(), err
+	return err
+}
+
+// Handler serves the side port: /healthz, /readyz and /metrics.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.Ready(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		s.met.WriteTo(w)
+	})
+	return mux
+}

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"crmsync/crmintegrator/integrator"
+	"crmsync/shared/crmrpc"
+)
+
+// options are the parsed flags.
+type options struct {
+	listen, httpAddr               string
+	crmURL, crmToken, crmTokenFile string
+	rpcToken                       string
+	tlsCert, tlsKey, tlsClientCA   string
+	logFormat, logLevel            string
+	grace                          time.Duration
+	cfg                            integrator.Config
+}
+
+// envFlags defines flags whose defaults come from environment variables.
+type envFlags struct {
+	fs      *flag.FlagSet
+	getenv  func(string) string
+	errs    []error
+	secrets []func()
+}
+
+func (e *envFlags) env(name, env string) (string, bool) {
+	v := e.getenv(env)
+	return v, v != ""
+}
+
+func (e *envFlags) bad(env, v string, err error) {
+	e.errs = append(e.errs, fmt.Errorf("environment variable %s=%q: %w", env, v, err))
+}
+
+func (e *envFlags) str(p *string, name, env, def, usage string) {
+	if v, ok := e.env(name, env); ok {
+		def = v
+	}
+	e.fs.StringVar(p, name, def, usage+" (env "+env+")")
+}
+
+// secret is a string flag whose environment default is applied after
+// parsing, so that -h never prints it.
+func (e *envFlags) secret(p *string, name, env, usage string) {
+	e.fs.StringVar(p, name, "", usage+" (env "+env+")")
+	e.secrets = append(e.secrets, func() {
+		if *p == "" {
+			*p = e.getenv(env)
+		}
+	})
+}
+
+func (e *envFlags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
+	if v, ok := e.env(name, env); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			e.bad(env, v, err)
+		}
+		def = d
+	}
+	e.fs.DurationVar(p, name, def, usage+" (env "+env+")")
+}
+
+func (e *envFlags) int(p *int, name, env string, def int, usage string) {
+	if v, ok := e.env(name, env); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			e.bad(env, v, err)
+		}
+		def = n
+	}
+	e.fs.IntVar(p, name, def, usage+" (env "+env+")")
+}
+
+func (e *envFlags) float(p *float64, name, env string, def float64, usage string) {
+	if v, ok := e.env(name, env); ok {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			e.bad(env, v, err)
+		}
+		def = f
+	}
+	e.fs.Float64Var(p, name, def, usage+" (env "+env+")")
+}
+
+func (e *envFlags) bool(p *bool, name, env string, def bool, usage string) {
+	if v, ok := e.env(name, env); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			e.bad(env, v, err)
+		}
+		def = b
+	}
+	e.fs.BoolVar(p, name, def, usage+" (env "+env+")")
+}
+
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("crmintegrator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: crmintegrator [flags]\n\nDelivers contacts from readers (net/rpc, %s) to the CRM's JSON API.\nEvery flag defaults to its environment variable. See docs/integrator.md.\n\n", crmrpc.ServiceV1)
+		fs.PrintDefaults()
+	}
+	o := &options{}
+	c := &o.cfg
+	e := &envFlags{fs: fs, getenv: getenv}
+	e.str(&o.listen, "listen", "INTEGRATOR_LISTEN", "127.0.0.1:4004", "RPC `address` to listen on")
+	e.str(&o.httpAddr, "http", "INTEGRATOR_HTTP", "127.0.0.1:9464", "`address` of the side port with /healthz, /readyz, /metrics; \"\" or \"off\" disables it")
+	e.str(&o.crmURL, "crm-url", "CRM_URL", "", "base `URL` of the CRM API (required)")
+	e.secret(&o.crmToken, "crm-token", "CRM_TOKEN", "bearer `token` for the CRM; prefer -crm-token-file or the environment over the command line")
+	e.str(&o.crmTokenFile, "crm-token-file", "CRM_TOKEN_FILE", "", "read the CRM token from this `file`")
+	e.dur(&c.CRMTimeout, "crm-timeout", "CRM_TIMEOUT", 10*time.Second, "timeout of one CRM request")
+	e.int(&c.CRMConcurrency, "crm-concurrency", "CRM_CONCURRENCY", 8, "most requests in flight to the CRM")
+	e.float(&c.CRMRate, "crm-rate", "CRM_RATE", 0, "hard cap on CRM requests per second; 0: adaptive only")
+	e.bool(&c.Idempotency, "crm-idempotency", "CRM_IDEMPOTENCY", false, "the CRM honours Idempotency-Key: after an ambiguous answer resend the same body with the same key instead of looking contacts up")
+	e.int(&c.MaxBatch, "max-batch", "INTEGRATOR_MAX_BATCH", 100, "contacts per CRM batch request (at most 100)")
+	e.int(&c.MaxRecords, "max-records", "INTEGRATOR_MAX_RECORDS", crmrpc.DefaultMaxRecords, "most records one Deliver or Lookup call may carry")
+	e.int(&c.MaxFieldBytes, "max-field-bytes", "INTEGRATOR_MAX_FIELD_BYTES", 4096, "longest field, in bytes, a record may carry")
+	e.dur(&c.CallBudget, "call-budget", "INTEGRATOR_CALL_BUDGET", 20*time.Second, "time one call may spend on internal retries before answering Retry")
+	e.int(&c.MaxAttempts, "max-attempts", "INTEGRATOR_MAX_ATTEMPTS", 4, "rounds (resends, lookups) per batch within one call")
+	e.int(&c.BreakerThreshold, "breaker-threshold", "INTEGRATOR_BREAKER_THRESHOLD", 5, "consecutive CRM failures (5xx, timeouts) that open the circuit breaker")
+	e.dur(&c.BreakerCooldown, "breaker-cooldown", "INTEGRATOR_BREAKER_COOLDOWN", 10*time.Second, "how long the open breaker refuses requests before a probe")
+	e.secret(&o.rpcToken, "rpc-token", "INTEGRATOR_RPC_TOKEN", "shared `token` readers must present; empty: none")
+	e.str(&o.tlsCert, "tls-cert", "INTEGRATOR_TLS_CERT", "", "certificate `file` (PEM): serve RPC over TLS")
+	e.str(&o.tlsKey, "tls-key", "INTEGRATOR_TLS_KEY", "", "private key `file` (PEM) of -tls-cert")
+	e.str(&o.tlsClientCA, "tls-client-ca", "INTEGRATOR_TLS_CLIENT_CA", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
+	e.dur(&c.IdleTimeout, "idle-timeout", "INTEGRATOR_IDLE_TIMEOUT", 5*time.Minute, "close RPC connections idle this long")
+	e.dur(&o.grace, "grace", "INTEGRATOR_GRACE", 30*time.Second, "on SIGTERM/SIGINT, time for calls in flight to finish")
+	e.str(&o.logFormat, "log-format", "INTEGRATOR_LOG_FORMAT", "text", "log format: text or json")
+	e.str(&o.logLevel, "log-level", "INTEGRATOR_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if len(e.errs) > 0 {
+		return nil, errors.Join(e.errs...)
+	}
+	for _, f := range e.secrets {
+		f()
+	}
+	return o, nil
+}
+
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format %q: want text or json", format)
+}
+
+func loadTLS(o *options) (*tls.Config, error) {
+	if o.tlsCert == "" && o.tlsKey == "" {
+		if o.tlsClientCA != "" {
+			return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
+		}
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("load tls key pair: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if o.tlsClientCA != "" {
+		pem, err := os.ReadFile(o.tlsClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("read tls client ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls client ca %s: no PEM certificate found", o.tlsClientCA)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(o.logFormat, o.logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	cfg := o.cfg
+	cfg.Logger = log
+	cfg.CRMURL = o.crmURL
+	cfg.RPCToken = o.rpcToken
+	cfg.CRMToken = o.crmToken
+	if o.crmTokenFile != "" {
+		b, err := os.ReadFile(o.crmTokenFile)
+		if err != nil {
+			return fmt.Errorf("read crm token file: %w", err)
+		}
+		cfg.CRMToken = strings.TrimSpace(string(b))
+	}
+	if cfg.TLS, err = loadTLS(o); err != nil {
+		return err
+	}
+	srv, err := integrator.New(cfg)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	var side *http.Server
+	var sideLn net.Listener
+	if o.httpAddr != "" && o.httpAddr != "off" {
+		if sideLn, err = net.Listen("tcp", o.httpAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen http side port: %w", err)
+		}
+		side = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	if side != nil {
+		go func() { errc <- side.Serve(sideLn) }()
+	}
+	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
+	attrs := []any{"rpc", ln.Addr().String(), "crm", redactURL(cfg.CRMURL), "tls", cfg.TLS != nil,
+		"mutual_tls", o.tlsClientCA != "", "rpc_token", cfg.RPCToken != "", "crm_concurrency", cfg.CRMConcurrency,
+		"crm_rate", cfg.CRMRate, "idempotency", cfg.Idempotency}
+	if side != nil {
+		attrs = append(attrs, "http", sideLn.Addr().String())
+	}
+	log.Info("crmintegrator started", attrs...)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "grace", o.grace)
+	case runErr = <-errc:
+		log.Error("server failed", "error", runErr)
+	}
+	graceCtx, cancel := context.WithTimeout(context.Background(), o.grace)
+	defer cancel()
+	if err := srv.Close(graceCtx); err != nil {
+		log.Warn("calls in flight were abandoned at the end of the grace period", "error", err)
+	}
+	if side != nil {
+		side.Shutdown(graceCtx)
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,299 @@
+package crmrpc
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/rpc"
+	"time"
+
+	"crmsync/shared/backoff"
+)
+
+// ClientConfig configures Dial. Only Addrs is required.
+type ClientConfig struct {
+	// Addrs are daemon addresses (host:port), tried in order: a failed
+	// dial moves on to the next one, and so does a broken connection.
+	Addrs []string
+	Token string      // shared RPC token, sent with every call
+	TLS   *tls.Config // when set, connections use TLS (ServerName defaults to the host)
+	// DialTimeout bounds one dial; default 5s.
+	DialTimeout time.Duration
+	// CallTimeout bounds one call, reconnects included; 0 means only the
+	// caller's context does. Hello reports how long a Deliver may take.
+	CallTimeout time.Duration
+	// RedialFor is how long a call keeps redialing (every address, with
+	// backoff) before it gives up; default 30s. Dial itself tries each
+	// address once.
+	RedialFor time.Duration
+}
+
+// ConnError says a call may or may not have been carried out: the
+// connection broke, or the caller's context ended, after the request was
+// written. For Deliver it means some records may have reached the CRM:
+// resend every record of the call with MaybeSent set. The client redials on
+// the next call.
+type ConnError struct {
+	Method string
+	Addr   string
+	Err    error
+}
+
+func (e *ConnError) Error() string {
+	return fmt.Sprintf("%s on %s: outcome unknown: %v", e.Method, e.Addr, e.Err)
+}
+
+func (e *ConnError) Unwrap() error { return e.Err }
+
+// Client calls a crmintegrator daemon. It is safe for concurrent use:
+// calls are multiplexed over one connection, which is redialed
+// transparently after the daemon restarts or fails over to the next address.
+//
+// Errors of the typed methods are a *Error (the daemon answered that the
+// call failed as a whole), a *ConnError (outcome unknown), or another error
+// (nothing was sent: no daemon reachable, context done, Close called).
+type Client struct {
+	cfg  ClientConfig
+	lock chan struct{} // guards the fields below; a channel so waiting honours ctx
+	rc   *rpc.Client
+	addr string
+	next int // index of the address to try first
+	done bool
+}
+
+// ErrClosed is returned by calls after Close.
+var ErrClosed = errors.New("crmrpc: client closed")
+
+// Dial connects to the first reachable address of cfg.Addrs.
+func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("crmrpc: no daemon address")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.RedialFor <= 0 {
+		cfg.RedialFor = 30 * time.Second
+	}
+	c := &Client{cfg: cfg, lock: make(chan struct{}, 1)}
+	c.lock <- struct{}{}
+	err := c.dialRound(ctx)
+	<-c.lock
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes the connection. Calls in flight fail.
+func (c *Client) Close() error {
+	c.lock <- struct{}{}
+	defer func() { <-c.lock }()
+	c.done = true
+	if c.rc != nil {
+		err := c.rc.Close()
+		c.rc = nil
+		return err
+	}
+	return nil
+}
+
+// dialRound tries every address once, starting at c.next. Lock held.
+func (c *Client) dialRound(ctx context.Context) error {
+	var errs []error
+	for i := range c.cfg.Addrs {
+		j := (c.next + i) % len(c.cfg.Addrs)
+		addr := c.cfg.Addrs[j]
+		conn, err := c.dialOne(ctx, addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c.rc, c.addr, c.next = rpc.NewClient(conn), addr, j
+		return nil
+	}
+	return fmt.Errorf("crmrpc: no daemon reachable: %w", errors.Join(errs...))
+}
+
+func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: c.cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	if c.cfg.TLS == nil {
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	cfg := c.cfg.TLS.Clone()
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	conn, err := (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// conn returns the current connection, redialing with backoff when there
+// is none.
+func (c *Client) conn(ctx context.Context) (*rpc.Client, string, error) {
+	select {
+	case c.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, "", ctx.Err()
+	}
+	defer func() { <-c.lock }()
+	if c.done {
+		return nil, "", ErrClosed
+	}
+	if c.rc != nil {
+		return c.rc, c.addr, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RedialFor)
+	defer cancel()
+	bo := backoff.Backoff{Base: 50 * time.Millisecond, Max: 2 * time.Second}
+	for {
+		err := c.dialRound(ctx)
+		if err == nil {
+			return c.rc, c.addr, nil
+		}
+		if werr := bo.Wait(ctx); werr != nil {
+			return nil, "", err
+		}
+	}
+}
+
+// drop forgets a broken connection and moves on to the next address.
+func (c *Client) drop(rc *rpc.Client) {
+	c.lock <- struct{}{}
+	defer func() { <-c.lock }()
+	if c.rc == rc {
+		rc.Close()
+		c.rc = nil
+		c.next = (c.next + 1) % len(c.cfg.Addrs)
+	}
+}
+
+const maxCallAttempts = 4
+
+// call runs one RPC. safe says the call may be repeated after a broken
+// connection (Hello, Lookup); otherwise a break after sending is a
+// *ConnError. retryable tells whether the reply says "call again
+// elsewhere" (shutting down), which is always safe: nothing was done.
+func (c *Client) call(ctx context.Context, method string, args, reply any, safe bool, retryable func() bool) error {
+	if c.cfg.CallTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
+		defer cancel()
+	}
+	var last error
+	for attempt := 0; attempt < maxCallAttempts; attempt++ {
+		rc, addr, err := c.conn(ctx)
+		if err != nil {
+			if last != nil {
+				return fmt.Errorf("%s: %w (after %v)", method, err, last)
+			}
+			return fmt.Errorf("%s: %w", method, err)
+		}
+		call := rc.Go(method, args, reply, make(chan *rpc.Call, 1))
+		select {
+		case <-ctx.Done():
+			// The daemon may carry the call out anyway.
+			return &ConnError{Method: method, Addr: addr, Err: ctx.Err()}
+		case <-call.Done:
+		}
+		switch err := call.Error; {
+		case err == nil:
+			if retryable() {
+				c.drop(rc)
+				last = errors.New("daemon shutting down")
+				continue
+			}
+			return nil
+		case errors.Is(err, rpc.ErrShutdown):
+			// The connection was already known broken: nothing was sent.
+			c.drop(rc)
+			last = err
+			continue
+		case isServerError(err):
+			return fmt.Errorf("%s on %s: %w", method, addr, err)
+		default:
+			c.drop(rc)
+			if !safe {
+				return &ConnError{Method: method, Addr: addr, Err: err}
+			}
+			last = err
+		}
+	}
+	return fmt.Errorf("%s: giving up after %d attempts: %w", method, maxCallAttempts, last)
+}
+
+func isServerError(err error) bool {
+	var se rpc.ServerError
+	return errors.As(err, &se)
+}
+
+// Hello asks the daemon for its version and limits.
+func (c *Client) Hello(ctx context.Context) (*HelloReply, error) {
+	var reply HelloReply
+	err := c.call(ctx, MethodHello, &HelloArgs{Token: c.cfg.Token}, &reply, true, func() bool {
+		return shuttingDown(&reply.Err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if reply.Err != nil {
+		return nil, reply.Err
+	}
+	return &reply, nil
+}
+
+// Deliver sends records and returns one verdict per record, in order. On a
+// *ConnError the outcome of every record is unknown: resend them all with
+// MaybeSent set.
+func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, error) {
+	var reply DeliverReply
+	err := c.call(ctx, MethodDeliver, &DeliverArgs{Token: c.cfg.Token, Records: records}, &reply, false, func() bool {
+		return shuttingDown(&reply.Err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if reply.Err != nil {
+		return nil, reply.Err
+	}
+	if len(reply.Verdicts) != len(records) {
+		return nil, fmt.Errorf("%s: %d verdicts for %d records", MethodDeliver, len(reply.Verdicts), len(records))
+	}
+	return reply.Verdicts, nil
+}
+
+// Lookup asks which CRM ids hold each external id; one result per id, in
+// order.
+func (c *Client) Lookup(ctx context.Context, ids []string) ([]LookupResult, error) {
+	var reply LookupReply
+	err := c.call(ctx, MethodLookup, &LookupArgs{Token: c.cfg.Token, ExternalIDs: ids}, &reply, true, func() bool {
+		return shuttingDown(&reply.Err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if reply.Err != nil {
+		return nil, reply.Err
+	}
+	if len(reply.Results) != len(ids) {
+		return nil, fmt.Errorf("%s: %d results for %d ids", MethodLookup, len(reply.Results), len(ids))
+	}
+	return reply.Results, nil
+}
+
+// shuttingDown reports a CodeShuttingDown reply and clears it, so that the
+// reply can be reused for the next attempt.
+func shuttingDown(e **Error) bool {
+	if *e != nil && (*e).Code == CodeShuttingDown {
+		*e = nil
+		return true
+	}
+	return false
+}
