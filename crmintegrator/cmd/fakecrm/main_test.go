@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"crmsync/crmintegrator/crmapi"
+)
+
+var listeningLine = regexp.MustCompile(`^listening on (127\.0\.0\.1:\d+)$`)
+
+// lockedBuffer collects stderr from run's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// startRun runs run in the background and returns its address once the
+// first stdout line says where it listens, and a channel with run's result.
+func startRun(t *testing.T, ctx context.Context, args []string, env map[string]string) (string, <-chan error, *lockedBuffer) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	stderr := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, args, envOf(env), pw, stderr)
+		pw.Close()
+		done <- err
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the first line: %v (stderr: %s)", err, stderr)
+	}
+	go io.Copy(io.Discard, pr) //nolint:errcheck // drain, so run never blocks on stdout
+	m := listeningLine.FindStringSubmatch(strings.TrimSuffix(line, "\n"))
+	if m == nil {
+		t.Fatalf("first line %q, want \"listening on 127.0.0.1:PORT\"", line)
+	}
+	return "http://" + m[1], done, stderr
+}
+
+func post(t *testing.T, url, body string, headers ...string) int {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body) //nolint:errcheck
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+const adaJSON = `{"external_id":"C-1","email":"ada@example.com"}`
+
+func TestRunServesAndShutsDown(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	state := filepath.Join(t.TempDir(), "crm.json")
+	base, done, stderr := startRun(t, ctx, []string{"-listen", "127.0.0.1:0", "-state", state}, map[string]string{
+		"FAKECRM_TOKEN": "s3cret",
+	})
+	if got := post(t, base+crmapi.PathContacts, adaJSON); got != 401 {
+		t.Errorf("without token: got %d, want 401", got)
+	}
+	if got := post(t, base+crmapi.PathContacts, adaJSON, "Authorization", "Bearer s3cret"); got != 201 {
+		t.Errorf("with token: got %d, want 201", got)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	if b, err := os.ReadFile(state); err != nil || !strings.Contains(string(b), `"C-1"`) {
+		t.Errorf("state file after shutdown: %v %s", err, b)
+	}
+	if !strings.Contains(stderr.String(), "seed=") {
+		t.Errorf("the random seed is not logged: %s", stderr)
+	}
+}
+
+func TestRunFlagsAndEnvironment(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want int
+	}{
+		{"defaults", nil, nil, 201},
+		{"env fail rate", nil, map[string]string{"FAKECRM_FAIL_RATE": "1"}, 503},
+		{"flag beats env", []string{"-fail-rate", "0"}, map[string]string{"FAKECRM_FAIL_RATE": "1"}, 201},
+		{"env max batch", nil, map[string]string{"FAKECRM_MAX_BATCH": "0"}, 201}, // 0 means the default 100
+		{"ambiguous 502", []string{"-ambiguous-rate", "1", "-ambiguous-modes", "502"}, nil, 502},
+		{"env rate limit", []string{"-burst", "1"}, map[string]string{"FAKECRM_RATE": "0.001"}, 201},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			base, done, _ := startRun(t, ctx, append([]string{"-listen", "127.0.0.1:0"}, tc.args...), tc.env)
+			if got := post(t, base+crmapi.PathContacts, adaJSON); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("run: %v", err)
+			}
+		})
+	}
+}
+
+func TestRunRejectsBadConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		{"bad env float", nil, map[string]string{"FAKECRM_FAIL_RATE": "lots"}, "FAKECRM_FAIL_RATE"},
+		{"bad env duration", nil, map[string]string{"FAKECRM_HANG": "30"}, "FAKECRM_HANG"},
+		{"bad env bool", nil, map[string]string{"FAKECRM_IDEMPOTENCY": "maybe"}, "FAKECRM_IDEMPOTENCY"},
+		{"rate out of range", []string{"-fail-rate", "2"}, nil, "fail_rate"},
+		{"unknown mode", []string{"-ambiguous-modes", "418"}, nil, "418"},
+		{"unknown flag", []string{"-nope"}, nil, "nope"},
+		{"stray argument", []string{"serve"}, nil, "unexpected arguments"},
+		{"bad log level", []string{"-log-level", "loud"}, nil, "log-level"},
+		{"bad address", []string{"-listen", "256.0.0.1:x"}, nil, "listen"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), append([]string{"-listen", "127.0.0.1:0"}, tc.args...), envOf(tc.env), &stdout, &stderr)
+			if err == nil || !strings.Contains(err.Error()+stderr.String(), tc.wantErr) {
+				t.Errorf("got %v, want an error about %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestRunHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"-h"}, envOf(nil), &stdout, &stderr); err != nil {
+		t.Fatalf("-h: %v", err)
+	}
+	for _, s := range []string{"-listen", "FAKECRM_LISTEN", "-ambiguous-rate", "-state"} {
+		if !strings.Contains(stderr.String(), s) {
+			t.Errorf("usage lacks %s:\n%s", s, stderr.String())
+		}
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("-h wrote to stdout: %q", stdout.String())
+	}
+}
+
+// TestBinarySIGTERM builds the real binary and checks its first line and
+// that SIGTERM stops it with exit status 0 and a saved state file.
+func TestBinarySIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "fakecrm")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	state := filepath.Join(dir, "crm.json")
+	cmd := exec.Command(bin, "-listen", "127.0.0.1:0", "-state", state, "-seed", "42")
+	cmd.Env = append(os.Environ(), "FAKECRM_HANG=1h")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() }) //nolint:errcheck // already exited when the test passes
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the first line: %v (stderr: %s)", err, stderr.String())
+	}
+	m := listeningLine.FindStringSubmatch(strings.TrimSuffix(line, "\n"))
+	if m == nil {
+		t.Fatalf("first line %q, want \"listening on 127.0.0.1:PORT\"", line)
+	}
+	if got := post(t, "http://"+m[1]+crmapi.PathContacts, adaJSON); got != 201 {
+		t.Fatalf("got %d, want 201", got)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v (stderr: %s)", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit within 10s of SIGTERM")
+	}
+	if b, err := os.ReadFile(state); err != nil || !strings.Contains(string(b), `"C-1"`) {
+		t.Errorf("state file after SIGTERM: %v %s", err, b)
+	}
+}
