@@ -1,0 +1,744 @@
+// Package importer drives one csvreader run: it streams export files, sends
+// valid rows in blocks through the integrator with a pool of workers, acts on
+// each record's verdict, and records confirmations in the ledger, so that
+// every row ends delivered, skipped as a duplicate, or in the rejects file.
+//
+// The stages, each owned by Run:
+//
+//	read ──blocks──▶ claim (one, in file order) ──send──▶ workers ×N ──▶ ledger
+//	                   ▲                                   │
+//	                   └──────reclaim◀── scheduler ◀─retry─┘
+//
+// Claiming is sequential so that which occurrence of a repeated key counts
+// as the duplicate is decided by file order, the same on every run.
+package importer
+
+import (
+	"context"
+	"database/sql"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"crmsync/csvreader/export"
+	"crmsync/csvreader/ledger"
+	"crmsync/shared/backoff"
+	"crmsync/shared/contact"
+	"crmsync/shared/crmrpc"
+)
+
+// Deliverer sends records to the CRM: the integrator's client.
+type Deliverer interface {
+	Deliver(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, error)
+}
+
+// Config is one run's settings. Zero values take the documented defaults.
+type Config struct {
+	Files  []string // export files; "-" is stdin
+	Export export.Options
+
+	Workers      int           // concurrent Deliver calls; default 4
+	BlockSize    int           // records per Deliver call; default 1000
+	BlockBytes   int           // cap on a block's field bytes; default 4 MiB
+	MaxAttempts  int           // sends per record before it fails; default 10
+	MaxRetryTime time.Duration // time from first send before a record fails; default 10m
+	MaxRejects   int           // stop once more rows than this are rejected; 0: no limit
+	DBRetryTime  time.Duration // how long to retry a failing database write; default 2m
+
+	RejectsPath string // default: <first file's base name>.rejects.csv
+	SkippedPath string // optional: one line per duplicate skipped, with why
+	DryRun      bool   // validate and count; no claim, no CRM call
+
+	Progress      io.Writer     // progress lines; nil: none
+	ProgressEvery time.Duration // default 5s
+	Logger        *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Workers <= 0 {
+		c.Workers = 4
+	}
+	if c.BlockSize <= 0 {
+		c.BlockSize = 1000
+	}
+	if c.BlockBytes <= 0 {
+		c.BlockBytes = 4 << 20
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 10
+	}
+	if c.MaxRetryTime <= 0 {
+		c.MaxRetryTime = 10 * time.Minute
+	}
+	if c.DBRetryTime <= 0 {
+		c.DBRetryTime = 2 * time.Minute
+	}
+	if c.ProgressEvery <= 0 {
+		c.ProgressEvery = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.RejectsPath == "" && len(c.Files) > 0 {
+		c.RejectsPath = DefaultRejectsPath(c.Files[0])
+	}
+}
+
+// DefaultRejectsPath is where rejects of file go when no path is given: in
+// the current directory, named after the file.
+func DefaultRejectsPath(file string) string {
+	base := filepath.Base(file)
+	if file == "-" {
+		base = "stdin"
+	}
+	base = strings.TrimSuffix(base, ".gz")
+	base = strings.TrimSuffix(base, filepath.Ext(base))
+	return base + ".rejects.csv"
+}
+
+// Report is the account of a run. Every row read is counted in exactly one
+// of RejectedInvalid, DuplicatesInFile, AlreadyDelivered, Delivered,
+// RejectedByCRM, Failed, Unfinished (and, in a dry run, New).
+type Report struct {
+	RunID            int64    `json:"run_id,omitempty"`
+	Files            []string `json:"files"`
+	DryRun           bool     `json:"dry_run,omitempty"`
+	Rows             int64    `json:"rows"`
+	Valid            int64    `json:"valid"`
+	RejectedInvalid  int64    `json:"rejected_invalid"`
+	DuplicatesInFile int64    `json:"duplicates_in_file"`
+	AlreadyDelivered int64    `json:"already_delivered"`
+	New              int64    `json:"new,omitempty"`
+	Delivered        int64    `json:"delivered"`
+	RejectedByCRM    int64    `json:"rejected_by_crm"`
+	Failed           int64    `json:"failed"`
+	Unfinished       int64    `json:"unfinished"`
+	Recovered        int64    `json:"recovered"` // claims of dead runs taken over
+	Retries          int64    `json:"retries"`
+	Interrupted      bool     `json:"interrupted,omitempty"`
+	ElapsedSeconds   float64  `json:"elapsed_seconds"`
+	RowsPerSecond    float64  `json:"rows_per_second"`
+	RejectsFile      string   `json:"rejects_file,omitempty"`
+}
+
+// Accounted reports whether every row is counted in exactly one outcome.
+func (r *Report) Accounted() bool {
+	return r.Rows == r.RejectedInvalid+r.DuplicatesInFile+r.AlreadyDelivered+r.New+
+		r.Delivered+r.RejectedByCRM+r.Failed+r.Unfinished
+}
+
+// ErrTooManyRejects stops a run whose export looks broken.
+var ErrTooManyRejects = errors.New("too many rejected rows")
+
+// rec is one valid row on its way to the CRM.
+type rec struct {
+	c         contact.Contact
+	fp        string
+	file      string
+	line      int64
+	fields    []string
+	attempts  int
+	first     time.Time
+	maybeSent bool
+	last      string // last retry reason
+}
+
+// item is a group of records moving between stages.
+type item struct {
+	recs    []*rec
+	reclaim bool // needs claiming again (a live run held it)
+	due     time.Time
+}
+
+type counters struct {
+	rows, valid, invalid, dupes, already, delivered, crmRejected,
+	failed, unfinished, recovered, retries, inflightRetry atomic.Int64
+}
+
+type pipeline struct {
+	cfg     Config
+	run     *ledger.Run
+	crm     Deliverer
+	rejects *export.RejectsWriter
+	skipped *skippedWriter
+	log     *slog.Logger
+	n       counters
+
+	readCtx context.Context // done on interrupt: stop reading, stop retrying
+	workCtx context.Context // done on a fatal error
+	fatal   context.CancelCauseFunc
+
+	blocks  chan *item
+	send    chan *item
+	reclaim chan *item
+	room    chan struct{} // one token per record allowed in flight
+	sched   *scheduler
+
+	pending  atomic.Int64 // items not yet finished
+	readDone atomic.Bool
+	stop     chan struct{}
+	stopOnce sync.Once
+
+	offset func() (int64, int64) // bytes read, size of the current file
+	offMu  sync.Mutex
+}
+
+// Run imports cfg.Files through crm, recording deliveries in d. It returns
+// the report even with an error. Cancelling ctx interrupts the run: reading
+// stops, blocks already claimed are finished, pending retries are left for
+// the next run.
+func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, error) {
+	cfg.setDefaults()
+	start := time.Now()
+	if cfg.DryRun {
+		rep, err := dryRun(ctx, cfg, d)
+		rep.finish(start)
+		return rep, err
+	}
+	p := &pipeline{cfg: cfg, crm: crm, log: cfg.Logger,
+		blocks: make(chan *item, 1), send: make(chan *item, cfg.Workers),
+		reclaim: make(chan *item, 1), room: make(chan struct{}, cfg.Workers*cfg.BlockSize*4),
+		stop: make(chan struct{})}
+	p.readCtx = ctx
+	var cancel context.CancelCauseFunc
+	p.workCtx, cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	p.fatal = func(err error) { cancel(err); p.closeStop() }
+	defer cancel(nil)
+	p.offset = func() (int64, int64) { return 0, -1 }
+
+	rep := &Report{Files: cfg.Files, RejectsFile: cfg.RejectsPath}
+	first, err := export.Open(cfg.Files[0], cfg.Export)
+	if err != nil {
+		return rep, err
+	}
+	if p.rejects, err = export.NewRejectsWriter(cfg.RejectsPath, first.Header(), delimiter(cfg.Export)); err != nil {
+		first.Close()
+		return rep, fmt.Errorf("rejects file: %w", err)
+	}
+	if cfg.SkippedPath != "" {
+		if p.skipped, err = newSkippedWriter(cfg.SkippedPath); err != nil {
+			first.Close()
+			p.rejects.Close()
+			return rep, err
+		}
+	}
+	if p.run, err = ledger.Start(ctx, d, cfg.Files); err != nil {
+		first.Close()
+		p.rejects.Close()
+		return rep, err
+	}
+	rep.RunID = p.run.ID()
+	p.log.Info("run started", "run", rep.RunID, "files", len(cfg.Files), "workers", cfg.Workers, "block_size", cfg.BlockSize)
+	p.sched = newScheduler(p)
+
+	var wg sync.WaitGroup
+	var readErr error
+	wg.Go(func() { readErr = p.read(first) })
+	wg.Go(p.claimLoop)
+	for range cfg.Workers {
+		wg.Go(p.workLoop)
+	}
+	wg.Go(p.sched.loop)
+	progressDone := make(chan struct{})
+	if cfg.Progress != nil {
+		wg.Go(func() { p.progress(start, progressDone) })
+	}
+	<-p.stop
+	close(progressDone)
+	wg.Wait()
+
+	runErr := context.Cause(p.workCtx)
+	if runErr == nil {
+		runErr = readErr
+	}
+	p.fill(rep)
+	rep.Interrupted = ctx.Err() != nil && runErr == nil
+	rep.finish(start)
+	if cfg.Progress != nil {
+		p.printProgress(start, true)
+	}
+	status := "done"
+	switch {
+	case runErr != nil:
+		status = "failed"
+	case rep.Interrupted:
+		status = "interrupted"
+	}
+	errs := []error{runErr}
+	errs = append(errs, p.rejects.Close())
+	if p.skipped != nil {
+		errs = append(errs, p.skipped.Close())
+	}
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer ccancel()
+	errs = append(errs, p.run.Close(cctx, status, rep))
+	return rep, errors.Join(errs...)
+}
+
+func (r *Report) finish(start time.Time) {
+	r.ElapsedSeconds = time.Since(start).Seconds()
+	if r.ElapsedSeconds > 0 {
+		r.RowsPerSecond = float64(r.Rows) / r.ElapsedSeconds
+	}
+}
+
+func (p *pipeline) fill(r *Report) {
+	r.Rows, r.Valid, r.RejectedInvalid = p.n.rows.Load(), p.n.valid.Load(), p.n.invalid.Load()
+	r.DuplicatesInFile, r.AlreadyDelivered = p.n.dupes.Load(), p.n.already.Load()
+	r.Delivered, r.RejectedByCRM, r.Failed = p.n.delivered.Load(), p.n.crmRejected.Load(), p.n.failed.Load()
+	r.Unfinished, r.Recovered, r.Retries = p.n.unfinished.Load(), p.n.recovered.Load(), p.n.retries.Load()
+}
+
+func delimiter(o export.Options) rune {
+	if o.Delimiter == 0 {
+		return ','
+	}
+	return o.Delimiter
+}
+
+func (p *pipeline) closeStop() { p.stopOnce.Do(func() { close(p.stop) }) }
+
+// add and done track items in flight; the run ends when reading is over and
+// nothing is in flight.
+func (p *pipeline) add() { p.pending.Add(1) }
+func (p *pipeline) done() {
+	if p.pending.Add(-1) == 0 && p.readDone.Load() {
+		p.closeStop()
+	}
+}
+
+// release gives back the room n finished records took.
+func (p *pipeline) release(n int) {
+	for range n {
+		<-p.room
+	}
+}
+
+func (p *pipeline) stopped() bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// read streams every file into blocks. It returns a fatal read error.
+func (p *pipeline) read(first *export.Reader) (err error) {
+	defer func() {
+		if err != nil {
+			p.fatal(err)
+		}
+		p.readDone.Store(true)
+		if p.pending.Load() == 0 {
+			p.closeStop()
+		}
+	}()
+	header := first.Header()
+	for i, name := range p.cfg.Files {
+		r := first
+		if i > 0 {
+			if r, err = export.Open(name, p.cfg.Export); err != nil {
+				return err
+			}
+			if strings.Join(r.Header(), "\x00") != strings.Join(header, "\x00") {
+				r.Close()
+				return fmt.Errorf("%s: its columns differ from %s's; import it in a run of its own", name, p.cfg.Files[0])
+			}
+		}
+		p.offMu.Lock()
+		p.offset = func() (int64, int64) { return r.Offset(), r.Size() }
+		p.offMu.Unlock()
+		err = p.readFile(r, len(p.cfg.Files) > 1)
+		r.Close()
+		if err != nil || p.readCtx.Err() != nil || p.stopped() {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *pipeline) readFile(r *export.Reader, many bool) error {
+	var blk []*rec
+	bytes := 0
+	flush := func() bool {
+		if len(blk) == 0 {
+			return true
+		}
+		for range blk {
+			select {
+			case p.room <- struct{}{}:
+			case <-p.stop:
+				return false
+			}
+		}
+		p.add()
+		select {
+		case p.blocks <- &item{recs: blk}:
+		case <-p.stop:
+			return false
+		}
+		blk, bytes = nil, 0
+		return true
+	}
+	name := r.Name()
+	for p.readCtx.Err() == nil {
+		row, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		p.n.rows.Add(1)
+		if row.Problem != nil {
+			p.n.invalid.Add(1)
+			if err := p.reject(name, int64(row.Line), row.Fields, row.Problem.Code+": "+row.Problem.Message, many); err != nil {
+				return err
+			}
+			continue
+		}
+		p.n.valid.Add(1)
+		blk = append(blk, &rec{c: row.Contact, fp: row.Contact.Fingerprint(), file: name, line: int64(row.Line), fields: row.Fields})
+		for _, f := range row.Fields {
+			bytes += len(f)
+		}
+		if len(blk) >= p.cfg.BlockSize || bytes >= p.cfg.BlockBytes {
+			if !flush() {
+				return nil
+			}
+		}
+	}
+	flush()
+	return nil
+}
+
+// reject writes a row to the rejects file and enforces -max-rejects.
+func (p *pipeline) reject(file string, line int64, fields []string, reason string, many bool) error {
+	lineRef := line
+	if many {
+		reason = fmt.Sprintf("%s: %s", file, reason)
+	}
+	if err := p.rejects.Write(int(lineRef), fields, reason); err != nil {
+		return fmt.Errorf("rejects file: %w", err)
+	}
+	if max := p.cfg.MaxRejects; max > 0 && p.n.invalid.Load()+p.n.crmRejected.Load() > int64(max) {
+		return fmt.Errorf("%w: more than %d (-max-rejects); the export looks broken, see %s", ErrTooManyRejects, max, p.cfg.RejectsPath)
+	}
+	return nil
+}
+
+// claimLoop claims blocks in file order, skipping duplicates, and hands the
+// records this run may send to the workers.
+func (p *pipeline) claimLoop() {
+	for {
+		var it *item
+		select {
+		case <-p.stop:
+			return
+		case it = <-p.blocks:
+		case it = <-p.reclaim:
+		}
+		if p.readCtx.Err() != nil {
+			p.abandon(it.recs, "interrupted before sending")
+			p.done()
+			continue
+		}
+		p.claim(it)
+		p.done()
+	}
+}
+
+func (p *pipeline) claim(it *item) {
+	firstLine := make(map[string]int64, len(it.recs))
+	items := make([]ledger.Item, 0, len(it.recs))
+	var keep []*rec
+	for _, r := range it.recs {
+		if l, ok := firstLine[r.c.ExternalID]; ok {
+			p.skip(r, "duplicate_in_file", fmt.Sprintf("same key as %s line %d", r.file, l))
+			continue
+		}
+		firstLine[r.c.ExternalID] = r.line
+		keep = append(keep, r)
+		items = append(items, ledger.Item{Key: r.c.ExternalID, Fingerprint: r.fp, File: r.file, Line: r.line})
+	}
+	var ds []ledger.Decision
+	err := p.retryDB("claim keys", func(ctx context.Context) (err error) {
+		ds, err = p.run.Claim(ctx, items)
+		return err
+	})
+	if err != nil {
+		p.fatal(err)
+		return
+	}
+	var send, busy []*rec
+	for i, d := range ds {
+		r := keep[i]
+		switch d.Status {
+		case ledger.Claimed, ledger.Resend:
+			send = append(send, r)
+		case ledger.TakenOver:
+			r.maybeSent = true
+			p.n.recovered.Add(1)
+			send = append(send, r)
+		case ledger.AlreadyDelivered:
+			p.skip(r, "already_delivered", d.Why)
+		case ledger.DuplicateInFile:
+			p.skip(r, "duplicate_in_file", d.Why)
+		case ledger.Busy:
+			r.last = d.Why
+			if r.first.IsZero() {
+				r.first = time.Now()
+			}
+			if time.Since(r.first) > p.cfg.MaxRetryTime {
+				p.failUnclaimed(r, "still held by another run after -max-retry-time: "+d.Why)
+				continue
+			}
+			busy = append(busy, r)
+		}
+	}
+	if len(busy) > 0 {
+		p.sched.add(&item{recs: busy, reclaim: true, due: time.Now().Add(time.Second)})
+	}
+	if len(send) > 0 {
+		p.add()
+		select {
+		case p.send <- &item{recs: send}:
+		case <-p.stop:
+		}
+	}
+}
+
+func (p *pipeline) skip(r *rec, status, why string) {
+	if status == "already_delivered" {
+		p.n.already.Add(1)
+	} else {
+		p.n.dupes.Add(1)
+	}
+	p.release(1)
+	if p.skipped != nil {
+		p.skipped.write(r, status, why)
+	}
+}
+
+// failUnclaimed ends a record this run never claimed.
+func (p *pipeline) failUnclaimed(r *rec, why string) {
+	p.n.failed.Add(1)
+	p.release(1)
+	if err := p.reject(r.file, r.line, r.fields, "failed: "+why, len(p.cfg.Files) > 1); err != nil {
+		p.fatal(err)
+	}
+}
+
+// abandon ends records left for a later run after an interrupt.
+func (p *pipeline) abandon(recs []*rec, why string) {
+	p.n.unfinished.Add(int64(len(recs)))
+	p.release(len(recs))
+}
+
+func (p *pipeline) workLoop() {
+	for {
+		select {
+		case <-p.stop:
+			return
+		case it := <-p.send:
+			p.deliver(it)
+			p.done()
+		}
+	}
+}
+
+// deliver sends one item and acts on each record's verdict.
+func (p *pipeline) deliver(it *item) {
+	recs := make([]crmrpc.Record, len(it.recs))
+	now := time.Now()
+	for i, r := range it.recs {
+		recs[i] = crmrpc.Record{Contact: r.c, MaybeSent: r.maybeSent}
+		r.attempts++
+		if r.first.IsZero() {
+			r.first = now
+		}
+	}
+	verdicts, err := p.crm.Deliver(p.workCtx, recs)
+	if err == nil && len(verdicts) != len(recs) {
+		err = fmt.Errorf("integrator answered %d verdicts for %d records", len(verdicts), len(recs))
+	}
+	if err != nil {
+		var ce *crmrpc.Error
+		if errors.As(err, &ce) && ce.Fatal() {
+			p.fatal(fmt.Errorf("integrator refused the work: %w", err))
+			return
+		}
+		if p.workCtx.Err() != nil {
+			return
+		}
+		// The call may have reached the CRM: resend every record with a
+		// lookup first.
+		wait := time.Second
+		if ce != nil && ce.RetryAfter > 0 {
+			wait = ce.RetryAfter
+		}
+		p.log.Warn("integrator call failed; will resend its records", "records", len(recs), "err", err)
+		verdicts = make([]crmrpc.Verdict, len(recs))
+		for i := range verdicts {
+			verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: wait, Ambiguous: true, Code: "integrator_unreachable", Message: err.Error()}
+		}
+	}
+	var delivered []ledger.Delivery
+	var rejKeys, rejReasons []string
+	var rejRecs []*rec
+	var failKeys, failReasons []string
+	var failRecs []*rec
+	var retry []*rec
+	var retryAfter time.Duration
+	for i, v := range verdicts {
+		r := it.recs[i]
+		switch v.Outcome {
+		case crmrpc.Delivered:
+			delivered = append(delivered, ledger.Delivery{Contact: r.c, CRMID: v.CRMID, Fingerprint: r.fp, File: r.file, Line: r.line})
+		case crmrpc.Rejected:
+			rejRecs = append(rejRecs, r)
+			rejKeys = append(rejKeys, r.c.ExternalID)
+			rejReasons = append(rejReasons, "rejected by CRM: "+v.Code+": "+v.Message)
+		default: // Retry, and anything a newer daemon may add
+			r.maybeSent = r.maybeSent || v.Ambiguous
+			r.last = v.Code
+			if v.Message != "" {
+				r.last += ": " + v.Message
+			}
+			if r.attempts >= p.cfg.MaxAttempts || time.Since(r.first) >= p.cfg.MaxRetryTime {
+				failRecs = append(failRecs, r)
+				failKeys = append(failKeys, r.c.ExternalID)
+				failReasons = append(failReasons, fmt.Sprintf("failed after %d attempts: %s", r.attempts, r.last))
+				continue
+			}
+			retry = append(retry, r)
+			retryAfter = max(retryAfter, v.RetryAfter)
+		}
+	}
+	if len(delivered) > 0 {
+		if err := p.retryDB("record deliveries", func(ctx context.Context) error { return p.run.Confirm(ctx, delivered) }); err != nil {
+			p.fatal(err)
+			return
+		}
+		p.n.delivered.Add(int64(len(delivered)))
+		p.release(len(delivered))
+	}
+	p.finishAs(rejRecs, rejKeys, rejReasons, "rejected", &p.n.crmRejected)
+	p.finishAs(failRecs, failKeys, failReasons, "failed", &p.n.failed)
+	if len(retry) > 0 {
+		p.n.retries.Add(int64(len(retry)))
+		if p.readCtx.Err() != nil {
+			p.leave(retry)
+			return
+		}
+		b := backoff.Backoff{Base: 500 * time.Millisecond, Max: time.Minute}
+		var d time.Duration
+		for range retry[0].attempts {
+			d = b.Next()
+		}
+		p.sched.add(&item{recs: retry, due: time.Now().Add(max(d, retryAfter))})
+	}
+}
+
+// finishAs records final rejections or failures in the ledger and the
+// rejects file.
+func (p *pipeline) finishAs(recs []*rec, keys, reasons []string, state string, n *atomic.Int64) {
+	if len(recs) == 0 {
+		return
+	}
+	if err := p.retryDB("mark "+state, func(ctx context.Context) error { return p.run.Mark(ctx, state, keys, reasons) }); err != nil {
+		p.fatal(err)
+		return
+	}
+	n.Add(int64(len(recs)))
+	p.release(len(recs))
+	many := len(p.cfg.Files) > 1
+	for i, r := range recs {
+		if err := p.reject(r.file, r.line, r.fields, reasons[i], many); err != nil {
+			p.fatal(err)
+			return
+		}
+	}
+	if state == "failed" {
+		p.log.Warn("records failed after all retries", "records", len(recs), "last", recs[0].last)
+	}
+}
+
+// leave hands claimed records to the next run after an interrupt: their
+// claims stay, marked as failed ("maybe sent"), so the next run looks them
+// up before sending.
+func (p *pipeline) leave(recs []*rec) {
+	keys := make([]string, len(recs))
+	reasons := make([]string, len(recs))
+	for i, r := range recs {
+		keys[i], reasons[i] = r.c.ExternalID, "interrupted: "+r.last
+	}
+	if err := p.retryDB("mark interrupted", func(ctx context.Context) error { return p.run.Mark(ctx, "failed", keys, reasons) }); err != nil {
+		p.log.Error("could not mark interrupted records; the next run resolves them anyway", "err", err)
+	}
+	p.abandon(recs, "interrupted")
+}
+
+// retryDB runs a ledger write, retrying while PostgreSQL is unavailable for
+// up to DBRetryTime, so a database restart does not cost the run.
+func (p *pipeline) retryDB(what string, fn func(context.Context) error) error {
+	b := backoff.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
+	deadline := time.Now().Add(p.cfg.DBRetryTime)
+	for {
+		err := fn(p.workCtx)
+		if err == nil || p.workCtx.Err() != nil {
+			if err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: database unavailable for %s: %w", what, p.cfg.DBRetryTime, err)
+		}
+		if b.Attempts() == 0 {
+			p.log.Warn("database write failed; retrying", "what", what, "err", err)
+		}
+		if b.Wait(p.workCtx) != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+	}
+}
+
+// skippedWriter lists duplicates with why they were skipped.
+type skippedWriter struct {
+	mu sync.Mutex
+	f  *os.File
+	w  *csv.Writer
+}
+
+func newSkippedWriter(path string) (*skippedWriter, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("skipped file: %w", err)
+	}
+	w := csv.NewWriter(f)
+	w.Write([]string{"file", "line", "key", "status", "why"})
+	return &skippedWriter{f: f, w: w}, nil
+}
+
+func (s *skippedWriter) write(r *rec, status, why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.w.Write([]string{r.file, fmt.Sprint(r.line), r.c.ExternalID, status, why})
+}
+
+func (s *skippedWriter) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.w.Flush()
+	return errors.Join(s.w.Error(), s.f.Sync(), s.f.Close())
+}

@@ -1,0 +1,432 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/lib/pq"
+
+	"crmsync/csvreader/export"
+	"crmsync/csvreader/importer"
+	"crmsync/db"
+	"crmsync/shared/crmrpc"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFatal  = 1
+	exitUsage  = 2
+	exitFailed = 3 // finished, but some records failed after all retries
+)
+
+type exitCoder interface{ ExitCode() int }
+
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return ""
+	}
+	return e.err.Error()
+}
+func (e *exitError) Unwrap() error { return e.err }
+func (e *exitError) ExitCode() int { return e.code }
+
+type options struct {
+	integrators   string
+	dsn           string
+	workers       int
+	blockSize     int
+	rejects       string
+	skipped       string
+	report        string
+	key           string
+	delimiter     string
+	maxRejects    int
+	maxAttempts   int
+	maxRetryTime  time.Duration
+	dbRetryTime   time.Duration
+	dryRun        bool
+	progress      bool
+	progressEvery time.Duration
+	rpcToken      string
+	tlsOn         bool
+	tlsCA         string
+	tlsCert       string
+	tlsKey        string
+	tlsServerName string
+	callTimeout   time.Duration
+	logFormat     string
+	logLevel      string
+	files         []string
+	progressSet   bool
+}
+
+const usageHead = `Usage: csvreader [flags] FILE [FILE...]
+
+Streams customer exports (CSV, optionally gzipped; "-" reads stdin) to the CRM
+through crmintegrator, exactly once, and records every customer the CRM
+accepted in PostgreSQL. Rows that cannot be delivered go to the rejects file
+with the reason; rerunning the same command resumes where a run stopped and
+never sends a customer twice.
+
+Every flag can also be set by the environment variable in brackets.
+
+Exit codes: 0 every row accounted for, none failed; 1 fatal error;
+2 usage error; 3 finished, but some records failed after all retries.
+
+Flags:
+`
+
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	env := func(name, def string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	var bad []string
+	envInt := func(name string, def int) int {
+		if v := getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("%s=%q is not a whole number", name, v))
+				return def
+			}
+			return n
+		}
+		return def
+	}
+	envDur := func(name string, def time.Duration) time.Duration {
+		if v := getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("%s=%q is not a duration (like 90s or 10m)", name, v))
+				return def
+			}
+			return d
+		}
+		return def
+	}
+	envBool := func(name string) bool {
+		v := getenv(name)
+		b, err := strconv.ParseBool(v)
+		if v != "" && err != nil {
+			bad = append(bad, fmt.Sprintf("%s=%q is not true or false", name, v))
+		}
+		return b
+	}
+
+	o := &options{}
+	fs := flag.NewFlagSet("csvreader", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.integrators, "integrator", env("CSVREADER_INTEGRATOR", "127.0.0.1:4004"), "integrator `ADDR[,ADDR...]`; later ones are fallbacks [CSVREADER_INTEGRATOR]")
+	fs.StringVar(&o.dsn, "db", env("DATABASE_URL", ""), "PostgreSQL `DSN` (postgres://user:pass@host:port/db) [DATABASE_URL]")
+	fs.IntVar(&o.workers, "workers", envInt("CSVREADER_WORKERS", 4), "concurrent blocks in flight to the integrator [CSVREADER_WORKERS]")
+	fs.IntVar(&o.blockSize, "block-size", envInt("CSVREADER_BLOCK_SIZE", 1000), "records per block (per integrator call); capped by the integrator's limit [CSVREADER_BLOCK_SIZE]")
+	fs.StringVar(&o.rejects, "rejects", env("CSVREADER_REJECTS", ""), "rejects file `PATH` (default: <file>.rejects.csv in the current directory) [CSVREADER_REJECTS]")
+	fs.StringVar(&o.skipped, "skipped", env("CSVREADER_SKIPPED", ""), "optional `PATH` listing every duplicate skipped and why [CSVREADER_SKIPPED]")
+	fs.StringVar(&o.report, "report", env("CSVREADER_REPORT", ""), "write the final report as JSON to `PATH` [CSVREADER_REPORT]")
+	fs.StringVar(&o.key, "key", env("CSVREADER_KEY", "id"), "`COLUMN` holding the dedup key, sent as the CRM's external_id [CSVREADER_KEY]")
+	fs.StringVar(&o.delimiter, "delimiter", env("CSVREADER_DELIMITER", ","), "field delimiter: one character, or \"tab\" [CSVREADER_DELIMITER]")
+	fs.IntVar(&o.maxRejects, "max-rejects", envInt("CSVREADER_MAX_REJECTS", 0), "stop once more than `N` rows are rejected; 0 means no limit [CSVREADER_MAX_REJECTS]")
+	fs.IntVar(&o.maxAttempts, "max-attempts", envInt("CSVREADER_MAX_ATTEMPTS", 10), "sends per record before it is reported as failed [CSVREADER_MAX_ATTEMPTS]")
+	fs.DurationVar(&o.maxRetryTime, "max-retry-time", envDur("CSVREADER_MAX_RETRY_TIME", 10*time.Minute), "time from a record's first send after which it is reported as failed [CSVREADER_MAX_RETRY_TIME]")
+	fs.DurationVar(&o.dbRetryTime, "db-retry-time", envDur("CSVREADER_DB_RETRY_TIME", 2*time.Minute), "how long to ride out an unavailable database before giving up [CSVREADER_DB_RETRY_TIME]")
+	fs.BoolVar(&o.dryRun, "dry-run", envBool("CSVREADER_DRY_RUN"), "validate and count new / already delivered / invalid rows; no CRM call [CSVREADER_DRY_RUN]")
+	fs.BoolVar(&o.progress, "progress", envBool("CSVREADER_PROGRESS"), "print progress to stderr (default: on when stderr is a terminal) [CSVREADER_PROGRESS]")
+	fs.DurationVar(&o.progressEvery, "progress-interval", envDur("CSVREADER_PROGRESS_INTERVAL", 5*time.Second), "time between progress lines [CSVREADER_PROGRESS_INTERVAL]")
+	fs.StringVar(&o.rpcToken, "rpc-token", env("CSVREADER_RPC_TOKEN", ""), "shared token the integrator requires, if any [CSVREADER_RPC_TOKEN]")
+	fs.BoolVar(&o.tlsOn, "tls", envBool("CSVREADER_TLS"), "connect to the integrator over TLS [CSVREADER_TLS]")
+	fs.StringVar(&o.tlsCA, "tls-ca", env("CSVREADER_TLS_CA", ""), "PEM `FILE` of CAs that sign the integrator's certificate (implies -tls) [CSVREADER_TLS_CA]")
+	fs.StringVar(&o.tlsCert, "tls-cert", env("CSVREADER_TLS_CERT", ""), "client certificate PEM `FILE`, for mutual TLS (implies -tls) [CSVREADER_TLS_CERT]")
+	fs.StringVar(&o.tlsKey, "tls-key", env("CSVREADER_TLS_KEY", ""), "client key PEM `FILE`, for mutual TLS [CSVREADER_TLS_KEY]")
+	fs.StringVar(&o.tlsServerName, "tls-server-name", env("CSVREADER_TLS_SERVER_NAME", ""), "expected name in the integrator's certificate (default: the address's host) [CSVREADER_TLS_SERVER_NAME]")
+	fs.DurationVar(&o.callTimeout, "call-timeout", envDur("CSVREADER_CALL_TIMEOUT", 0), "longest wait for one integrator call; 0 takes the integrator's advice [CSVREADER_CALL_TIMEOUT]")
+	fs.StringVar(&o.logFormat, "log-format", env("CSVREADER_LOG_FORMAT", "text"), "log format: text or json [CSVREADER_LOG_FORMAT]")
+	fs.StringVar(&o.logLevel, "log-level", env("CSVREADER_LOG_LEVEL", "info"), "log level: debug, info, warn or error [CSVREADER_LOG_LEVEL]")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageHead)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, &exitError{code: exitOK}
+		}
+		return nil, &exitError{exitUsage, errors.New("")}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "progress" {
+			o.progressSet = true
+		}
+	})
+	if getenv("CSVREADER_PROGRESS") != "" {
+		o.progressSet = true
+	}
+	o.files = fs.Args()
+	usage := func(msg string) (*options, error) {
+		return nil, &exitError{exitUsage, fmt.Errorf("%s (see csvreader -h)", msg)}
+	}
+	switch {
+	case len(bad) > 0:
+		return usage(strings.Join(bad, "; "))
+	case len(o.files) == 0:
+		return usage("no export file given")
+	case o.dsn == "":
+		return usage("no database: set -db or DATABASE_URL")
+	case o.workers < 1 || o.blockSize < 1:
+		return usage("-workers and -block-size must be at least 1")
+	case o.maxAttempts < 1:
+		return usage("-max-attempts must be at least 1")
+	}
+	if _, err := parseDelimiter(o.delimiter); err != nil {
+		return usage(err.Error())
+	}
+	if o.tlsCA != "" || o.tlsCert != "" {
+		o.tlsOn = true
+	}
+	return o, nil
+}
+
+func parseDelimiter(s string) (rune, error) {
+	switch s {
+	case "tab", `\t`:
+		return '\t', nil
+	}
+	r := []rune(s)
+	if len(r) != 1 || r[0] == '"' || r[0] == '\n' || r[0] == '\r' {
+		return 0, fmt.Errorf("-delimiter %q: want one character other than a quote or newline", s)
+	}
+	return r[0], nil
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(o.logFormat, o.logLevel, stderr)
+	if err != nil {
+		return &exitError{exitUsage, err}
+	}
+	delim, _ := parseDelimiter(o.delimiter)
+
+	d, err := openDB(ctx, o.dsn)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	cfg := importer.Config{
+		Files:         o.files,
+		Export:        export.Options{Delimiter: delim, Key: o.key},
+		Workers:       o.workers,
+		BlockSize:     o.blockSize,
+		MaxAttempts:   o.maxAttempts,
+		MaxRetryTime:  o.maxRetryTime,
+		MaxRejects:    o.maxRejects,
+		DBRetryTime:   o.dbRetryTime,
+		RejectsPath:   o.rejects,
+		SkippedPath:   o.skipped,
+		DryRun:        o.dryRun,
+		ProgressEvery: o.progressEvery,
+		Logger:        log,
+	}
+	if (o.progressSet && o.progress) || (!o.progressSet && isTerminal(stderr)) {
+		cfg.Progress = stderr
+	}
+
+	var crm importer.Deliverer
+	if !o.dryRun {
+		client, err := dialIntegrator(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		hello, err := client.Hello(ctx)
+		if err != nil {
+			return fmt.Errorf("integrator at %s: %w", o.integrators, err)
+		}
+		if hello.MaxRecords > 0 && cfg.BlockSize > hello.MaxRecords {
+			cfg.BlockSize = hello.MaxRecords
+		}
+		if hello.MaxFieldBytes > 0 {
+			cfg.Export.MaxFieldBytes = hello.MaxFieldBytes
+		}
+		crm = client
+	}
+
+	rep, runErr := importer.Run(ctx, cfg, d, crm)
+	printSummary(stdout, rep)
+	if o.report != "" {
+		if err := writeReport(o.report, rep); err != nil {
+			runErr = errors.Join(runErr, err)
+		}
+	}
+	switch {
+	case runErr != nil:
+		return runErr
+	case rep.Interrupted:
+		return &exitError{exitFatal, fmt.Errorf("interrupted: %d rows read, %d left unfinished; run the same command again to resume", rep.Rows, rep.Unfinished)}
+	case rep.Failed > 0:
+		return &exitError{exitFailed, fmt.Errorf("%d records failed after all retries; they are in %s and a rerun retries them", rep.Failed, rep.RejectsFile)}
+	}
+	return nil
+}
+
+func openDB(ctx context.Context, dsn string) (*sql.DB, error) {
+	d, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", redact(err, dsn))
+	}
+	d.SetMaxOpenConns(32)
+	d.SetMaxIdleConns(32)
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := d.PingContext(pctx); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("database %s: %w (check -db / DATABASE_URL)", safeDSN(dsn), redact(err, dsn))
+	}
+	if _, err := db.Migrate(ctx, d); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("database %s: %w", safeDSN(dsn), redact(err, dsn))
+	}
+	return d, nil
+}
+
+// safeDSN names the database without its password.
+func safeDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Host == "" {
+		return "(from -db)"
+	}
+	return u.Redacted()
+}
+
+// redact removes the DSN's password from an error a driver built from it.
+func redact(err error, dsn string) error {
+	pw := ""
+	if u, perr := url.Parse(dsn); perr == nil {
+		pw, _ = u.User.Password()
+	}
+	if i := strings.Index(dsn, "password="); i >= 0 {
+		pw = strings.Fields(dsn[i+len("password="):] + " ")[0]
+	}
+	if pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
+}
+
+func dialIntegrator(ctx context.Context, o *options) (*crmrpc.Client, error) {
+	cfg := crmrpc.ClientConfig{Token: o.rpcToken, CallTimeout: o.callTimeout}
+	for _, a := range strings.Split(o.integrators, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			cfg.Addrs = append(cfg.Addrs, a)
+		}
+	}
+	if o.tlsOn {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.tlsServerName}
+		if o.tlsCA != "" {
+			pem, err := os.ReadFile(o.tlsCA)
+			if err != nil {
+				return nil, fmt.Errorf("-tls-ca: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("-tls-ca %s: no PEM certificate in it", o.tlsCA)
+			}
+			tc.RootCAs = pool
+		}
+		if o.tlsCert != "" {
+			cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+			if err != nil {
+				return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		cfg.TLS = tc
+	}
+	c, err := crmrpc.Dial(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("integrator at %s: %w (is crmintegrator running? see -integrator)", o.integrators, err)
+	}
+	return c, nil
+}
+
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format %q: want text or json", format)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func printSummary(w io.Writer, r *importer.Report) {
+	if r.DryRun {
+		fmt.Fprintf(w, "dry run: %d rows · %d valid · %d new · %d already delivered · %d duplicates in file · %d invalid\n",
+			r.Rows, r.Valid, r.New, r.AlreadyDelivered, r.DuplicatesInFile, r.RejectedInvalid)
+		return
+	}
+	fmt.Fprintf(w, "run %d: %d rows in %.1fs (%.0f rows/s)\n", r.RunID, r.Rows, r.ElapsedSeconds, r.RowsPerSecond)
+	fmt.Fprintf(w, "  delivered          %d\n", r.Delivered)
+	fmt.Fprintf(w, "  already delivered  %d\n", r.AlreadyDelivered)
+	fmt.Fprintf(w, "  duplicates in file %d\n", r.DuplicatesInFile)
+	fmt.Fprintf(w, "  invalid (rejected) %d\n", r.RejectedInvalid)
+	fmt.Fprintf(w, "  rejected by CRM    %d\n", r.RejectedByCRM)
+	fmt.Fprintf(w, "  failed             %d\n", r.Failed)
+	if r.Unfinished > 0 {
+		fmt.Fprintf(w, "  unfinished         %d (interrupted; rerun to resume)\n", r.Unfinished)
+	}
+	if r.Recovered > 0 {
+		fmt.Fprintf(w, "  recovered          %d (claims of an earlier, crashed run)\n", r.Recovered)
+	}
+	if r.RejectedInvalid+r.RejectedByCRM+r.Failed > 0 {
+		fmt.Fprintf(w, "  rejects file       %s\n", r.RejectsFile)
+	}
+}
+
+func writeReport(path string, r *importer.Report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
