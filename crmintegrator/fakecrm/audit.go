@@ -20,8 +20,9 @@ type Audit struct {
 	// IdempotentReplays counts responses replayed for a repeated key.
 	IdempotentReplays int64 `json:"idempotent_replays"`
 	// RateLimited counts 429s; Failed counts 503s (fail-rate and down);
-	// Ambiguous counts requests that created and then answered 500, 502,
-	// 504 or dropped the connection.
+	// Ambiguous counts POSTs that did their work (created, or found a
+	// response to replay) and then answered 500, 502 or 504 or dropped the
+	// connection.
 	RateLimited int64 `json:"rate_limited"`
 	Failed      int64 `json:"failed"`
 	Ambiguous   int64 `json:"ambiguous"`

@@ -646,13 +646,11 @@ func TestHangOutlastsClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, base := startServer(t, srv)
-	_, err = send(t, freshClient(100*time.Millisecond), "POST", base+crmapi.PathContacts, ada("C-1"))
+	_, err = send(t, freshClient(300*time.Millisecond), "POST", base+crmapi.PathContacts, ada("C-1"))
 	if err == nil {
 		t.Fatal("got an answer, want a client timeout")
 	}
-	if n := srv.Audit().Contacts; n != 1 {
-		t.Errorf("got %d contacts, want 1", n)
-	}
+	waitFor(t, func() bool { return srv.Audit().Contacts == 1 })
 	// A second request stays hung until Close releases it.
 	go send(t, freshClient(time.Minute), "POST", base+crmapi.PathContacts, ada("C-2")) //nolint:errcheck
 	waitFor(t, func() bool { return srv.Audit().Contacts == 2 })
@@ -702,7 +700,14 @@ func TestRateLimit(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv, base := fakecrmtest.Start(t, fakecrm.Config{Faults: fakecrm.Faults{Rate: tc.rate, Burst: tc.burst}})
+			srv, err := fakecrm.New(fakecrm.Config{Faults: fakecrm.Faults{Rate: tc.rate, Burst: tc.burst}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A frozen clock: however slow the requests, no token refills.
+			frozen := time.Now()
+			fakecrm.SetClock(srv, func() time.Time { return frozen })
+			_, base := startServer(t, srv)
 			for i := range tc.burst {
 				if a := mustSend(t, "POST", base+crmapi.PathContacts, ada(fmt.Sprint("C-", i))); a.status != 201 {
 					t.Fatalf("request %d within the burst: got %d, want 201", i, a.status)
