@@ -8,6 +8,17 @@
 // row is not an error: it comes back with Row.Problem set, and only I/O and
 // decompression failures stop the stream.
 //
+// A record encoding/csv cannot parse (a bare or stray quote) comes back as a
+// CodeCSVSyntax row whose single field is the record's raw text, and reading
+// resumes on the next line: csv drops the rest of the bad line, so nothing
+// after it is lost. A quote left open runs on to the next quote, possibly
+// lines later, and those lines are part of the bad record's raw text;
+// Options.MaxRecordBytes stops one that would swallow the file.
+//
+// A rejects file (see RejectsWriter) is itself an export: the Reader
+// recognises its marker columns and drops them, so fixed rows can be fed
+// back as they are.
+//
 // A Reader is not safe for concurrent use, except that Offset, Size and Name
 // may be called from another goroutine (a progress reporter) while Next runs.
 // A RejectsWriter is safe for concurrent use.
@@ -462,7 +473,8 @@ func (r *Reader) fail(err error) error {
 func (r *Reader) Header() []string { return slices.Clone(r.header) }
 
 // IsRejects reports whether the file is a rejects file written by
-// RejectsWriter, whose marker columns the Reader drops.
+// RejectsWriter, whose marker columns the Reader drops. Row.Line is then the
+// line in the rejects file; the original line is in the dropped column.
 func (r *Reader) IsRejects() bool { return r.skip > 0 }
 
 // Offset returns how many bytes of the underlying file (compressed, for

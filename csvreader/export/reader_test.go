@@ -398,3 +398,41 @@ func TestCloseStopsNext(t *testing.T) {
 		t.Errorf("Next after Close: got %v, want os.ErrClosed", err)
 	}
 }
+
+func TestKeyOption(t *testing.T) {
+	tests := []struct {
+		name    string
+		key     string
+		input   string
+		want    string // "key email attributes" of the first row
+		wantErr error
+	}{
+		{"default id", "", "id,email\n1,a@x.io\n", "1 a@x.io map[]", nil},
+		{"email is the key", "email", "email,name\na@x.io,Ann\n", "a@x.io a@x.io map[name:Ann]", nil},
+		{"email as key needs no id", "EMAIL ", "Email\na@x.io\n", "a@x.io a@x.io map[]", nil},
+		{"custom key keeps id as attribute", "no", "ID,No,email\n7,K-7,a@x.io\n", "K-7 a@x.io map[id:7]", nil},
+		{"custom key missing", "no", "id,email\n1,a@x.io\n", "", ErrMissingColumn},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := NewReader(strings.NewReader(tc.input), "t.csv", -1, Options{Key: tc.key})
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("got error %v, want %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			row, err := r.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if row.Problem != nil {
+				t.Fatalf("unexpected problem %v", row.Problem)
+			}
+			got := fmt.Sprint(row.Key, " ", row.Contact.Email, " ", row.Contact.Attributes)
+			if got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
