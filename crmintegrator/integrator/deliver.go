@@ -47,6 +47,7 @@ func (s *Server) crmDo(ctx context.Context, fn func(context.Context) error) erro
 	if err := s.limiter.Wait(ctx); err != nil {
 		return err
 	}
+	start := time.Now()
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -67,7 +68,7 @@ func (s *Server) crmDo(ctx context.Context, fn func(context.Context) error) erro
 	case class == crmapi.ClassRateLimited:
 		result = ResultSuccess
 		ra := ce.RetryAfter
-		if cut, rate := s.limiter.RateLimited(ra); cut {
+		if cut, rate := s.limiter.RateLimited(start, ra); cut {
 			s.met.rateCuts.Add(1)
 			s.log.Info("crm rate limited; slowing down", "retry_after", ra, "rate_per_second", roundRate(rate))
 		}

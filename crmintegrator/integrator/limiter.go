@@ -11,7 +11,8 @@ import (
 // Limiter paces every request the daemon sends to the CRM. It is adaptive,
 // AIMD-like: a 429 cuts the rate to half of what was actually being sent
 // (and pauses all traffic for the Retry-After), each successful answer lets
-// the rate creep back up by 5% a second. MaxRate, when set, is a hard cap.
+// the rate creep back up by one request/second every second (2% when the
+// rate is above 50/s). MaxRate, when set, is a hard cap.
 // Until the first 429 the rate is unlimited unless MaxRate says otherwise.
 //
 // Limiter is safe for concurrent use.
@@ -37,9 +38,11 @@ type Limiter struct {
 const (
 	minRate      = 1.0  // never slower than one request a second
 	cutFactor    = 0.5  // multiplicative decrease on 429
-	creepPerSec  = 0.05 // additive-ish increase: 5% of the rate per second
-	cutSpacing   = time.Second
+	creepPerSec  = 0.02 // additive increase: 1/s, or 2% of the rate a second when faster
 	limiterBurst = 4
+	// minCutSpacing keeps one burst of 429s, answered together, from
+	// cutting more than once.
+	minCutSpacing = 250 * time.Millisecond
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -52,8 +55,21 @@ func NewLimiter(maxRate float64, clock backoff.Clock) *Limiter {
 
 // Wait blocks until a request may start, or ctx is done.
 func (l *Limiter) Wait(ctx context.Context) error {
-	d := l.reserve()
-	return backoff.Sleep(ctx, l.clock, d)
+	for {
+		if err := backoff.Sleep(ctx, l.clock, l.reserve()); err != nil {
+			return err
+		}
+		// A 429 while we slept pauses everybody, booked or not.
+		if !l.paused() {
+			return nil
+		}
+	}
+}
+
+func (l *Limiter) paused() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.pausedUntil.After(l.clock.Now())
 }
 
 // reserve books the next slot and returns how long to wait for it.
@@ -105,14 +121,15 @@ func (l *Limiter) sentRate(now time.Time) float64 {
 	return float64(l.winCount) / el
 }
 
-// RateLimited records a 429: it cuts the rate (at most once a second, as
-// the concurrent requests of one burst all come back 429 together) and
-// pauses all traffic for retryAfter.
-func (l *Limiter) RateLimited(retryAfter time.Duration) (cut bool, rate float64) {
+// RateLimited records a 429 for a request that started at start: it cuts
+// the rate — once per wave: requests started before the last cut were
+// paced by the old rate and say nothing new — and pauses all traffic for
+// retryAfter. start is when the limiter let the request go.
+func (l *Limiter) RateLimited(start time.Time, retryAfter time.Duration) (cut bool, rate float64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
-	if now.Sub(l.lastCut) >= cutSpacing {
+	if !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing {
 		cur := l.rate
 		if sent := l.sentRate(now); cur == 0 || (sent > 0 && sent < cur) {
 			cur = sent
@@ -139,7 +156,7 @@ func (l *Limiter) Succeeded() {
 		return
 	}
 	l.lastRaise = now
-	l.rate += max(0.5, l.rate*creepPerSec) * el.Seconds()
+	l.rate += max(1, l.rate*creepPerSec) * el.Seconds()
 	if l.maxRate > 0 && l.rate > l.maxRate {
 		l.rate = l.maxRate
 	}

@@ -1,0 +1,467 @@
+package integrator
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"crmsync/crmintegrator/fakecrm"
+	"crmsync/shared/contact"
+	"crmsync/shared/crmrpc"
+)
+
+func TestDeliverHappyPath(t *testing.T) {
+	crm, url := startCRM(t, fakecrm.Config{})
+	cfg := testConfig(url)
+	cfg.MaxBatch = 40
+	_, addr := startDaemon(t, cfg)
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+
+	h, err := c.Hello(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Version != Version || h.MaxRecords != crmrpc.DefaultMaxRecords || h.Idempotency || h.CallTimeout <= 0 {
+		t.Fatalf("got hello %+v", h)
+	}
+
+	recs := makeRecords("happy", 250)
+	recs[7].Contact.Email = "not-an-address"
+	recs[9].Contact.ExternalID = ""
+	vs, err := c.Deliver(context.Background(), recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vs {
+		switch i {
+		case 7, 9:
+			want := map[int]string{7: contact.CodeInvalidEmail, 9: contact.CodeMissingExternalID}[i]
+			if v.Outcome != crmrpc.Rejected || v.Code != want {
+				t.Errorf("record %d: got %v %q, want rejected %q", i, v.Outcome, v.Code, want)
+			}
+		default:
+			if v.Outcome != crmrpc.Delivered || v.CRMID == "" {
+				t.Errorf("record %d: got %+v, want delivered", i, v)
+			}
+		}
+	}
+	a := checkAudit(t, crm, 248)
+	if a.Requests != 7 { // ceil(248/40)
+		t.Errorf("got %d CRM requests, want 7", a.Requests)
+	}
+
+	// Resending with MaybeSent finds them and creates nothing.
+	for i := range recs {
+		recs[i].MaybeSent = true
+	}
+	vs2, err := c.Deliver(context.Background(), recs[:50])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vs2 {
+		if i != 7 && i != 9 && (v.Outcome != crmrpc.Delivered || v.CRMID != vs[i].CRMID) {
+			t.Errorf("record %d resent: got %+v, want delivered as %s", i, v, vs[i].CRMID)
+		}
+	}
+	checkAudit(t, crm, 248)
+
+	res, err := c.Lookup(context.Background(), []string{"happy-00000", "nobody"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res[0].CRMIDs) != 1 || res[0].CRMIDs[0] != vs[0].CRMID || len(res[1].CRMIDs) != 0 {
+		t.Fatalf("got lookup %+v", res)
+	}
+}
+
+func TestCallLimits(t *testing.T) {
+	_, url := startCRM(t, fakecrm.Config{})
+	cfg := testConfig(url)
+	cfg.MaxRecords = 10
+	cfg.MaxFieldBytes = 64
+	_, addr := startDaemon(t, cfg)
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+	big := makeRecords("big", 1)
+	big[0].Contact.Attributes = map[string]string{"note": strings.Repeat("x", 65)}
+	tests := []struct {
+		name string
+		call func() error
+		want string
+	}{
+		{"too many records", func() error { _, err := c.Deliver(context.Background(), makeRecords("n", 11)); return err }, crmrpc.CodeTooManyRecords},
+		{"field too large", func() error { _, err := c.Deliver(context.Background(), big); return err }, crmrpc.CodeFieldTooLarge},
+		{"too many ids", func() error { _, err := c.Lookup(context.Background(), make([]string, 11)); return err }, crmrpc.CodeTooManyRecords},
+		{"id too large", func() error { _, err := c.Lookup(context.Background(), []string{strings.Repeat("x", 65)}); return err }, crmrpc.CodeFieldTooLarge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var e *crmrpc.Error
+			if err := tc.call(); !errors.As(err, &e) || e.Code != tc.want || !e.Fatal() {
+				t.Fatalf("got %v, want a fatal *crmrpc.Error %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestOutcomesAgainstFakeCRM covers the rows of the outcome table that
+// fakecrm can produce, over real TCP and HTTP.
+func TestOutcomesAgainstFakeCRM(t *testing.T) {
+	t.Run("413 splits the batch", func(t *testing.T) {
+		crm, url := startCRM(t, fakecrm.Config{MaxBatch: 30})
+		_, addr := startDaemon(t, testConfig(url))
+		c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+		vs, err := c.Deliver(context.Background(), makeRecords("split", 100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range vs {
+			if v.Outcome != crmrpc.Delivered {
+				t.Fatalf("record %d: got %+v", i, v)
+			}
+		}
+		a := checkAudit(t, crm, 100)
+		if a.ResponsesByStatus[413] == 0 {
+			t.Fatalf("got no 413 (audit %+v)", a)
+		}
+	})
+	t.Run("401 fails the call", func(t *testing.T) {
+		_, url := startCRM(t, fakecrm.Config{Token: "another-token"})
+		_, addr := startDaemon(t, testConfig(url))
+		c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+		_, err := c.Deliver(context.Background(), makeRecords("unauth", 3))
+		var e *crmrpc.Error
+		if !errors.As(err, &e) || e.Code != crmrpc.CodeCRMUnauthorized || !e.Fatal() {
+			t.Fatalf("got %v, want %s", err, crmrpc.CodeCRMUnauthorized)
+		}
+		_, err = c.Lookup(context.Background(), []string{"x"})
+		if !errors.As(err, &e) || e.Code != crmrpc.CodeCRMUnauthorized {
+			t.Fatalf("lookup: got %v, want %s", err, crmrpc.CodeCRMUnauthorized)
+		}
+	})
+	t.Run("503 retried inside the call", func(t *testing.T) {
+		crm, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{FailRate: 0.5}, Seed: 3})
+		cfg := testConfig(url)
+		cfg.MaxBatch = 10
+		cfg.CallBudget = 5 * time.Second
+		cfg.MaxAttempts = 8
+		_, addr := startDaemon(t, cfg)
+		c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+		deliverAll(t, c, makeRecords("busy", 100), 100, 20*time.Second)
+		a := checkAudit(t, crm, 100)
+		if a.Failed == 0 {
+			t.Fatalf("got no 503 (audit %+v)", a)
+		}
+	})
+	t.Run("503 beyond the budget answers Retry", func(t *testing.T) {
+		_, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{FailRate: 1}})
+		cfg := testConfig(url)
+		cfg.CallBudget = 100 * time.Millisecond
+		_, addr := startDaemon(t, cfg)
+		c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+		vs, err := c.Deliver(context.Background(), makeRecords("down", 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vs {
+			if v.Outcome != crmrpc.Retry || v.Ambiguous || v.RetryAfter <= 0 || v.Code != CodeUnavailable {
+				t.Fatalf("got %+v, want a plain Retry", v)
+			}
+		}
+	})
+	t.Run("429 answers Retry with Retry-After", func(t *testing.T) {
+		crm, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{Rate: 1, Burst: 1}})
+		cfg := testConfig(url)
+		cfg.CallBudget = 100 * time.Millisecond
+		cfg.MaxBatch = 1
+		s, addr := startDaemon(t, cfg)
+		c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+		vs, err := c.Deliver(context.Background(), makeRecords("rl", 4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var retries int
+		for _, v := range vs {
+			if v.Outcome == crmrpc.Retry {
+				retries++
+				if v.RetryAfter < time.Second || v.Ambiguous || v.Code != CodeRateLimited {
+					t.Fatalf("got %+v, want Retry after >= 1s", v)
+				}
+			}
+		}
+		if retries == 0 || crm.Audit().RateLimited == 0 {
+			t.Fatalf("got %d retries, audit %+v; want some 429s", retries, crm.Audit())
+		}
+		if s.limiter.Rate() == 0 {
+			t.Fatal("the limiter did not slow down after 429")
+		}
+	})
+}
+
+// TestAmbiguousNeverDuplicates makes the CRM create and then fail a third
+// of the batches, in every ambiguous way, and checks that a reader
+// delivering through the daemon ends with every contact exactly once.
+func TestAmbiguousNeverDuplicates(t *testing.T) {
+	tests := []struct {
+		name        string
+		idempotency bool // the daemon's -crm-idempotency, and the CRM honouring keys
+	}{
+		{"lookup, CRM ignores keys", false},
+		{"same key, CRM honours keys", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			crm, url := startCRM(t, fakecrm.Config{
+				Faults:             fakecrm.Faults{AmbiguousRate: 0.3, Hang: 400 * time.Millisecond, Latency: 5 * time.Millisecond},
+				DisableIdempotency: !tc.idempotency,
+				Seed:               11,
+			})
+			cfg := testConfig(url)
+			cfg.CRMTimeout = 250 * time.Millisecond
+			cfg.Idempotency = tc.idempotency
+			cfg.MaxBatch = 20
+			cfg.BreakerThreshold = 1000 // this test is about resolution, not the breaker
+			_, addr := startDaemon(t, cfg)
+			c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+			ids := deliverAll(t, c, makeRecords("amb", 400), 200, 40*time.Second)
+			if len(ids) != 400 {
+				t.Fatalf("got %d delivered, want 400", len(ids))
+			}
+			a := checkAudit(t, crm, 400)
+			if a.Ambiguous == 0 {
+				t.Fatalf("no ambiguous answer happened (audit %+v)", a)
+			}
+			if tc.idempotency && a.IdempotentReplays == 0 {
+				t.Errorf("no idempotent replay happened (audit %+v)", a)
+			}
+			// Every id the reader got is the one the CRM holds.
+			for _, sc := range crm.Contacts() {
+				if ids[sc.ExternalID] != sc.ID {
+					t.Fatalf("%s: reader has %s, CRM has %s", sc.ExternalID, ids[sc.ExternalID], sc.ID)
+				}
+			}
+		})
+	}
+}
+
+// TestRateLimitStorm pushes more than the CRM's rate: the daemon slows all
+// its traffic down and the work completes.
+func TestRateLimitStorm(t *testing.T) {
+	crm, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{Rate: 25, Burst: 5}})
+	cfg := testConfig(url)
+	cfg.MaxBatch = 5
+	cfg.CallBudget = 3 * time.Second
+	s, addr := startDaemon(t, cfg)
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+	start := time.Now()
+	deliverAll(t, c, makeRecords("storm", 400), 200, 30*time.Second)
+	a := checkAudit(t, crm, 400)
+	if a.RateLimited == 0 {
+		t.Fatalf("no 429 happened (audit %+v)", a)
+	}
+	// The first second finds the CRM's rate (a wave of 429s from the
+	// requests in flight per cut); after that the pace stays under it.
+	if a.RateLimited*2 > a.Requests || s.met.rateCuts.Load() > 6 {
+		t.Errorf("got %d of %d requests rate limited, %d cuts: the daemon did not slow down", a.RateLimited, a.Requests, s.met.rateCuts.Load())
+	}
+	if s.limiter.Rate() == 0 || s.met.rateCuts.Load() == 0 {
+		t.Errorf("the limiter never cut its rate")
+	}
+	t.Logf("%d requests, %d rate limited, %v, final rate %.1f/s", a.Requests, a.RateLimited, time.Since(start), s.limiter.Rate())
+}
+
+// TestCRMDownAndBack opens the breaker while the CRM is down and closes it
+// through a half-open probe once the CRM is back.
+func TestCRMDownAndBack(t *testing.T) {
+	crm, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{Down: true}})
+	cfg := testConfig(url)
+	cfg.BreakerThreshold = 3
+	cfg.BreakerCooldown = 500 * time.Millisecond
+	cfg.CallBudget = 50 * time.Millisecond
+	cfg.MaxBatch = 1
+	s, addr := startDaemon(t, cfg)
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+
+	vs, err := c.Deliver(context.Background(), makeRecords("down", 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := s.breaker.State(); st != BreakerOpen {
+		t.Fatalf("breaker %v after 5 failing batches, want open", st)
+	}
+	for _, v := range vs {
+		if v.Outcome != crmrpc.Retry {
+			t.Fatalf("got %+v, want Retry", v)
+		}
+	}
+	before := crm.Audit().Requests
+	start := time.Now()
+	vs, err = c.Deliver(context.Background(), makeRecords("down", 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 200*time.Millisecond {
+		t.Errorf("open breaker answered in %v, want at once", el)
+	}
+	for _, v := range vs {
+		if v.Outcome != crmrpc.Retry || v.Code != CodeCircuitOpen || v.RetryAfter <= 0 || v.RetryAfter > cfg.BreakerCooldown {
+			t.Fatalf("got %+v, want Retry %s within the cooldown", v, CodeCircuitOpen)
+		}
+	}
+	if after := crm.Audit().Requests; after != before {
+		t.Fatalf("the CRM got %d requests while the breaker was open", after-before)
+	}
+	if err := s.Ready(context.Background()); err == nil {
+		t.Fatal("ready while the breaker is open")
+	}
+
+	crm.SetFaults(fakecrm.Faults{})
+	time.Sleep(cfg.BreakerCooldown + 50*time.Millisecond)
+	vs, err = c.Deliver(context.Background(), makeRecords("down", 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	delivered := 0
+	for _, v := range vs {
+		if v.Outcome == crmrpc.Delivered {
+			delivered++
+		}
+	}
+	if delivered == 0 || s.breaker.State() != BreakerClosed {
+		t.Fatalf("got %d delivered, breaker %v; want some delivered and closed", delivered, s.breaker.State())
+	}
+	if err := s.Ready(context.Background()); err != nil {
+		t.Fatalf("not ready once the CRM is back: %v", err)
+	}
+}
+
+// TestOutcomeTable drives the daemon against handlers answering each
+// status of the contract, including those fakecrm never sends (400, 422,
+// a per-contact rejection), and checks the verdict.
+func TestOutcomeTable(t *testing.T) {
+	type answer func(w http.ResponseWriter, r *http.Request)
+	status := func(code int, errCode, retryAfter string) answer {
+		return func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			io.WriteString(w, `{"error":{"code":"`+errCode+`","message":"m"}}`)
+		}
+	}
+	created := func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, `{"results":[{"external_id":"t-00000","status":"created","id":"c1"}]}`)
+	}
+	reset := func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			c.Close()
+		}
+	}
+	tests := []struct {
+		name        string
+		idempotency bool
+		posts       []answer // answers to successive POSTs; the last repeats
+		lookup      string   // body of GET answers; "" = no contact
+		want        crmrpc.Verdict
+		wantPosts   int
+	}{
+		{"created", false, []answer{created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 1},
+		{"contact rejected", false, []answer{func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"results":[{"external_id":"t-00000","status":"rejected","error":{"code":"invalid_email","message":"bad"}}]}`)
+		}}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "invalid_email", Message: "bad"}, 1},
+		{"400", false, []answer{status(400, "malformed_request", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "malformed_request", Message: "m"}, 1},
+		{"422", false, []answer{status(422, "idempotency_key_reused", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "idempotency_key_reused", Message: "m"}, 1},
+		{"429", false, []answer{status(429, "rate_limited", "7")}, "", crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: 7 * time.Second, Code: CodeRateLimited}, 1},
+		{"503 then created", false, []answer{status(503, "unavailable", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
+		{"409 in progress then created", false, []answer{status(409, "request_in_progress", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
+		{"500 then found by lookup", false, []answer{status(500, "internal_error", "")}, `{"contacts":[{"id":"c9"},{"id":"c10"}]}`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c9"}, 1},
+		{"502 then not found, created", false, []answer{status(502, "", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
+		{"504 with idempotency resends", true, []answer{status(504, "", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
+		{"reset then found", false, []answer{reset}, `{"contacts":[{"id":"c7"}]}`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c7"}, 1},
+		{"timeout then found", false, []answer{func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			time.Sleep(300 * time.Millisecond)
+		}}, `{"contacts":[{"id":"c8"}]}`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c8"}, 1},
+		{"ambiguous, lookup fails", false, []answer{status(500, "", "")}, "fail", crmrpc.Verdict{Outcome: crmrpc.Retry, Ambiguous: true}, 1},
+		{"always 500 with idempotency", true, []answer{status(500, "", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Retry, Ambiguous: true, Code: CodeAmbiguous}, 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			posts := 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					if tc.lookup == "fail" {
+						status(503, "unavailable", "")(w, r)
+						return
+					}
+					io.WriteString(w, orDefault(tc.lookup, `{"contacts":[]}`))
+					return
+				}
+				posts++
+				tc.posts[min(posts, len(tc.posts))-1](w, r)
+			}))
+			defer srv.Close()
+			cfg := testConfig(srv.URL)
+			cfg.CRMTimeout = 150 * time.Millisecond
+			cfg.CallBudget = 3 * time.Second
+			cfg.MaxAttempts = 3
+			cfg.Idempotency = tc.idempotency
+			_, addr := startDaemon(t, cfg)
+			c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+			vs, err := c.Deliver(context.Background(), makeRecords("t", 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := vs[0]
+			if got.Outcome == crmrpc.Retry && got.RetryAfter > 0 && tc.want.RetryAfter == 0 {
+				got.RetryAfter = 0 // any positive delay will do
+			}
+			if tc.want.Code == "" && tc.want.Outcome == crmrpc.Retry {
+				got.Code = ""
+			}
+			if tc.want.Message == "" {
+				got.Message = ""
+			}
+			if got != tc.want {
+				t.Fatalf("got %+v, want %+v", vs[0], tc.want)
+			}
+			if posts != tc.wantPosts {
+				t.Fatalf("got %d POSTs, want %d", posts, tc.wantPosts)
+			}
+		})
+	}
+}
+
+func TestIdleConnectionsClosed(t *testing.T) {
+	_, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 400 * time.Millisecond}})
+	cfg := testConfig(url)
+	cfg.IdleTimeout = 150 * time.Millisecond
+	_, addr := startDaemon(t, cfg)
+
+	// A slow call outlives the idle timeout: it is not idleness.
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+	vs, err := c.Deliver(context.Background(), makeRecords("slow", 1))
+	if err != nil || vs[0].Outcome != crmrpc.Delivered {
+		t.Fatalf("slow call: got %v %+v", err, vs)
+	}
+
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	start := time.Now()
+	if _, err := conn.Read(make([]byte, 1)); err == nil || time.Since(start) > 2*time.Second {
+		t.Fatalf("idle connection: got %v after %v, want closed after ~150ms", err, time.Since(start))
+	}
+}
