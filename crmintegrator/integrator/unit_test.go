@@ -1,0 +1,161 @@
+package integrator
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock advances only when a test or a timer wait says so.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// After fires at once and moves the clock forward, so waits take no time.
+func (c *fakeClock) After(d time.Duration) (<-chan time.Time, func()) {
+	c.Advance(d)
+	ch := make(chan time.Time, 1)
+	ch <- c.Now()
+	return ch, func() {}
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func TestBreakerTransitions(t *testing.T) {
+	clk := newFakeClock()
+	var changes []string
+	b := NewBreaker(3, 10*time.Second, clk, func(from, to BreakerState) { changes = append(changes, to.String()) })
+	steps := []struct {
+		name      string
+		do        func()
+		wantState BreakerState
+		wantAllow bool
+	}{
+		{"closed allows", func() {}, BreakerClosed, true},
+		{"two failures keep it closed", func() { b.Done(false, ResultFailure); b.Done(false, ResultFailure) }, BreakerClosed, true},
+		{"a success resets the count", func() { b.Done(false, ResultSuccess); b.Done(false, ResultFailure); b.Done(false, ResultFailure) }, BreakerClosed, true},
+		{"third consecutive failure opens", func() { b.Done(false, ResultFailure) }, BreakerOpen, false},
+		{"still open before the cooldown", func() { clk.Advance(9 * time.Second) }, BreakerOpen, false},
+	}
+	for _, st := range steps {
+		st.do()
+		if got := b.State(); got != st.wantState {
+			t.Fatalf("%s: got %v, want %v", st.name, got, st.wantState)
+		}
+		if ok, _, _ := b.Allow(); ok != st.wantAllow {
+			t.Fatalf("%s: Allow got %v, want %v", st.name, ok, st.wantAllow)
+		}
+		if ok, _, _ := b.Allow(); ok && st.wantAllow {
+			b.Done(false, ResultIgnore)
+		}
+	}
+	_, _, wait := b.Allow()
+	if wait != time.Second {
+		t.Fatalf("open: got wait %v, want the remaining 1s", wait)
+	}
+	clk.Advance(time.Second)
+	ok, probe, _ := b.Allow()
+	if !ok || !probe || b.State() != BreakerHalfOpen {
+		t.Fatalf("after the cooldown: got ok %v probe %v state %v, want a half-open probe", ok, probe, b.State())
+	}
+	if ok, _, _ := b.Allow(); ok {
+		t.Fatal("half-open let a second request through")
+	}
+	b.Done(true, ResultFailure)
+	if b.State() != BreakerOpen {
+		t.Fatalf("failed probe: got %v, want open", b.State())
+	}
+	clk.Advance(10 * time.Second)
+	ok, probe, _ = b.Allow()
+	b.Done(probe, ResultIgnore) // a cancelled probe frees the slot
+	ok, probe, _ = b.Allow()
+	if !ok || !probe {
+		t.Fatal("no new probe after a cancelled one")
+	}
+	b.Done(true, ResultSuccess)
+	if b.State() != BreakerClosed {
+		t.Fatalf("successful probe: got %v, want closed", b.State())
+	}
+	want := "open half-open open half-open closed"
+	if got := strings.Join(changes, " "); got != want {
+		t.Fatalf("got changes %q, want %q", got, want)
+	}
+}
+
+func TestLimiterAIMD(t *testing.T) {
+	clk := newFakeClock()
+	l := NewLimiter(0, clk)
+	ctx := context.Background()
+	// Unlimited at first: 100 requests take no time.
+	start := clk.Now()
+	for range 100 {
+		l.Wait(ctx)
+	}
+	if el := clk.Now().Sub(start); el != 0 {
+		t.Fatalf("unlimited limiter waited %v", el)
+	}
+	clk.Advance(time.Second)
+	cut, rate := l.RateLimited(clk.Now(), 2*time.Second)
+	if !cut || rate != 50 {
+		t.Fatalf("first 429: got cut %v rate %v, want a cut to half of the 100/s sent", cut, rate)
+	}
+	if cut, _ := l.RateLimited(clk.Now().Add(-time.Millisecond), time.Second); cut {
+		t.Fatal("a 429 of a request sent before the cut cut again")
+	}
+	// The pause: the next request waits for the Retry-After.
+	before := clk.Now()
+	l.Wait(ctx)
+	if el := clk.Now().Sub(before); el < 2*time.Second {
+		t.Fatalf("waited %v after a 429 with Retry-After 2s", el)
+	}
+	// Paced at 50/s: 50 more requests take about a second (minus the burst).
+	before = clk.Now()
+	for range 50 {
+		l.Wait(ctx)
+	}
+	if el := clk.Now().Sub(before); el < 900*time.Millisecond || el > 1100*time.Millisecond {
+		t.Fatalf("50 requests at 50/s took %v", el)
+	}
+	// Successes creep the rate up, by about 1/s each second.
+	for range 10 {
+		clk.Advance(time.Second)
+		l.Succeeded()
+	}
+	if r := l.Rate(); r < 58 || r > 66 { // the first step also counts the pause
+		t.Fatalf("after 10s of success: got rate %v, want about 60-65", r)
+	}
+}
+
+func TestLimiterHardCap(t *testing.T) {
+	clk := newFakeClock()
+	l := NewLimiter(10, clk)
+	for range 100 {
+		clk.Advance(time.Second)
+		l.Succeeded()
+	}
+	if r := l.Rate(); r != 10 {
+		t.Fatalf("got rate %v, want the cap 10", r)
+	}
+	start := clk.Now()
+	for range 24 {
+		l.Wait(context.Background())
+	}
+	if el := clk.Now().Sub(start); el < 1900*time.Millisecond {
+		t.Fatalf("24 requests at 10/s took %v, want about 2s", el)
+	}
+}
