@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"crmsync/crmintegrator/fakecrm"
+	"crmsync/crmintegrator/fakecrm/fakecrmtest"
+	"crmsync/shared/contact"
+	"crmsync/shared/crmrpc"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestHelpExitsZero(t *testing.T) {
+	var stderr bytes.Buffer
+	err := run(context.Background(), []string{"-h"}, envOf(map[string]string{"CRM_TOKEN": "tok-SECRET"}), io.Discard, &stderr)
+	if err != nil {
+		t.Fatalf("got %v, want nil", err)
+	}
+	out := stderr.String()
+	if !strings.Contains(out, "-crm-url") || !strings.Contains(out, "INTEGRATOR_LISTEN") {
+		t.Fatalf("usage lacks flags:\n%s", out)
+	}
+	if strings.Contains(out, "tok-SECRET") {
+		t.Fatal("usage prints the token from the environment")
+	}
+}
+
+func TestBadConfiguration(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"no crm url", nil, nil, "no CRM url"},
+		{"bad env duration", []string{"-crm-url", "http://127.0.0.1:1"}, map[string]string{"CRM_TIMEOUT": "soon"}, "CRM_TIMEOUT"},
+		{"bad log format", []string{"-crm-url", "http://127.0.0.1:1", "-log-format", "xml"}, nil, "-log-format"},
+		{"client ca without cert", []string{"-crm-url", "http://127.0.0.1:1", "-tls-client-ca", "ca.pem"}, nil, "-tls-client-ca"},
+		{"missing token file", []string{"-crm-url", "http://127.0.0.1:1", "-crm-token-file", "/nonexistent/token"}, nil, "crm token file"},
+		{"unknown flag", []string{"-nope"}, nil, "not defined"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := run(context.Background(), tc.args, envOf(tc.env), io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestRunServesAndStops runs the daemon as main does, from the environment,
+// calls it, reads the side port, and stops it with the context (SIGTERM).
+func TestRunServesAndStops(t *testing.T) {
+	const secret = "crm-SECRET-in-env"
+	crm, url := fakecrmtest.Start(t, fakecrm.Config{Token: secret})
+	env := map[string]string{
+		"CRM_URL":              url,
+		"CRM_TOKEN":            secret,
+		"INTEGRATOR_LISTEN":    "127.0.0.1:0",
+		"INTEGRATOR_HTTP":      "127.0.0.1:0",
+		"INTEGRATOR_GRACE":     "5s",
+		"INTEGRATOR_RPC_TOKEN": "rpc-SECRET",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	var stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-log-format", "json", "-log-level", "debug"}, envOf(env), pw, &stderr)
+		pw.Close()
+	}()
+	sc := bufio.NewScanner(pr)
+	if !sc.Scan() {
+		t.Fatalf("no stdout line; stderr:\n%s", stderr.String())
+	}
+	addr, ok := strings.CutPrefix(sc.Text(), "listening on ")
+	if !ok {
+		t.Fatalf("first line %q, want \"listening on HOST:PORT\"", sc.Text())
+	}
+	go io.Copy(io.Discard, pr)
+
+	c, err := crmrpc.Dial(ctx, crmrpc.ClientConfig{Addrs: []string{addr}, Token: "rpc-SECRET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	recs := []crmrpc.Record{{Contact: contactOf("run-1")}, {Contact: contactOf("run-2")}}
+	vs, err := c.Deliver(ctx, recs)
+	if err != nil || vs[0].Outcome != crmrpc.Delivered || vs[1].Outcome != crmrpc.Delivered {
+		t.Fatalf("Deliver: %v %+v", err, vs)
+	}
+	if a := crm.Audit(); a.Contacts != 2 {
+		t.Fatalf("CRM holds %d contacts, want 2", a.Contacts)
+	}
+
+	// The side port address is in the start log line.
+	httpAddr := between(stderr.String(), `"http":"`, `"`)
+	resp, err := http.Get("http://" + httpAddr + "/readyz")
+	if err != nil {
+		t.Fatalf("readyz: %v (logs %s)", err, stderr.String())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("readyz: got %d", resp.StatusCode)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: got %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not stop")
+	}
+	for _, s := range []string{secret, "rpc-SECRET"} {
+		if strings.Contains(stderr.String(), s) {
+			t.Fatalf("logs contain a secret:\n%s", stderr.String())
+		}
+	}
+}
+
+func between(s, a, b string) string {
+	_, rest, _ := strings.Cut(s, a)
+	v, _, _ := strings.Cut(rest, b)
+	return v
+}
+
+func contactOf(id string) contact.Contact {
+	return contact.Contact{ExternalID: id, Email: id + "@example.com"}
+}
