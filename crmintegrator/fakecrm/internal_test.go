@@ -1,8 +1,11 @@
 package fakecrm
 
 import (
+	"strconv"
 	"testing"
 	"time"
+
+	"crmsync/shared/contact"
 )
 
 func TestBucket(t *testing.T) {
@@ -109,5 +112,44 @@ func TestFormatID(t *testing.T) {
 		if got := formatID(n); got != want {
 			t.Errorf("formatID(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+func TestStoreAcrossChunks(t *testing.T) {
+	st := newStore()
+	const n = 2*chunkSize + 10
+	cs := make([]*contact.Contact, n)
+	for i := range cs {
+		// Every third contact repeats an external id.
+		cs[i] = &contact.Contact{ExternalID: strconv.Itoa(i - i%3), Email: "a@b.co"}
+	}
+	ids := make([]string, n)
+	st.create(cs[:chunkSize-1], "t", ids[:chunkSize-1]) // stop just short of a chunk boundary
+	st.create(cs[chunkSize-1:], "t", ids[chunkSize-1:])
+	all, nextID, _ := st.snapshot()
+	if len(all) != n || nextID != n+1 {
+		t.Fatalf("got %d contacts and next id %d, want %d and %d", len(all), nextID, n, n+1)
+	}
+	for i, c := range all {
+		if c.ID != ids[i] || c.ID != formatID(uint64(i+1)) || c.ExternalID != cs[i].ExternalID {
+			t.Fatalf("contact %d: got %s/%s, want %s/%s", i, c.ID, c.ExternalID, ids[i], cs[i].ExternalID)
+		}
+	}
+	last := strconv.Itoa(n - 1 - (n-1)%3)
+	if got := st.lookup(last); len(got) == 0 || got[0].ExternalID != last {
+		t.Errorf("lookup(%s) = %v", last, got)
+	}
+	if got := st.lookup(strconv.Itoa(chunkSize - chunkSize%3)); len(got) != 3 && len(got) != 2 {
+		t.Errorf("lookup across a boundary found %d contacts", len(got))
+	}
+	creates, contacts, distinct := st.counts()
+	if creates != n || contacts != n || distinct != (n+2)/3 {
+		t.Errorf("counts = %d, %d, %d; want %d, %d, %d", creates, contacts, distinct, n, n, (n+2)/3)
+	}
+	// replace rebuilds the same store from a snapshot.
+	other := newStore()
+	other.replace(all, nextID)
+	if _, c2, d2 := other.counts(); c2 != contacts || d2 != distinct {
+		t.Errorf("after replace: %d contacts, %d distinct; want %d, %d", c2, d2, contacts, distinct)
 	}
 }

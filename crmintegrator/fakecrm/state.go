@@ -54,7 +54,7 @@ func (s *Server) load() error {
 type savedVersions struct{ contacts, keys uint64 }
 
 func (s *Server) versions() savedVersions {
-	_, _, cv := s.store.snapshot()
+	_, cv := s.store.stamp()
 	s.idem.mu.Lock()
 	kv := s.idem.version
 	s.idem.mu.Unlock()
