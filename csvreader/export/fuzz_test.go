@@ -12,13 +12,15 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"crmsync/shared/contact"
 )
 
 // knownCodes are all the codes a Row.Problem may carry.
 var knownCodes = map[string]bool{
 	CodeCSVSyntax: true, CodeFieldCount: true, CodeFieldTooLarge: true, CodeMissingKey: true,
-	"missing_external_id": true, "external_id_too_long": true, "missing_email": true,
-	"invalid_email": true, "invalid_utf8": true,
+	contact.CodeMissingExternalID: true, contact.CodeExternalIDTooLong: true, contact.CodeMissingEmail: true,
+	contact.CodeInvalidEmail: true, contact.CodeInvalidUTF8: true,
 }
 
 func addFixtureSeeds(f *testing.F, add func(data []byte)) {

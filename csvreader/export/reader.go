@@ -108,9 +108,10 @@ type Options struct {
 	// row invalid (CodeFieldTooLarge). 0 means no limit.
 	MaxFieldBytes int
 
-	// MaxRecordBytes bounds the memory one record may take, roughly: a
-	// longer record is a fatal error, since the Reader cannot tell where it
-	// ends. 0 means DefaultMaxRecordBytes; negative means no limit.
+	// MaxRecordBytes bounds the memory one record may take, roughly (blank
+	// lines before it count too): a longer record is a fatal error, since
+	// the Reader cannot tell where it ends. 0 means DefaultMaxRecordBytes;
+	// negative means no limit.
 	MaxRecordBytes int
 }
 
