@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"crmsync/crmintegrator/fakecrm"
+	"crmsync/crmintegrator/integrator"
+)
+
+// TestMain lets the test binary act as csvreader itself, so tests can run
+// the reader as a real process and kill it.
+func TestMain(m *testing.M) {
+	if os.Getenv("CSVREADER_TEST_CHILD") == "1" {
+		args := strings.Split(os.Getenv("CSVREADER_TEST_ARGS"), "\x1f")
+		if err := run(context.Background(), args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "csvreader:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// A reader killed with SIGKILL at random moments, against a CRM that fails
+// and answers ambiguously and ignores idempotency keys, then run to the end:
+// every valid row is delivered exactly once.
+func TestStackKill9AndRerun(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Seed: 11, DisableIdempotency: true, Faults: fakecrm.Faults{
+		FailRate: 0.1, AmbiguousRate: 0.05, Latency: 3 * time.Millisecond, Hang: 300 * time.Millisecond}},
+		integrator.Config{CRMTimeout: 200 * time.Millisecond, BreakerThreshold: 1000})
+	const rows = 6000
+	file := exportFile(t, rows, "BAD,x,y,not-an-email,,z")
+	dir := t.TempDir()
+	args := []string{"-integrator", s.addr, "-db", s.dsn, "-workers", "3", "-block-size", "150",
+		"-rejects", filepath.Join(dir, "rejects.csv"), file}
+	child := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "CSVREADER_TEST_CHILD=1", "CSVREADER_TEST_ARGS="+strings.Join(args, "\x1f"))
+		return cmd
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	kills := 0
+	for i := range 6 {
+		cmd := child()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(150+rng.IntN(600)) * time.Millisecond)
+		if err := cmd.Process.Signal(syscall.SIGKILL); err == nil {
+			kills++
+		}
+		cmd.Wait()
+		t.Logf("kill %d: CRM holds %d contacts", i+1, s.crm.Audit().DistinctExternalIDs)
+	}
+	if kills == 0 {
+		t.Fatal("no run was killed")
+	}
+	s.crm.SetFaults(fakecrm.Faults{FailRate: 0.1, AmbiguousRate: 0.05, Hang: 300 * time.Millisecond})
+	out, err := child().CombinedOutput()
+	if err != nil {
+		t.Fatalf("final run: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "invalid (rejected) 1") {
+		t.Errorf("final summary:\n%s", out)
+	}
+	s.assertExactlyOnce(rows)
+	d := s.crm.Audit()
+	t.Logf("after %d kills: %d creates, %d ambiguous, %d failed requests", kills, d.Creates, d.Ambiguous, d.Failed)
+}

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"crmsync/crmintegrator/fakecrm"
+	"crmsync/crmintegrator/fakecrm/fakecrmtest"
+	"crmsync/crmintegrator/integrator"
+	"crmsync/csvreader/importer"
+	"crmsync/shared/pgtest"
+)
+
+// stack is the whole duo for one test: fakecrm over HTTP, the integrator on
+// a real TCP port, and a fresh PostgreSQL database.
+type stack struct {
+	t       *testing.T
+	crm     *fakecrm.Server
+	crmURL  string
+	integ   *integrator.Server
+	addr    string
+	dsn     string
+	integMu sync.Mutex
+}
+
+func newStack(t *testing.T, crmCfg fakecrm.Config, icfg integrator.Config) *stack {
+	t.Helper()
+	s := &stack{t: t, dsn: pgtest.DSN(t, true)}
+	s.crm, s.crmURL = fakecrmtest.Start(t, crmCfg)
+	s.startIntegrator(icfg, "127.0.0.1:0")
+	t.Cleanup(s.stopIntegrator)
+	return s
+}
+
+func (s *stack) startIntegrator(cfg integrator.Config, addr string) {
+	s.t.Helper()
+	cfg.CRMURL = s.crmURL
+	if cfg.CRMTimeout == 0 {
+		cfg.CRMTimeout = 2 * time.Second
+	}
+	srv, err := integrator.New(cfg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var ln net.Listener
+	for i := 0; ; i++ { // the old daemon's port may linger for a moment
+		if ln, err = net.Listen("tcp", addr); err == nil || i > 50 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	s.integMu.Lock()
+	s.integ, s.addr = srv, ln.Addr().String()
+	s.integMu.Unlock()
+}
+
+func (s *stack) stopIntegrator() {
+	s.integMu.Lock()
+	srv := s.integ
+	s.integ = nil
+	s.integMu.Unlock()
+	if srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Close(ctx)
+	}
+}
+
+// reader runs csvreader's run() with args plus the stack's addresses.
+func (s *stack) reader(ctx context.Context, dsn string, args ...string) (*importer.Report, string, error) {
+	dir := s.t.TempDir()
+	report := filepath.Join(dir, "report.json")
+	full := append([]string{"-integrator", s.addr, "-db", dsn, "-report", report,
+		"-rejects", filepath.Join(dir, "rejects.csv"), "-max-retry-time", "2m", "-max-attempts", "50"}, args...)
+	var out, errb bytes.Buffer
+	err := run(ctx, full, func(string) string { return "" }, &out, &errb)
+	rep := &importer.Report{}
+	if b, rerr := os.ReadFile(report); rerr == nil {
+		json.Unmarshal(b, rep)
+	}
+	return rep, out.String() + errb.String(), err
+}
+
+// exportFile writes n valid rows, plus whatever extra rows are given.
+func exportFile(t *testing.T, n int, extra ...string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("id,first_name,last_name,email,phone,company\n")
+	for i := range n {
+		fmt.Fprintf(&b, "K%06d,First%d,Last%d,k%d@example.com,+1 555 %04d,Acme %d\n", i, i, i, i, i%10000, i%7)
+	}
+	for _, e := range extra {
+		b.WriteString(e + "\n")
+	}
+	path := filepath.Join(t.TempDir(), "export.csv")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// assertExactlyOnce checks the CRM created each of want keys exactly once
+// and that customers holds exactly those keys.
+func (s *stack) assertExactlyOnce(want int) {
+	s.t.Helper()
+	a := s.crm.Audit()
+	if a.DuplicateContacts != 0 {
+		s.t.Errorf("fakecrm holds %d duplicate contacts", a.DuplicateContacts)
+	}
+	if a.DistinctExternalIDs != int64(want) {
+		s.t.Errorf("fakecrm holds %d distinct external ids, want %d", a.DistinctExternalIDs, want)
+	}
+	d := pgtest.Open(s.t, s.dsn)
+	var n, missing int
+	d.QueryRow(`SELECT count(*) FROM customers`).Scan(&n)
+	if n != want {
+		s.t.Errorf("customers has %d rows, want %d", n, want)
+	}
+	ids := map[string]string{}
+	for _, c := range s.crm.Contacts() {
+		ids[c.ExternalID] = c.ID
+	}
+	rows, err := d.Query(`SELECT external_id, crm_id FROM customers`)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k, id string
+		rows.Scan(&k, &id)
+		if ids[k] != id {
+			missing++
+		}
+	}
+	if missing > 0 {
+		s.t.Errorf("%d customers rows do not match the CRM's id for their key", missing)
+	}
+}
+
+func TestStackDeliversAndRerunSendsNothing(t *testing.T) {
+	s := newStack(t, fakecrm.Config{}, integrator.Config{})
+	file := exportFile(t, 2500,
+		"K000007,Again,Dup,again@example.com,,Acme",
+		"BAD,Bad,Email,bad-email,,Acme",
+		"REJ,Has Space,Email,has space@example.com,,Acme")
+	rep, out, err := s.reader(context.Background(), s.dsn, file)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+	if rep.Delivered != 2500 || rep.DuplicatesInFile != 1 || rep.RejectedInvalid != 2 || !rep.Accounted() {
+		t.Errorf("report = %+v", rep)
+	}
+	s.assertExactlyOnce(2500)
+	before := s.crm.Audit().Requests
+
+	rep, out, err = s.reader(context.Background(), s.dsn, file)
+	if err != nil {
+		t.Fatalf("rerun: %v\n%s", err, out)
+	}
+	if got := s.crm.Audit().Requests - before; got != 0 {
+		t.Errorf("rerun sent %d requests to the CRM, want 0", got)
+	}
+	if rep.AlreadyDelivered != 2501 || rep.Delivered != 0 {
+		t.Errorf("rerun report = %+v", rep)
+	}
+	if !strings.Contains(out, "already delivered  2501") {
+		t.Errorf("summary does not show the skipped rows:\n%s", out)
+	}
+}
+
+// The CRM fails, answers ambiguously and rate-limits; idempotency off, so
+// only lookups stand between an ambiguous answer and a duplicate.
+func TestStackFlakyCRMNoDuplicates(t *testing.T) {
+	for _, idem := range []bool{false, true} {
+		t.Run(fmt.Sprintf("idempotency=%v", idem), func(t *testing.T) {
+			s := newStack(t, fakecrm.Config{Seed: 7, DisableIdempotency: !idem, Faults: fakecrm.Faults{
+				FailRate: 0.15, AmbiguousRate: 0.1, Hang: 300 * time.Millisecond}},
+				integrator.Config{Idempotency: idem, CRMTimeout: 200 * time.Millisecond, BreakerThreshold: 1000})
+			rep, out, err := s.reader(context.Background(), s.dsn, "-workers", "3", "-block-size", "250", exportFile(t, 3000))
+			if err != nil {
+				t.Fatalf("run: %v\n%s", err, out)
+			}
+			if rep.Delivered != 3000 || rep.Failed != 0 {
+				t.Errorf("report = %+v", rep)
+			}
+			a := s.crm.Audit()
+			if a.Ambiguous == 0 || a.Failed == 0 {
+				t.Errorf("faults were not exercised: %+v", a)
+			}
+			s.assertExactlyOnce(3000)
+		})
+	}
+}
+
+func TestStackTwoReadersOneFile(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Seed: 3, DisableIdempotency: true,
+		Faults: fakecrm.Faults{AmbiguousRate: 0.05, Latency: 2 * time.Millisecond}},
+		integrator.Config{CRMTimeout: 500 * time.Millisecond})
+	file := exportFile(t, 4000)
+	var wg sync.WaitGroup
+	reps := make([]*importer.Report, 2)
+	errs := make([]error, 2)
+	for i := range reps {
+		wg.Go(func() {
+			var out string
+			reps[i], out, errs[i] = s.reader(context.Background(), s.dsn, "-block-size", "200", file)
+			if errs[i] != nil {
+				t.Logf("reader %d output:\n%s", i, out)
+			}
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("reader %d: %v", i, err)
+		}
+	}
+	if got := reps[0].Delivered + reps[1].Delivered; got != 4000 {
+		t.Errorf("readers delivered %d + %d, want 4000 in all", reps[0].Delivered, reps[1].Delivered)
+	}
+	s.assertExactlyOnce(4000)
+}
+
+func TestStackIntegratorRestartMidRun(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 5 * time.Millisecond}}, integrator.Config{})
+	file := exportFile(t, 4000)
+	done := make(chan struct{})
+	var rep *importer.Report
+	var out string
+	var err error
+	go func() {
+		defer close(done)
+		rep, out, err = s.reader(context.Background(), s.dsn, "-workers", "2", "-block-size", "100", file)
+	}()
+	waitFor(t, func() bool { return s.crm.Audit().Creates > 500 })
+	addr := s.addr
+	s.stopIntegrator()
+	time.Sleep(300 * time.Millisecond)
+	s.startIntegrator(integrator.Config{}, addr)
+	<-done
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+	if rep.Delivered != 4000 {
+		t.Errorf("report = %+v", rep)
+	}
+	s.assertExactlyOnce(4000)
+}
+
+func TestStackDatabaseOutageMidRun(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 5 * time.Millisecond}}, integrator.Config{})
+	p := newProxy(t, s.dsn)
+	file := exportFile(t, 4000)
+	done := make(chan struct{})
+	var rep *importer.Report
+	var out string
+	var err error
+	go func() {
+		defer close(done)
+		rep, out, err = s.reader(context.Background(), p.dsn, "-workers", "2", "-block-size", "100", file)
+	}()
+	waitFor(t, func() bool { return s.crm.Audit().Creates > 500 })
+	p.cut(2 * time.Second)
+	<-done
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+	if rep.Delivered != 4000 {
+		t.Errorf("report = %+v", rep)
+	}
+	if p.cuts() == 0 {
+		t.Error("the outage cut no connection")
+	}
+	s.assertExactlyOnce(4000)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// proxy forwards TCP to PostgreSQL and can cut every connection and refuse
+// new ones for a while: a database outage that spares the shared cluster.
+type proxy struct {
+	dsn    string
+	target string
+	ln     net.Listener
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	down   time.Time
+	ncut   int
+}
+
+func newProxy(t *testing.T, dsn string) *proxy {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{target: u.Host, ln: ln, conns: map[net.Conn]bool{}}
+	u.Host = ln.Addr().String()
+	p.dsn = u.String()
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); p.closeAll(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			refuse := time.Now().Before(p.down)
+			p.mu.Unlock()
+			if refuse {
+				c.Close()
+				continue
+			}
+			wg.Go(func() { p.pipe(c) })
+		}
+	})
+	return p
+}
+
+func (p *proxy) pipe(c net.Conn) {
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[up] = true, true
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(up, c); done <- struct{}{} }()
+	go func() { io.Copy(c, up); done <- struct{}{} }()
+	<-done
+	c.Close()
+	up.Close()
+	<-done
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, up)
+	p.mu.Unlock()
+}
+
+func (p *proxy) cut(d time.Duration) {
+	p.mu.Lock()
+	p.down = time.Now().Add(d)
+	p.ncut += len(p.conns)
+	p.mu.Unlock()
+	p.closeAll()
+}
+
+func (p *proxy) cuts() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ncut
+}
+
+func (p *proxy) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+}
