@@ -458,15 +458,15 @@ func (p *pipeline) claimLoop() {
 }
 
 func (p *pipeline) claim(it *item) {
-	firstLine := make(map[string]int64, len(it.recs))
+	first := make(map[string]int, len(it.recs)) // key → index in keep
 	items := make([]ledger.Item, 0, len(it.recs))
-	var keep []*rec
+	var keep, repeats []*rec
 	for _, r := range it.recs {
-		if l, ok := firstLine[r.c.ExternalID]; ok {
-			p.skip(r, "duplicate_in_file", fmt.Sprintf("same key as %s line %d", r.file, l))
+		if _, ok := first[r.c.ExternalID]; ok {
+			repeats = append(repeats, r)
 			continue
 		}
-		firstLine[r.c.ExternalID] = r.line
+		first[r.c.ExternalID] = len(keep)
 		keep = append(keep, r)
 		items = append(items, ledger.Item{Key: r.c.ExternalID, Fingerprint: r.fp, File: r.file, Line: r.line})
 	}
@@ -478,6 +478,16 @@ func (p *pipeline) claim(it *item) {
 	if err != nil {
 		p.fatal(err)
 		return
+	}
+	// A repeat within the block counts as what its first occurrence is when
+	// that was delivered before, so block boundaries never change a report.
+	for _, r := range repeats {
+		i := first[r.c.ExternalID]
+		if d := ds[i]; d.Status == ledger.AlreadyDelivered {
+			p.skip(r, "already_delivered", d.Why)
+		} else {
+			p.skip(r, "duplicate_in_file", fmt.Sprintf("same key as %s line %d", keep[i].file, keep[i].line))
+		}
 	}
 	var send, busy []*rec
 	for i, d := range ds {
