@@ -137,8 +137,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	o := &options{}
 	fs := flag.NewFlagSet("csvreader", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.integrators, "integrator", env("CSVREADER_INTEGRATOR", "127.0.0.1:4004"), "integrator `ADDR[,ADDR...]`; later ones are fallbacks [CSVREADER_INTEGRATOR]")
-	fs.StringVar(&o.dsn, "db", env("DATABASE_URL", ""), "PostgreSQL `DSN` (postgres://user:pass@host:port/db) [DATABASE_URL]")
+	fs.StringVar(&o.integrators, "integrator", env("CSVREADER_INTEGRATOR", "127.0.0.1:4004"), "`ADDR[,ADDR...]` of crmintegrator; later ones are fallbacks [CSVREADER_INTEGRATOR]")
+	// Secrets are read from the environment after parsing, so that -h never
+	// prints them as a default.
+	fs.StringVar(&o.dsn, "db", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db) [DATABASE_URL]")
 	fs.IntVar(&o.workers, "workers", envInt("CSVREADER_WORKERS", 4), "concurrent blocks in flight to the integrator [CSVREADER_WORKERS]")
 	fs.IntVar(&o.blockSize, "block-size", envInt("CSVREADER_BLOCK_SIZE", 1000), "records per block (per integrator call); capped by the integrator's limit [CSVREADER_BLOCK_SIZE]")
 	fs.StringVar(&o.rejects, "rejects", env("CSVREADER_REJECTS", ""), "rejects file `PATH` (default: <file>.rejects.csv in the current directory) [CSVREADER_REJECTS]")
@@ -153,7 +155,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.dryRun, "dry-run", envBool("CSVREADER_DRY_RUN"), "validate and count new / already delivered / invalid rows; no CRM call [CSVREADER_DRY_RUN]")
 	fs.BoolVar(&o.progress, "progress", envBool("CSVREADER_PROGRESS"), "print progress to stderr (default: on when stderr is a terminal) [CSVREADER_PROGRESS]")
 	fs.DurationVar(&o.progressEvery, "progress-interval", envDur("CSVREADER_PROGRESS_INTERVAL", 5*time.Second), "time between progress lines [CSVREADER_PROGRESS_INTERVAL]")
-	fs.StringVar(&o.rpcToken, "rpc-token", env("CSVREADER_RPC_TOKEN", ""), "shared token the integrator requires, if any [CSVREADER_RPC_TOKEN]")
+	fs.StringVar(&o.rpcToken, "rpc-token", "", "shared token the integrator requires, if any; prefer the environment variable, a command line is visible in ps [CSVREADER_RPC_TOKEN]")
 	fs.BoolVar(&o.tlsOn, "tls", envBool("CSVREADER_TLS"), "connect to the integrator over TLS [CSVREADER_TLS]")
 	fs.StringVar(&o.tlsCA, "tls-ca", env("CSVREADER_TLS_CA", ""), "PEM `FILE` of CAs that sign the integrator's certificate (implies -tls) [CSVREADER_TLS_CA]")
 	fs.StringVar(&o.tlsCert, "tls-cert", env("CSVREADER_TLS_CERT", ""), "client certificate PEM `FILE`, for mutual TLS (implies -tls) [CSVREADER_TLS_CERT]")
@@ -179,6 +181,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	})
 	if getenv("CSVREADER_PROGRESS") != "" {
 		o.progressSet = true
+	}
+	if o.dsn == "" {
+		o.dsn = getenv("DATABASE_URL")
+	}
+	if o.rpcToken == "" {
+		o.rpcToken = getenv("CSVREADER_RPC_TOKEN")
 	}
 	o.files = fs.Args()
 	usage := func(msg string) (*options, error) {
@@ -271,6 +279,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			cfg.Export.MaxFieldBytes = hello.MaxFieldBytes
 		}
 		crm = client
+		if o.callTimeout == 0 {
+			// The daemon says how long a call may take; past that (and a
+			// margin) the outcome is unknown and the block is resent with
+			// MaybeSent, rather than waiting forever on a wedged daemon.
+			wait := 2 * time.Minute
+			if hello.CallTimeout > 0 {
+				wait = hello.CallTimeout + 30*time.Second
+			}
+			crm = timedDeliverer{client, wait}
+		}
 	}
 
 	rep, runErr := importer.Run(ctx, cfg, d, crm)
@@ -429,4 +447,16 @@ func writeReport(path string, r *importer.Report) error {
 		return fmt.Errorf("report: %w", err)
 	}
 	return os.Rename(tmp, path)
+}
+
+// timedDeliverer bounds every Deliver call.
+type timedDeliverer struct {
+	c    *crmrpc.Client
+	wait time.Duration
+}
+
+func (t timedDeliverer) Deliver(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.wait)
+	defer cancel()
+	return t.c.Deliver(ctx, recs)
 }

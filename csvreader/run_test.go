@@ -1,0 +1,62 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestRunUsage(t *testing.T) {
+	secretEnv := map[string]string{
+		"DATABASE_URL":        "postgres://u:hunter2pw@127.0.0.1:1/db",
+		"CSVREADER_RPC_TOKEN": "tok-s3cret",
+	}
+	tests := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		wantCode int
+		wantErr  string
+	}{
+		{"help", []string{"-h"}, secretEnv, exitOK, ""},
+		{"no file", nil, secretEnv, exitUsage, "no export file"},
+		{"no database", []string{"x.csv"}, nil, exitUsage, "DATABASE_URL"},
+		{"bad flag", []string{"-nope", "x.csv"}, secretEnv, exitUsage, ""},
+		{"bad delimiter", []string{"-delimiter", "ab", "x.csv"}, secretEnv, exitUsage, "-delimiter"},
+		{"bad env number", []string{"x.csv"}, map[string]string{"DATABASE_URL": "postgres://x", "CSVREADER_WORKERS": "many"}, exitUsage, "CSVREADER_WORKERS"},
+		{"zero workers", []string{"-workers", "0", "x.csv"}, secretEnv, exitUsage, "-workers"},
+		{"bad log level", []string{"-log-level", "loud", "x.csv"}, secretEnv, exitUsage, "-log-level"},
+		{"missing file", []string{"-dry-run", "/nonexistent/x.csv"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2pw@127.0.0.1:1/db?connect_timeout=1"}, exitFatal, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := run(context.Background(), tc.args, func(k string) string { return tc.env[k] }, &out, &errb)
+			code := exitOK
+			if err != nil {
+				code = exitFatal
+				var ec exitCoder
+				if errors.As(err, &ec) {
+					code = ec.ExitCode()
+				}
+			}
+			if code != tc.wantCode {
+				t.Errorf("exit code = %d, want %d (err %v)", code, tc.wantCode, err)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.wantErr)
+			}
+			all := out.String() + errb.String()
+			if err != nil {
+				all += err.Error()
+			}
+			for _, secret := range []string{"hunter2pw", "tok-s3cret"} {
+				if strings.Contains(all, secret) {
+					t.Errorf("output or error shows a secret:\n%s", all)
+				}
+			}
+		})
+	}
+}
