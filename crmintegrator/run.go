@@ -157,6 +157,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	for _, f := range e.secrets {
 		f()
 	}
+	if o.crmURL == "" {
+		return nil, errors.New("no CRM url: set -crm-url or CRM_URL")
+	}
+	if o.tlsClientCA != "" && (o.tlsCert == "" || o.tlsKey == "") {
+		return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
+	}
 	return o, nil
 }
 
@@ -177,10 +183,7 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 
 func loadTLS(o *options) (*tls.Config, error) {
 	if o.tlsCert == "" && o.tlsKey == "" {
-		if o.tlsClientCA != "" {
-			return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
-		}
-		return nil, nil
+		return nil, nil // parseFlags refused -tls-client-ca alone
 	}
 	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
 	if err != nil {
@@ -208,11 +211,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	}
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	log, err := newLogger(o.logFormat, o.logLevel, stderr)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	cfg := o.cfg
 	cfg.Logger = log
@@ -288,3 +291,10 @@ func redactURL(s string) string {
 	}
 	return u.Redacted()
 }
+
+// usageError is a bad flag or environment value: exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+func (e usageError) ExitCode() int { return 2 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -57,19 +58,28 @@ func TestBadConfiguration(t *testing.T) {
 		args []string
 		env  map[string]string
 		want string
+		code int // exit code main would use
 	}{
-		{"no crm url", nil, nil, "no CRM url"},
-		{"bad env duration", []string{"-crm-url", "http://127.0.0.1:1"}, map[string]string{"CRM_TIMEOUT": "soon"}, "CRM_TIMEOUT"},
-		{"bad log format", []string{"-crm-url", "http://127.0.0.1:1", "-log-format", "xml"}, nil, "-log-format"},
-		{"client ca without cert", []string{"-crm-url", "http://127.0.0.1:1", "-tls-client-ca", "ca.pem"}, nil, "-tls-client-ca"},
-		{"missing token file", []string{"-crm-url", "http://127.0.0.1:1", "-crm-token-file", "/nonexistent/token"}, nil, "crm token file"},
-		{"unknown flag", []string{"-nope"}, nil, "not defined"},
+		{"no crm url", nil, nil, "no CRM url", 2},
+		{"bad env duration", []string{"-crm-url", "http://127.0.0.1:1"}, map[string]string{"CRM_TIMEOUT": "soon"}, "CRM_TIMEOUT", 2},
+		{"bad log format", []string{"-crm-url", "http://127.0.0.1:1", "-log-format", "xml"}, nil, "-log-format", 2},
+		{"client ca without cert", []string{"-crm-url", "http://127.0.0.1:1", "-tls-client-ca", "ca.pem"}, nil, "-tls-client-ca", 2},
+		{"missing token file", []string{"-crm-url", "http://127.0.0.1:1", "-crm-token-file", "/nonexistent/token"}, nil, "crm token file", 1},
+		{"unknown flag", []string{"-nope"}, nil, "not defined", 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			err := run(context.Background(), tc.args, envOf(tc.env), io.Discard, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+			code := 1
+			var ec interface{ ExitCode() int }
+			if errors.As(err, &ec) {
+				code = ec.ExitCode()
+			}
+			if code != tc.code {
+				t.Errorf("exit code = %d, want %d", code, tc.code)
 			}
 		})
 	}
