@@ -368,6 +368,12 @@ func (r *Run) resolveConflicts(ctx context.Context, tx *sql.Tx, keys []string, i
 		seen[key] = true
 		i := index[key]
 		switch {
+		case run == r.id && file == items[i].File && line == items[i].Line:
+			// Our own claim on this very record: an earlier attempt of
+			// this Claim committed, but the answer was lost with the
+			// connection. That attempt may have taken the key over from a
+			// dead run, so have it looked up before it is created.
+			out[i] = Decision{Status: TakenOver}
 		case run == r.id:
 			why := fmt.Sprintf("same key as %s line %d", file, line)
 			if state == "rejected" {

@@ -125,3 +125,30 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// A Claim retried after its commit's answer was lost must not mistake its
+// own claims for repeats in the file: that would drop the records.
+func TestClaimRetryAfterLostCommit(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	r := must(ledger.Start(ctx, d, nil))
+	defer r.Close(ctx, "done", nil)
+	first := items("A", "B")
+	if got := statuses(must(r.Claim(ctx, first))); fmt.Sprint(got) != fmt.Sprint([]ledger.Status{ledger.Claimed, ledger.Claimed}) {
+		t.Fatalf("first claim = %v", got)
+	}
+	// The same records again: the retry of a Claim whose commit was lost.
+	got := statuses(must(r.Claim(ctx, first)))
+	if want := []ledger.Status{ledger.TakenOver, ledger.TakenOver}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("retried claim = %v, want %v (sent, after a lookup)", got, want)
+	}
+	// The same keys on other lines are repeats in the file.
+	again := items("A", "B")
+	for i := range again {
+		again[i].Line += 100
+	}
+	got = statuses(must(r.Claim(ctx, again)))
+	if want := []ledger.Status{ledger.DuplicateInFile, ledger.DuplicateInFile}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("repeats = %v, want %v", got, want)
+	}
+}
