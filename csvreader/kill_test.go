@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -75,4 +77,26 @@ func TestStackKill9AndRerun(t *testing.T) {
 	s.assertExactlyOnce(rows)
 	d := s.crm.Audit()
 	t.Logf("after %d kills: %d creates, %d ambiguous, %d failed requests", kills, d.Creates, d.Ambiguous, d.Failed)
+}
+
+// csvreader reads stdin with "-", gzipped or not.
+func TestStackStdinGzip(t *testing.T) {
+	s := newStack(t, fakecrm.Config{}, integrator.Config{})
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write([]byte(readFile(t, exportFile(t, 300))))
+	zw.Close()
+	dir := t.TempDir()
+	args := []string{"-integrator", s.addr, "-db", s.dsn, "-rejects", filepath.Join(dir, "r.csv"), "-"}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "CSVREADER_TEST_CHILD=1", "CSVREADER_TEST_ARGS="+strings.Join(args, "\x1f"))
+	cmd.Stdin = &buf
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "delivered          300") {
+		t.Errorf("summary:\n%s", out)
+	}
+	s.assertExactlyOnce(300)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -387,4 +388,106 @@ func (p *proxy) closeAll() {
 	for c := range p.conns {
 		c.Close()
 	}
+}
+
+// Ctrl-C mid-run: the run stops reading, finishes what is in flight, says
+// so, and the next run finishes the job exactly once.
+func TestStackInterruptThenResume(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 5 * time.Millisecond}}, integrator.Config{})
+	file := exportFile(t, 5000)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		waitFor(t, func() bool { return s.crm.Audit().Creates > 800 })
+		cancel()
+	}()
+	rep, out, err := s.reader(ctx, s.dsn, "-workers", "2", "-block-size", "100", file)
+	if exitCode(err) != exitFatal || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("interrupted run: err = %v, want exit 1 saying interrupted\n%s", err, out)
+	}
+	if !rep.Interrupted || rep.Delivered == 0 || rep.Rows >= 5000 || !rep.Accounted() {
+		t.Errorf("interrupted report = %+v", rep)
+	}
+	rep, out, err = s.reader(context.Background(), s.dsn, "-workers", "2", "-block-size", "100", file)
+	if err != nil {
+		t.Fatalf("resumed run: %v\n%s", err, out)
+	}
+	if rep.Delivered+rep.AlreadyDelivered != 5000 {
+		t.Errorf("resumed report = %+v", rep)
+	}
+	s.assertExactlyOnce(5000)
+}
+
+// A CRM that stays down: records fail after their attempts, land in the
+// rejects file, the exit code is 3, and a later run delivers them.
+func TestStackCRMDownExitsThree(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{Down: true}},
+		integrator.Config{CallBudget: 200 * time.Millisecond, BreakerCooldown: 100 * time.Millisecond})
+	file := exportFile(t, 30)
+	rep, out, err := s.reader(context.Background(), s.dsn, "-max-attempts", "2", "-max-retry-time", "3s", "-block-size", "10", file)
+	if exitCode(err) != exitFailed {
+		t.Fatalf("err = %v, want exit code 3\n%s", err, out)
+	}
+	if rep.Failed != 30 || !rep.Accounted() {
+		t.Errorf("report = %+v", rep)
+	}
+	rej := readFile(t, rep.RejectsFile)
+	if n := strings.Count(rej, "failed after"); n != 30 {
+		t.Errorf("rejects file has %d failed rows, want 30:\n%s", n, rej)
+	}
+	s.crm.SetFaults(fakecrm.Faults{})
+	time.Sleep(200 * time.Millisecond) // let the breaker's cooldown pass
+	rep, out, err = s.reader(context.Background(), s.dsn, file)
+	if err != nil {
+		t.Fatalf("run after the CRM came back: %v\n%s", err, out)
+	}
+	if rep.Delivered != 30 {
+		t.Errorf("report = %+v", rep)
+	}
+	s.assertExactlyOnce(30)
+}
+
+func TestStackMaxRejectsStopsEarly(t *testing.T) {
+	s := newStack(t, fakecrm.Config{}, integrator.Config{})
+	var bad []string
+	for i := range 50 {
+		bad = append(bad, fmt.Sprintf("B%d,x,y,broken-%d,,z", i, i))
+	}
+	_, out, err := s.reader(context.Background(), s.dsn, "-max-rejects", "10", exportFile(t, 5, bad...))
+	if exitCode(err) != exitFatal || !strings.Contains(err.Error(), "-max-rejects") {
+		t.Fatalf("err = %v, want a fatal error naming -max-rejects\n%s", err, out)
+	}
+}
+
+func TestStackProgressLines(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 20 * time.Millisecond}}, integrator.Config{})
+	_, out, err := s.reader(context.Background(), s.dsn, "-progress", "-progress-interval", "50ms", "-block-size", "100", exportFile(t, 1500))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"progress: ", "rows (", "%)", "ETA", "delivered", "retrying", "rejected", "finished: 1500 rows"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("progress output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// exitCode is the code main exits with for err.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ec exitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return exitFatal
 }
