@@ -104,7 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		line = append(line, ',')
 		line = append(line, countries[(k/3)%len(countries)]...)
 		line = append(line, ',')
-		line = base.Add(time.Duration(k) * time.Minute).AppendFormat(line, time.RFC3339)
+		line = base.Add(time.Duration(k)*time.Minute).AppendFormat(line, time.RFC3339)
 		line = append(line, '\n')
 		bw.Write(line)
 	}
