@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -396,7 +397,7 @@ func TestOutcomeTable(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			posts := 0
+			var posts atomic.Int64 // handlers of timed-out requests may still run
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Method == http.MethodGet {
 					if tc.lookup == "fail" {
@@ -406,8 +407,8 @@ func TestOutcomeTable(t *testing.T) {
 					io.WriteString(w, orDefault(tc.lookup, `{"contacts":[]}`))
 					return
 				}
-				posts++
-				tc.posts[min(posts, len(tc.posts))-1](w, r)
+				n := int(posts.Add(1))
+				tc.posts[min(n, len(tc.posts))-1](w, r)
 			}))
 			defer srv.Close()
 			cfg := testConfig(srv.URL)
@@ -434,8 +435,8 @@ func TestOutcomeTable(t *testing.T) {
 			if got != tc.want {
 				t.Fatalf("got %+v, want %+v", vs[0], tc.want)
 			}
-			if posts != tc.wantPosts {
-				t.Fatalf("got %d POSTs, want %d", posts, tc.wantPosts)
+			if n := int(posts.Load()); n != tc.wantPosts {
+				t.Fatalf("got %d POSTs, want %d", n, tc.wantPosts)
 			}
 		})
 	}
