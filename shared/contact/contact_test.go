@@ -1,0 +1,78 @@
+package contact
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestValidEmail(t *testing.T) {
+	tests := []struct {
+		email string
+		ok    bool
+	}{
+		{"ada@example.com", true},
+		{"a.b+tag@sub.example.co.uk", true},
+		{"ünïcode@exämple.de", true},
+		{"", false},
+		{"no-at.example.com", false},
+		{"@example.com", false},     // empty local part
+		{"ada@", false},             // empty domain
+		{"ada@localhost", false},    // domain without a dot
+		{"ada@@example.com", false}, // two @
+		{"a@b@example.com", false},  // two @
+		{"ada lovelace@example.com", false},
+		{"ada@example.com ", false},      // trailing space
+		{"ada@exam\tple.com", false},     // tab
+		{"ada@example.com\n", false},     // newline
+		{"ada@exa\u00a0mple.com", false}, // no-break space
+	}
+	for _, tc := range tests {
+		if got := ValidEmail(tc.email); got != tc.ok {
+			t.Errorf("ValidEmail(%q) = %v, want %v", tc.email, got, tc.ok)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ok := Contact{ExternalID: "C-1", Email: "ada@example.com"}
+	tests := []struct {
+		name string
+		c    Contact
+		code string // "" = valid
+	}{
+		{"valid", ok, ""},
+		{"missing id", Contact{Email: "ada@example.com"}, CodeMissingExternalID},
+		{"id of 128 characters", Contact{ExternalID: strings.Repeat("é", 128), Email: "a@b.c"}, ""},
+		{"id of 129 characters", Contact{ExternalID: strings.Repeat("x", 129), Email: "a@b.c"}, CodeExternalIDTooLong},
+		{"missing email", Contact{ExternalID: "C-1"}, CodeMissingEmail},
+		{"invalid email", Contact{ExternalID: "C-1", Email: "nope"}, CodeInvalidEmail},
+		{"invalid utf-8 name", Contact{ExternalID: "C-1", Email: "a@b.c", FirstName: "\xff"}, CodeInvalidUTF8},
+		{"invalid utf-8 attribute", Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"k": "\xc3"}}, CodeInvalidUTF8},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.c.Validate()
+			got := ""
+			if p != nil {
+				got = p.Code
+			}
+			if got != tc.code {
+				t.Errorf("Validate() = %v, want code %q", p, tc.code)
+			}
+		})
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	a := Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"x": "1", "y": "2"}}
+	b := Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"y": "2", "x": "1"}}
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Error("fingerprint depends on map order")
+	}
+	// Field boundaries count: moving text between fields changes it.
+	c := Contact{ExternalID: "C-1", Email: "a@b.c", FirstName: "ab", LastName: "c"}
+	d := Contact{ExternalID: "C-1", Email: "a@b.c", FirstName: "a", LastName: "bc"}
+	if c.Fingerprint() == d.Fingerprint() {
+		t.Error("fingerprint ignores field boundaries")
+	}
+}
