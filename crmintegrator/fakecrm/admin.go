@@ -27,14 +27,14 @@ type adminFaults struct {
 
 var adminFaultKeys = []string{
 	"fail_rate", "ambiguous_rate", "ambiguous_modes", "latency", "jitter", "hang",
-	"rate", "burst", "down", "idempotency",
+	"rate", "burst", "down", "blocked_domains", "idempotency",
 }
 
 func (s *Server) adminFaults() adminFaults {
 	f := s.Faults()
 	return adminFaults{
 		faultsJSON{f.FailRate, f.AmbiguousRate, duration(f.Latency), duration(f.Jitter), duration(f.Hang),
-			f.Rate, f.Burst, f.Down, f.AmbiguousModes},
+			f.Rate, f.Burst, f.Down, f.AmbiguousModes, f.BlockedDomains},
 		s.Idempotency(),
 	}
 }

@@ -239,9 +239,9 @@ func (s *Server) post(c *call, o op, d decision) {
 	var status int
 	var resp []byte
 	if o == opBatch {
-		status, resp = s.createBatch(body)
+		status, resp = s.createBatch(body, c.f)
 	} else {
-		status, resp = s.createOne(body)
+		status, resp = s.createOne(body, c.f)
 	}
 	if useKey {
 		// Stored before any ambiguous answer: that is what makes a retry
@@ -272,12 +272,16 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 func (s *Server) createdAt() string { return s.now().UTC().Format(time.RFC3339Nano) }
 
 // createOne is POST /v1/contacts.
-func (s *Server) createOne(body []byte) (int, []byte) {
+func (s *Server) createOne(body []byte, f *faultState) (int, []byte) {
 	var ct contact.Contact
 	if err := json.Unmarshal(body, &ct); err != nil {
 		return http.StatusBadRequest, errorBody(crmapi.CodeMalformed, "the body is not a contact: "+err.Error())
 	}
-	if p := ct.Validate(); p != nil {
+	p := ct.Validate()
+	if p == nil {
+		p = f.blockedProblem(&ct)
+	}
+	if p != nil {
 		return http.StatusBadRequest, errorBody(p.Code, p.Message)
 	}
 	var ids [1]string
@@ -287,7 +291,7 @@ func (s *Server) createOne(body []byte) (int, []byte) {
 
 // createBatch is POST /v1/contacts/batch: valid contacts are created,
 // invalid ones rejected one by one.
-func (s *Server) createBatch(body []byte) (int, []byte) {
+func (s *Server) createBatch(body []byte, f *faultState) (int, []byte) {
 	var req crmapi.BatchRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return http.StatusBadRequest, errorBody(crmapi.CodeMalformed, "the body is not a batch: "+err.Error())
@@ -306,7 +310,11 @@ func (s *Server) createBatch(body []byte) (int, []byte) {
 	for i := range req.Contacts {
 		ct := &req.Contacts[i]
 		results[i].ExternalID = ct.ExternalID
-		if p := ct.Validate(); p != nil {
+		p := ct.Validate()
+		if p == nil {
+			p = f.blockedProblem(ct)
+		}
+		if p != nil {
 			results[i].Status = crmapi.StatusRejected
 			results[i].Error = &crmapi.ErrorDetail{Code: p.Code, Message: p.Message}
 			continue

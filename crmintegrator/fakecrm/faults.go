@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"crmsync/shared/contact"
 )
 
 // DefaultHang is how long the binary holds a "hang" answer before dropping
@@ -40,6 +42,37 @@ type Faults struct {
 	// subset of "500", "502", "504", "reset" and "hang"; empty means all
 	// five, picked uniformly.
 	AmbiguousModes string `json:"ambiguous_modes"`
+	// BlockedDomains is a comma separated list of email domains the CRM
+	// refuses by policy, compared without regard to case: such a contact is
+	// rejected with CodeEmailDomainBlocked (in its batch result, or 400 on
+	// the single endpoint) and never created, however often it is sent.
+	// Unlike the other knobs it is not random: it models a CRM that rejects
+	// some valid-looking contacts.
+	BlockedDomains string `json:"blocked_domains"`
+}
+
+// CodeEmailDomainBlocked is the rejection code of a contact whose email
+// domain is in Faults.BlockedDomains.
+const CodeEmailDomainBlocked = "email_domain_blocked"
+
+// parseDomains turns a BlockedDomains list into a set of lower-case
+// domains; empty entries are ignored.
+func parseDomains(s string) (map[string]bool, error) {
+	var set map[string]bool
+	for part := range strings.SplitSeq(s, ",") {
+		d := strings.ToLower(strings.TrimSpace(part))
+		if d == "" {
+			continue
+		}
+		if strings.ContainsAny(d, "@ \t") {
+			return nil, fmt.Errorf("blocked domain %q: want a bare domain like spam.example", d)
+		}
+		if set == nil {
+			set = map[string]bool{}
+		}
+		set[d] = true
+	}
+	return set, nil
 }
 
 // ambiguousMode is how a request that created its contacts fails to say so.
@@ -98,6 +131,9 @@ func (f Faults) validate() error {
 	case f.Burst < 0:
 		return fmt.Errorf("burst %d is negative", f.Burst)
 	}
+	if _, err := parseDomains(f.BlockedDomains); err != nil {
+		return err
+	}
 	_, err := parseModes(f.AmbiguousModes)
 	return err
 }
@@ -111,6 +147,9 @@ func (f Faults) clamped() Faults {
 	if _, err := parseModes(f.AmbiguousModes); err != nil {
 		f.AmbiguousModes = ""
 	}
+	if _, err := parseDomains(f.BlockedDomains); err != nil {
+		f.BlockedDomains = ""
+	}
 	return f
 }
 
@@ -118,7 +157,8 @@ func (f Faults) clamped() Faults {
 // hot path reads it without a lock.
 type faultState struct {
 	Faults
-	modes []ambiguousMode
+	modes   []ambiguousMode
+	blocked map[string]bool // nil: no domain is blocked
 }
 
 func newFaultState(f Faults) *faultState {
@@ -126,7 +166,21 @@ func newFaultState(f Faults) *faultState {
 	if err != nil {
 		modes = allModes
 	}
-	return &faultState{Faults: f, modes: modes}
+	blocked, _ := parseDomains(f.BlockedDomains) // validated or clamped before
+	return &faultState{Faults: f, modes: modes, blocked: blocked}
+}
+
+// blockedProblem is the rejection of a valid contact whose email domain is
+// blocked, or nil.
+func (f *faultState) blockedProblem(c *contact.Contact) *contact.Problem {
+	if f.blocked == nil {
+		return nil
+	}
+	at := strings.LastIndexByte(c.Email, '@')
+	if at < 0 || !f.blocked[strings.ToLower(c.Email[at+1:])] {
+		return nil
+	}
+	return &contact.Problem{Code: CodeEmailDomainBlocked, Message: "the CRM does not accept addresses at " + c.Email[at+1:]}
 }
 
 // decision is what the k-th POST will suffer.
@@ -181,13 +235,14 @@ type faultsJSON struct {
 	Burst          int      `json:"burst"`
 	Down           bool     `json:"down"`
 	AmbiguousModes string   `json:"ambiguous_modes"`
+	BlockedDomains string   `json:"blocked_domains"`
 }
 
 // MarshalJSON writes durations as Go duration strings ("250ms").
 func (f Faults) MarshalJSON() ([]byte, error) {
 	return json.Marshal(faultsJSON{
 		f.FailRate, f.AmbiguousRate, duration(f.Latency), duration(f.Jitter), duration(f.Hang),
-		f.Rate, f.Burst, f.Down, f.AmbiguousModes,
+		f.Rate, f.Burst, f.Down, f.AmbiguousModes, f.BlockedDomains,
 	})
 }
 
@@ -195,7 +250,7 @@ func (f Faults) MarshalJSON() ([]byte, error) {
 func (f *Faults) UnmarshalJSON(b []byte) error {
 	j := faultsJSON{
 		f.FailRate, f.AmbiguousRate, duration(f.Latency), duration(f.Jitter), duration(f.Hang),
-		f.Rate, f.Burst, f.Down, f.AmbiguousModes,
+		f.Rate, f.Burst, f.Down, f.AmbiguousModes, f.BlockedDomains,
 	}
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
@@ -204,6 +259,7 @@ func (f *Faults) UnmarshalJSON(b []byte) error {
 		FailRate: j.FailRate, AmbiguousRate: j.AmbiguousRate,
 		Latency: time.Duration(j.Latency), Jitter: time.Duration(j.Jitter), Hang: time.Duration(j.Hang),
 		Rate: j.Rate, Burst: j.Burst, Down: j.Down, AmbiguousModes: j.AmbiguousModes,
+		BlockedDomains: j.BlockedDomains,
 	}
 	return nil
 }

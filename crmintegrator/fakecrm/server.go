@@ -162,7 +162,7 @@ func (s *Server) SetFaults(f Faults) {
 	s.limiter.configure(f.Rate, f.Burst)
 	s.log.Info("faults set", "fail_rate", f.FailRate, "ambiguous_rate", f.AmbiguousRate,
 		"ambiguous_modes", f.AmbiguousModes, "latency", f.Latency, "jitter", f.Jitter,
-		"hang", f.Hang, "rate", f.Rate, "burst", f.Burst, "down", f.Down)
+		"hang", f.Hang, "rate", f.Rate, "burst", f.Burst, "down", f.Down, "blocked_domains", f.BlockedDomains)
 }
 
 // SetIdempotency turns Idempotency-Key support on or off. Off, the CRM

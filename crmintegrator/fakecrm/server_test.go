@@ -247,6 +247,65 @@ func TestBatchPartialRejection(t *testing.T) {
 	}
 }
 
+// Blocked domains are a policy, not a fault: the same contacts are
+// rejected on every send, by both endpoints, and nothing of them is stored.
+func TestBlockedDomains(t *testing.T) {
+	srv, base := fakecrmtest.Start(t, fakecrm.Config{Faults: fakecrm.Faults{BlockedDomains: " spam.example, Junk.Example ,"}})
+	req := batchOf("C-1", "C-2", "C-3", "C-4")
+	req.Contacts[1].Email = "x@SPAM.example"
+	req.Contacts[2].Email = "y@junk.example"
+	req.Contacts[3].Email = "not-an-email" // the contact's own rules come first
+	for range 2 {
+		a := mustSend(t, "POST", base+crmapi.PathBatch, req)
+		if a.status != 200 {
+			t.Fatalf("got %d %s, want 200", a.status, a.body)
+		}
+		got := decode[crmapi.BatchResponse](t, a).Results
+		want := []string{"", fakecrm.CodeEmailDomainBlocked, fakecrm.CodeEmailDomainBlocked, contact.CodeInvalidEmail}
+		for i, w := range want {
+			var code string
+			if got[i].Error != nil {
+				code = got[i].Error.Code
+			}
+			if code != w || (w == "") != (got[i].Status == crmapi.StatusCreated) {
+				t.Errorf("result %d: got %+v, want code %q", i, got[i], w)
+			}
+		}
+	}
+	one := ada("C-9")
+	one.Email = "z@spam.example"
+	a := mustSend(t, "POST", base+crmapi.PathContacts, one)
+	if a.status != 400 || errCode(t, a) != fakecrm.CodeEmailDomainBlocked {
+		t.Errorf("single create: got %d %s, want 400 %s", a.status, a.body, fakecrm.CodeEmailDomainBlocked)
+	}
+	// Subdomains and look-alikes are not blocked.
+	for _, email := range []string{"a@mail.spam.example", "a@spam.example.org"} {
+		ok := ada("C-" + email)
+		ok.Email = email
+		if a := mustSend(t, "POST", base+crmapi.PathContacts, ok); a.status != 201 {
+			t.Errorf("%s: got %d %s, want 201", email, a.status, a.body)
+		}
+	}
+	if c := srv.Audit().Contacts; c != 2+2 {
+		t.Errorf("got %d contacts, want 4: blocked contacts must not be stored", c)
+	}
+
+	// The admin API sets and clears the list.
+	if a := mustSend(t, "PUT", base+fakecrm.PathAdminFaults, `{"blocked_domains":"example.com"}`); a.status != 200 || !bytes.Contains(a.body, []byte(`"blocked_domains":"example.com"`)) {
+		t.Fatalf("PUT blocked_domains: got %d %s", a.status, a.body)
+	}
+	if a := mustSend(t, "POST", base+crmapi.PathContacts, ada("C-10")); a.status != 400 {
+		t.Errorf("after PUT: got %d %s, want 400", a.status, a.body)
+	}
+	if a := mustSend(t, "PUT", base+fakecrm.PathAdminFaults, `{"blocked_domains":"a@b.example"}`); a.status != 400 {
+		t.Errorf("PUT of an address: got %d %s, want 400", a.status, a.body)
+	}
+	mustSend(t, "PUT", base+fakecrm.PathAdminFaults, `{"blocked_domains":""}`)
+	if a := mustSend(t, "POST", base+crmapi.PathContacts, ada("C-10")); a.status != 201 {
+		t.Errorf("after clearing: got %d %s, want 201", a.status, a.body)
+	}
+}
+
 func TestBatchLimits(t *testing.T) {
 	ids := func(n int) []string {
 		s := make([]string, n)
@@ -930,6 +989,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{Faults: fakecrm.Faults{AmbiguousRate: -0.1}},
 		{Faults: fakecrm.Faults{Latency: -time.Second}},
 		{Faults: fakecrm.Faults{AmbiguousModes: "boom"}},
+		{Faults: fakecrm.Faults{BlockedDomains: "ok.example,me@bad.example"}},
 	} {
 		if _, err := fakecrm.New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded, want an error", cfg)

@@ -52,6 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		failRate   = fs.Float64("fail-rate", env.float("FAKECRM_FAIL_RATE", 0), "`fraction` of POSTs answered 503 before creating anything ($FAKECRM_FAIL_RATE)")
 		ambRate    = fs.Float64("ambiguous-rate", env.float("FAKECRM_AMBIGUOUS_RATE", 0), "`fraction` of POSTs that create, then answer 500/502/504, reset or hang ($FAKECRM_AMBIGUOUS_RATE)")
 		ambModes   = fs.String("ambiguous-modes", env.str("FAKECRM_AMBIGUOUS_MODES", ""), "comma separated `modes` among 500,502,504,reset,hang; empty: all ($FAKECRM_AMBIGUOUS_MODES)")
+		blocked    = fs.String("blocked-domains", env.str("FAKECRM_BLOCKED_DOMAINS", ""), "comma separated email `domains` whose contacts are rejected (email_domain_blocked) ($FAKECRM_BLOCKED_DOMAINS)")
 		hang       = fs.Duration("hang", env.duration("FAKECRM_HANG", fakecrm.DefaultHang), "how long a hang holds the response before dropping the connection ($FAKECRM_HANG)")
 		latency    = fs.Duration("latency", env.duration("FAKECRM_LATENCY", 0), "latency added to every /v1 request ($FAKECRM_LATENCY)")
 		jitter     = fs.Duration("jitter", env.duration("FAKECRM_JITTER", 0), "uniform extra latency in [0, jitter) ($FAKECRM_JITTER)")
@@ -91,6 +92,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Faults: fakecrm.Faults{
 			FailRate: *failRate, AmbiguousRate: *ambRate, AmbiguousModes: *ambModes,
 			Latency: *latency, Jitter: *jitter, Hang: *hang, Rate: *rate, Burst: *burst,
+			BlockedDomains: *blocked,
 		},
 		MaxBatch:           *maxBatch,
 		DisableIdempotency: !*idem,

@@ -128,6 +128,9 @@ func TestRunFlagsAndEnvironment(t *testing.T) {
 		{"env max batch", nil, map[string]string{"FAKECRM_MAX_BATCH": "0"}, 201}, // 0 means the default 100
 		{"ambiguous 502", []string{"-ambiguous-rate", "1", "-ambiguous-modes", "502"}, nil, 502},
 		{"env rate limit", []string{"-burst", "1"}, map[string]string{"FAKECRM_RATE": "0.001"}, 201},
+		{"blocked domain", []string{"-blocked-domains", "other.example,example.com"}, nil, 400},
+		{"env blocked domain", nil, map[string]string{"FAKECRM_BLOCKED_DOMAINS": "example.com"}, 400},
+		{"other domain blocked", []string{"-blocked-domains", "example.org"}, nil, 201},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -157,6 +160,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{"bad env bool", nil, map[string]string{"FAKECRM_IDEMPOTENCY": "maybe"}, "FAKECRM_IDEMPOTENCY"},
 		{"rate out of range", []string{"-fail-rate", "2"}, nil, "fail_rate"},
 		{"unknown mode", []string{"-ambiguous-modes", "418"}, nil, "418"},
+		{"address as blocked domain", []string{"-blocked-domains", "ada@example.com"}, nil, "blocked domain"},
 		{"unknown flag", []string{"-nope"}, nil, "nope"},
 		{"stray argument", []string{"serve"}, nil, "unexpected arguments"},
 		{"bad log level", []string{"-log-level", "loud"}, nil, "log-level"},
