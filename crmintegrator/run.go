@@ -19,6 +19,7 @@ import (
 
 	"crmsync/crmintegrator/integrator"
 	"crmsync/shared/crmrpc"
+	"crmsync/shared/profiling"
 )
 
 // options are the parsed flags.
@@ -29,6 +30,7 @@ type options struct {
 	tlsCert, tlsKey, tlsClientCA   string
 	logFormat, logLevel            string
 	grace                          time.Duration
+	cpuProfile                     *string
 	cfg                            integrator.Config
 }
 
@@ -116,9 +118,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: crmintegrator [flags]\n\nDelivers contacts from readers (net/rpc, %s) to the CRM's JSON API.\nEvery flag defaults to its environment variable. See docs/integrator.md.\n\n", crmrpc.ServiceV1)
-		fs.PrintDefaults()
+		profiling.PrintDefaults(fs)
 	}
 	o := &options{}
+	o.cpuProfile = profiling.Flag(fs)
 	c := &o.cfg
 	e := &envFlags{fs: fs, getenv: getenv}
 	e.str(&o.listen, "listen", "INTEGRATOR_LISTEN", "127.0.0.1:4004", "RPC `address` to listen on")
@@ -217,6 +220,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return usageError{err}
 	}
+	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	cfg := o.cfg
 	cfg.Logger = log
 	cfg.CRMURL = o.crmURL

@@ -23,6 +23,7 @@ import (
 	"crmsync/csvreader/importer"
 	"crmsync/db"
 	"crmsync/shared/crmrpc"
+	"crmsync/shared/profiling"
 )
 
 // Exit codes.
@@ -77,6 +78,7 @@ type options struct {
 	logLevel      string
 	files         []string
 	progressSet   bool
+	cpuProfile    *string
 }
 
 const usageHead = `Usage: csvreader [flags] FILE [FILE...]
@@ -164,9 +166,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.DurationVar(&o.callTimeout, "call-timeout", envDur("CSVREADER_CALL_TIMEOUT", 0), "longest wait for one integrator call; 0 takes the integrator's advice [CSVREADER_CALL_TIMEOUT]")
 	fs.StringVar(&o.logFormat, "log-format", env("CSVREADER_LOG_FORMAT", "text"), "log format: text or json [CSVREADER_LOG_FORMAT]")
 	fs.StringVar(&o.logLevel, "log-level", env("CSVREADER_LOG_LEVEL", "info"), "log level: debug, info, warn or error [CSVREADER_LOG_LEVEL]")
+	o.cpuProfile = profiling.Flag(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageHead)
-		fs.PrintDefaults()
+		profiling.PrintDefaults(fs)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -235,6 +238,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &exitError{exitUsage, err}
 	}
 	delim, _ := parseDelimiter(o.delimiter)
+	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 
 	d, err := openDB(ctx, o.dsn)
 	if err != nil {
