@@ -76,3 +76,30 @@ func TestFingerprint(t *testing.T) {
 		t.Error("fingerprint ignores field boundaries")
 	}
 }
+
+// Fingerprints are stored in the ledger: they must never change. These are
+// the values of the original fmt-based implementation.
+func TestFingerprintStable(t *testing.T) {
+	for _, tc := range []struct {
+		c    Contact
+		want string
+	}{
+		{Contact{ExternalID: "C42", Email: "ada@example.com", FirstName: "Ada", LastName: "Lovelace", Phone: "+44 1",
+			Attributes: map[string]string{"company": "Acme, Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01"}},
+			"559da5aaa32294f8e1726d56b843ecca"},
+		{Contact{ExternalID: "é", Email: "x@y.z"}, "40d0f793331957d9eadb82c2e6a3e0db"},
+	} {
+		if got := tc.c.Fingerprint(); got != tc.want {
+			t.Errorf("Fingerprint(%+v) = %s, want %s", tc.c, got, tc.want)
+		}
+	}
+}
+
+func BenchmarkFingerprint(b *testing.B) {
+	c := Contact{ExternalID: "C0000042", Email: "ada.lovelace42@example.com", FirstName: "Ada", LastName: "Lovelace", Phone: "+44 20 7946 0042",
+		Attributes: map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Fingerprint()
+	}
+}
