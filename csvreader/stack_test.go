@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -490,4 +491,59 @@ func exitCode(err error) int {
 		return ec.ExitCode()
 	}
 	return exitFatal
+}
+
+// The CRM refuses some contacts for its own reasons: they land in the
+// rejects file with the CRM's code, the others are delivered, and a rerun
+// sends only the refused ones again.
+func TestStackCRMRejections(t *testing.T) {
+	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{BlockedDomains: "blocked.example"}}, integrator.Config{})
+	file := exportFile(t, 200,
+		"X1,Blocked,One,x1@blocked.example,,Acme",
+		"X2,Blocked,Two,x2@blocked.example,,Acme")
+	rep, out, err := s.reader(context.Background(), s.dsn, "-block-size", "50", file)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if rep.Delivered != 200 || rep.RejectedByCRM != 2 || !rep.Accounted() {
+		t.Errorf("report = %+v", rep)
+	}
+	rej := readFile(t, rep.RejectsFile)
+	for _, want := range []string{"202,rejected by CRM: email_domain_blocked", "X1,Blocked,One,x1@blocked.example", "203,rejected by CRM: email_domain_blocked", "X2,Blocked,Two"} {
+		if !strings.Contains(rej, want) {
+			t.Errorf("rejects file lacks %q:\n%s", want, rej)
+		}
+	}
+	s.assertExactlyOnce(200)
+	before := s.crm.Audit().Requests
+	rep, _, _ = s.reader(context.Background(), s.dsn, file)
+	if rep.AlreadyDelivered != 200 || rep.RejectedByCRM != 2 || s.crm.Audit().Requests-before != 1 {
+		t.Errorf("rerun: report %+v after %d CRM requests; want only the 2 refused sent, in 1 request", rep, s.crm.Audit().Requests-before)
+	}
+}
+
+// Several files in one run, one gzipped: one ledger, one rejects file that
+// names the file of each row.
+func TestStackSeveralFiles(t *testing.T) {
+	s := newStack(t, fakecrm.Config{}, integrator.Config{})
+	a := exportFile(t, 100, "BAD,x,y,nope,,z")
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write([]byte(strings.ReplaceAll(readFile(t, exportFile(t, 150)), "K0", "L0")))
+	zw.Close()
+	b := filepath.Join(t.TempDir(), "second.csv.gz")
+	if err := os.WriteFile(b, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep, out, err := s.reader(context.Background(), s.dsn, a, b)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if rep.Rows != 251 || rep.Delivered != 250 || rep.RejectedInvalid != 1 {
+		t.Errorf("report = %+v", rep)
+	}
+	if rej := readFile(t, rep.RejectsFile); !strings.Contains(rej, a+": invalid_email") {
+		t.Errorf("rejects file does not name the file:\n%s", rej)
+	}
+	s.assertExactlyOnce(250)
 }
