@@ -8,7 +8,7 @@ GOFILES = $(shell find . -name '*.go' -not -path './.pg/*' -not -path './bin/*')
 WITH_PG := PG_FAST=1 scripts/with-pg
 
 .DEFAULT_GOAL := help
-.PHONY: help build test check fmt-check vet compose-check demo bench fuzz replay clean
+.PHONY: help build test check fmt-check vet compose-check demo bench fuzz replay replay-update clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,15 @@ bench: build ## benchmarks: end to end vs psql \copy, memory, CRM quota, flaky C
 fuzz: ## run every fuzz target for FUZZTIME (default 1m) each
 	scripts/fuzz $${FUZZTIME:-1m}
 
+# Fixture folders to replay; any folder of fixture folders, or one fixture.
+REPLAY_DIR ?= testdata/replay
+
+replay: build ## replay the fixtures under REPLAY_DIR (default testdata/replay) through the whole duo and diff against their goldens
+	$(WITH_PG) $(GO) run ./scripts/replay -bin $(BIN) -dir $(REPLAY_DIR) $(REPLAY_FLAGS)
+
+replay-update: build ## rewrite the goldens of the fixtures under REPLAY_DIR (review them with git diff)
+	$(WITH_PG) $(GO) run ./scripts/replay -bin $(BIN) -dir $(REPLAY_DIR) -update $(REPLAY_FLAGS)
+
 clean: ## remove binaries, disposable clusters and generated data
 	@for d in .pg/*/; do [ -d "$$d" ] && scripts/pg stop "$$d"; done; true
-	rm -rf $(BIN) .pg .bench
+	rm -rf $(BIN) .pg .bench .fuzz
