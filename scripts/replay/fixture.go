@@ -161,7 +161,8 @@ func replayFixture(ctx context.Context, c *config, dir string) (string, bool) {
 			if c.update {
 				what = "is not deterministic: it differs from the run that wrote the goldens"
 			}
-			fmt.Fprintf(&out, "FAIL %s: run %d %s\n%s%s", name, n, what, indent(diffs.String(), "    "), got.log)
+			fmt.Fprintf(&out, "FAIL %s: run %d %s\n%s%s    (-keep -run '^%s$' keeps the run's outputs and logs)\n",
+				name, n, what, indent(diffs.String(), "    "), got.log, filepath.Base(dir))
 			return out.String(), true
 		}
 	}
@@ -184,7 +185,7 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 	if err != nil {
 		return nil, err
 	}
-	logHint := "\n    logs: " + work + "\n"
+	logHint := ""
 	defer func() {
 		if c.keep || err != nil {
 			fmt.Fprintf(os.Stderr, "replay: %s: work folder kept: %s\n", dir, work)
@@ -268,7 +269,7 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 		return nil, err
 	}
 	if err := checkExactlyOnce(ctx, crm.addr, dsn); err != nil {
-		return nil, fmt.Errorf("%w%s", err, logHint)
+		return nil, err // the work folder is kept
 	}
 	return got, nil
 }
