@@ -115,7 +115,8 @@ type Server struct {
 
 	rpc     *rpc.Server
 	closing atomic.Bool
-	active  atomic.Int64 // RPC calls read and not yet answered
+	active  atomic.Int64 // RPC calls whose header was read, not yet answered
+	reading atomic.Int64 // of those, calls whose body is still being read
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -259,7 +260,11 @@ func (s *Server) Close(ctx context.Context) error {
 	var err error
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for s.active.Load() > 0 && err == nil {
+	// A call whose body has not arrived yet is no work in flight: a client
+	// that stalls after a header must not hold the shutdown for the whole
+	// grace. active is loaded first, so a call whose body arrives meanwhile
+	// is waited for.
+	for s.active.Load()-s.reading.Load() > 0 && err == nil {
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()
@@ -279,11 +284,14 @@ func (s *Server) Close(ctx context.Context) error {
 }
 
 // serverConn is an RPC connection that is closed once it has been idle —
-// no bytes read and no call in flight — for idle.
+// no bytes read and no call in flight — for idle. A call whose body is
+// still being read is not in flight: a client that stalls part way through
+// a request is idle.
 type serverConn struct {
 	net.Conn
 	idle    time.Duration
-	pending atomic.Int64 // calls read and not yet answered
+	pending atomic.Int64 // calls whose header was read, not yet answered
+	inBody  atomic.Bool  // a request body is being read
 }
 
 func (c *serverConn) Read(p []byte) (int, error) {
@@ -293,7 +301,7 @@ func (c *serverConn) Read(p []byte) (int, error) {
 		}
 		n, err := c.Conn.Read(p)
 		var ne net.Error
-		if n == 0 && errors.As(err, &ne) && ne.Timeout() && c.pending.Load() > 0 {
+		if n == 0 && errors.As(err, &ne) && ne.Timeout() && c.pending.Load() > 0 && !c.inBody.Load() {
 			continue // a slow call is not idleness
 		}
 		return n, err
@@ -317,10 +325,18 @@ func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
 	}
 	c.c.pending.Add(1)
 	c.s.active.Add(1)
+	c.s.reading.Add(1)
+	c.c.inBody.Store(true)
 	return nil
 }
 
+// ReadRequestBody is called exactly once after every header read, with a
+// nil body when the header names no known method.
 func (c *serverCodec) ReadRequestBody(body any) error {
+	defer func() {
+		c.c.inBody.Store(false)
+		c.s.reading.Add(-1)
+	}()
 	return c.dec.Decode(body)
 }
 
