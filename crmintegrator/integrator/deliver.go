@@ -44,19 +44,21 @@ func (s *Server) crmDo(ctx context.Context, fn func(context.Context) error) erro
 	}
 	result := ResultIgnore
 	defer func() { s.breaker.Done(probe, result) }()
-	if err := s.limiter.Wait(ctx); err != nil {
-		return err
-	}
-	start := time.Now()
+	// The in-flight slot first, then the pace: a request that got its pace
+	// slot before a 429 paused everything must not go out after it.
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	defer func() { <-s.sem }()
+	if err := s.limiter.Wait(ctx); err != nil {
+		return err
+	}
+	start := time.Now()
 	s.met.inflight.Add(1)
 	err := fn(ctx)
 	s.met.inflight.Add(-1)
-	<-s.sem
 
 	var ce *crmapi.Error
 	errors.As(err, &ce)

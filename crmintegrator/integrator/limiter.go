@@ -9,11 +9,18 @@ import (
 )
 
 // Limiter paces every request the daemon sends to the CRM. It is adaptive,
-// AIMD-like: a 429 cuts the rate to half of what was actually being sent
-// (and pauses all traffic for the Retry-After), each successful answer lets
-// the rate creep back up by one request/second every second (2% when the
-// rate is above 50/s). MaxRate, when set, is a hard cap.
-// Until the first 429 the rate is unlimited unless MaxRate says otherwise.
+// AIMD-like: a 429 pauses all traffic for the Retry-After and cuts the rate;
+// each successful answer lets the rate creep back up by one request/second
+// every second (2% when the rate is above 50/s). MaxRate, when set, is a
+// hard cap. Until the first 429 the rate is unlimited unless MaxRate says
+// otherwise.
+//
+// The cut learns the CRM's quota from what it accepted between 429s (see
+// quota), so the rate settles just under it (97%) and then probes above it
+// only slowly (0.2% a second), instead of halving and climbing back into
+// the limit every few seconds — each 429 costs a whole Retry-After second
+// of traffic, because CRMs send it in whole seconds. Without a measure (no
+// success seen lately) the cut halves what was being sent.
 //
 // Limiter is safe for concurrent use.
 type Limiter struct {
@@ -33,6 +40,17 @@ type Limiter struct {
 	winStart  time.Time
 	winCount  int
 	prevCount int
+
+	// Requests the CRM accepted, by one-second windows of their answers,
+	// and the quota learnt from them at the last cut (0: none yet).
+	okStart time.Time
+	okCount int
+	okPrev  int
+	ceiling float64
+	// The last 429 (the CRM's bucket was empty then) and the requests
+	// accepted since.
+	emptyAt      time.Time
+	okSinceEmpty int
 }
 
 const (
@@ -43,6 +61,10 @@ const (
 	// minCutSpacing keeps one burst of 429s, answered together, from
 	// cutting more than once.
 	minCutSpacing = 250 * time.Millisecond
+	// settleFactor: after a cut, the share of the learnt quota to pace at;
+	// probePerSec: how fast to probe above it once there.
+	settleFactor = 0.97
+	probePerSec  = 0.002
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -134,9 +156,16 @@ func (l *Limiter) RateLimited(start time.Time, retryAfter time.Duration) (cut bo
 		if sent := l.sentRate(now); cur == 0 || (sent > 0 && sent < cur) {
 			cur = sent
 		}
-		l.rate = max(minRate, cur*cutFactor)
+		next := cur * cutFactor
+		if est := l.quota(now); est >= minRate {
+			l.ceiling = est
+			next = est * settleFactor
+		}
+		l.rate = max(minRate, next)
 		l.lastCut, l.lastRaise, cut = now, now, true
 	}
+	// A 429 says the CRM's bucket is empty right now.
+	l.emptyAt, l.okSinceEmpty = now, 0
 	if until := now.Add(retryAfter); until.After(l.pausedUntil) {
 		l.pausedUntil = until
 	}
@@ -147,19 +176,65 @@ func (l *Limiter) RateLimited(start time.Time, retryAfter time.Duration) (cut bo
 func (l *Limiter) Succeeded() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := l.clock.Now()
+	l.countOK(now)
+	l.okSinceEmpty++
 	if l.rate == 0 {
 		return
 	}
-	now := l.clock.Now()
 	el := now.Sub(l.lastRaise)
 	if el < 100*time.Millisecond {
 		return
 	}
 	l.lastRaise = now
-	l.rate += max(1, l.rate*creepPerSec) * el.Seconds()
+	step := max(1, l.rate*creepPerSec)
+	if l.ceiling > 0 && l.rate >= l.ceiling*settleFactor {
+		step = l.rate * probePerSec
+	}
+	l.rate += step * el.Seconds()
 	if l.maxRate > 0 && l.rate > l.maxRate {
 		l.rate = l.maxRate
 	}
+}
+
+func (l *Limiter) countOK(t time.Time) {
+	switch el := t.Sub(l.okStart); {
+	case el < time.Second:
+	case el < 2*time.Second:
+		l.okPrev, l.okCount, l.okStart = l.okCount, 0, l.okStart.Add(time.Second)
+	default:
+		l.okPrev, l.okCount, l.okStart = 0, 0, t
+	}
+	l.okCount++
+}
+
+// quota estimates the CRM's quota in requests per second at a 429. Between
+// two 429s at least a second apart the CRM's bucket went from empty to
+// empty, so what it accepted in between is what it refilled: its rate,
+// whatever the pauses and bursts. Before the second 429 there is only what
+// it accepted lately, which its initial burst inflates; the next cut
+// corrects that. 0: nothing to go by.
+func (l *Limiter) quota(now time.Time) float64 {
+	if l.emptyAt.IsZero() {
+		return l.okRate(now)
+	}
+	if el := now.Sub(l.emptyAt); el >= time.Second {
+		return float64(l.okSinceEmpty) / el.Seconds()
+	}
+	return 0
+}
+
+// okRate estimates the requests per second the CRM accepted lately: the
+// last full second, or the current one once half of it has passed.
+func (l *Limiter) okRate(now time.Time) float64 {
+	el := now.Sub(l.okStart)
+	if l.okPrev > 0 && el < 2*time.Second {
+		return float64(max(l.okPrev, l.okCount))
+	}
+	if el >= 500*time.Millisecond && el < 2*time.Second {
+		return float64(l.okCount) / min(el.Seconds(), 1)
+	}
+	return 0
 }
 
 // Rate reports the current pace in requests per second (0: unlimited).

@@ -159,3 +159,27 @@ func TestLimiterHardCap(t *testing.T) {
 		t.Fatalf("24 requests at 10/s took %v, want about 2s", el)
 	}
 }
+
+// A 429 after the CRM accepted 40 requests a second settles the rate just
+// under 40/s, and the rate then probes above it only slowly.
+func TestLimiterLearnsQuota(t *testing.T) {
+	clk := newFakeClock()
+	l := NewLimiter(0, clk)
+	ctx := context.Background()
+	for range 3 * 40 { // 3s of answers at 40/s, unlimited sending
+		l.Wait(ctx)
+		clk.Advance(25 * time.Millisecond)
+		l.Succeeded()
+	}
+	cut, rate := l.RateLimited(clk.Now(), time.Second)
+	if !cut || rate < 38 || rate > 40 {
+		t.Fatalf("429 after 40/s accepted: got cut %v rate %v, want about 38.8", cut, rate)
+	}
+	for range 20 {
+		clk.Advance(time.Second)
+		l.Succeeded()
+	}
+	if r := l.Rate(); r > 40.5 {
+		t.Fatalf("after 20s of success: got rate %v, want it near the learnt 40/s", r)
+	}
+}
