@@ -60,6 +60,7 @@ const (
 	wantReport      = "want.report.json"
 	wantRejects     = "want.rejects.csv"
 	wantCustomers   = "want.customers.jsonl"
+	wantError       = "want.error"
 	goldenPrefix    = "want."
 	defaultFakeSeed = "1"
 )
@@ -174,7 +175,7 @@ func replayFixture(ctx context.Context, c *config, dir string) (string, bool) {
 	return out.String(), false
 }
 
-var goldenNames = []string{wantExit, wantReport, wantRejects, wantCustomers}
+var goldenNames = []string{wantExit, wantError, wantReport, wantRejects, wantCustomers}
 
 // replayOnce brings up a database, fakecrm and the integrator, runs
 // csvreader over the fixture's inputs, and collects the outcome.
@@ -259,6 +260,9 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 	}
 
 	got := &outcome{files: map[string]string{wantExit: strconv.Itoa(code) + "\n"}, log: logHint}
+	if got.files[wantError], err = errorLines(filepath.Join(work, "reader.log"), work); err != nil {
+		return nil, err
+	}
 	if got.files[wantReport], err = normaliseReport(filepath.Join(work, "reader.report.json")); err != nil {
 		return nil, err
 	}
@@ -437,6 +441,23 @@ func tail(path string, n int) string {
 	}
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
+}
+
+// errorLines are the lines csvreader printed as its final error
+// ("csvreader: ..."), with the work folder's path taken out: empty when it
+// exited 0. They tell one exit code 1 from another.
+func errorLines(logPath, work string) (string, error) {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return "", err
+	}
+	var out strings.Builder
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.HasPrefix(line, "csvreader: ") {
+			out.WriteString(strings.ReplaceAll(line, work+string(filepath.Separator), "") + "\n")
+		}
+	}
+	return out.String(), nil
 }
 
 // runDependent are report fields that change from run to run.
