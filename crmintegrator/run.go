@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -19,6 +18,7 @@ import (
 
 	"crmsync/crmintegrator/integrator"
 	"crmsync/shared/crmrpc"
+	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
 )
 
@@ -169,21 +169,6 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	return o, nil
 }
 
-func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("-log-format %q: want text or json", format)
-}
-
 func loadTLS(o *options) (*tls.Config, error) {
 	if o.tlsCert == "" && o.tlsKey == "" {
 		return nil, nil // parseFlags refused -tls-client-ca alone
@@ -216,7 +201,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return usageError{err}
 	}
-	log, err := newLogger(o.logFormat, o.logLevel, stderr)
+	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		return usageError{err}
 	}

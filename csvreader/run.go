@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/url"
 	"os"
 	"strconv"
@@ -23,6 +22,7 @@ import (
 	"crmsync/csvreader/importer"
 	"crmsync/db"
 	"crmsync/shared/crmrpc"
+	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
 )
 
@@ -233,7 +233,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(o.logFormat, o.logLevel, stderr)
+	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		return &exitError{exitUsage, err}
 	}
@@ -395,21 +395,6 @@ func dialIntegrator(ctx context.Context, o *options) (*crmrpc.Client, error) {
 		return nil, fmt.Errorf("integrator at %s: %w (is crmintegrator running? see -integrator)", o.integrators, err)
 	}
 	return c, nil
-}
-
-func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("-log-format %q: want text or json", format)
 }
 
 func isTerminal(w io.Writer) bool {
