@@ -46,7 +46,6 @@ type Config struct {
 	Export export.Options
 
 	Workers      int           // concurrent Deliver calls; default 4
-	Claimers     int           // blocks claimed at once (disjoint keys only); default 3
 	BlockSize    int           // records per Deliver call; default 1000
 	BlockBytes   int           // cap on a block's field bytes; default 4 MiB
 	MaxAttempts  int           // sends per record before it fails; default 10
@@ -66,9 +65,6 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.Workers <= 0 {
 		c.Workers = 4
-	}
-	if c.Claimers <= 0 {
-		c.Claimers = 3
 	}
 	if c.BlockSize <= 0 {
 		c.BlockSize = 1000
@@ -440,17 +436,9 @@ func (p *pipeline) reject(file string, line int64, fields []string, reason strin
 	return nil
 }
 
-// claimLoop claims blocks, skipping duplicates, and hands the records this
-// run may send to the workers. Claiming is the one sequential stage, so up
-// to Claimers blocks are claimed at once — but only blocks whose keys are
-// disjoint: a block sharing a key with a block still being claimed waits for
-// it, so which occurrence of a repeated key counts is still decided by file
-// order.
+// claimLoop claims blocks in file order, skipping duplicates, and hands the
+// records this run may send to the workers.
 func (p *pipeline) claimLoop() {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	slots := make(chan struct{}, p.cfg.Claimers)
-	gate := newKeyGate()
 	for {
 		var it *item
 		select {
@@ -464,68 +452,9 @@ func (p *pipeline) claimLoop() {
 			p.done()
 			continue
 		}
-		select {
-		case slots <- struct{}{}:
-		case <-p.stop:
-			return
-		}
-		keys := make([]string, len(it.recs))
-		for i, r := range it.recs {
-			keys[i] = r.c.ExternalID
-		}
-		gate.enter(keys)
-		wg.Go(func() {
-			p.claim(it)
-			gate.leave(keys)
-			<-slots
-			p.done()
-		})
+		p.claim(it)
+		p.done()
 	}
-}
-
-// keyGate keeps two blocks sharing a key from being claimed at once.
-type keyGate struct {
-	mu   sync.Mutex
-	cond *sync.Cond
-	busy map[string]int
-}
-
-func newKeyGate() *keyGate {
-	g := &keyGate{busy: map[string]int{}}
-	g.cond = sync.NewCond(&g.mu)
-	return g
-}
-
-// enter waits until no block being claimed holds one of keys, then holds them.
-func (g *keyGate) enter(keys []string) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for g.overlaps(keys) {
-		g.cond.Wait()
-	}
-	for _, k := range keys {
-		g.busy[k]++
-	}
-}
-
-func (g *keyGate) overlaps(keys []string) bool {
-	for _, k := range keys {
-		if g.busy[k] > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-func (g *keyGate) leave(keys []string) {
-	g.mu.Lock()
-	for _, k := range keys {
-		if g.busy[k]--; g.busy[k] <= 0 {
-			delete(g.busy, k)
-		}
-	}
-	g.mu.Unlock()
-	g.cond.Broadcast()
 }
 
 func (p *pipeline) claim(it *item) {
