@@ -287,6 +287,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			cfg.Export.MaxFieldBytes = hello.MaxFieldBytes
 		}
 		crm = client
+		if hello.CallTimeout > 0 {
+			cfg.CallBound = hello.CallTimeout + 2*time.Second
+		}
 		if o.callTimeout == 0 {
 			// The daemon says how long a call may take; past that (and a
 			// margin) the outcome is unknown and the block is resent with

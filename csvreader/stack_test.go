@@ -51,6 +51,11 @@ func (s *stack) startIntegrator(cfg integrator.Config, addr string) {
 	if cfg.CRMTimeout == 0 {
 		cfg.CRMTimeout = 2 * time.Second
 	}
+	if cfg.CallBudget == 0 {
+		// Keeps the reader's wait for orphaned calls (Hello's CallTimeout)
+		// short in tests that break calls.
+		cfg.CallBudget = time.Second
+	}
 	srv, err := integrator.New(cfg)
 	if err != nil {
 		s.t.Fatal(err)

@@ -52,6 +52,13 @@ type Config struct {
 	MaxRetryTime time.Duration // time from first send before a record fails; default 10m
 	MaxRejects   int           // stop once more rows than this are rejected; 0: no limit
 	DBRetryTime  time.Duration // how long to retry a failing database write; default 2m
+	// CallBound is the longest the integrator may go on working on a call
+	// whose caller is gone (net/rpc cannot cancel a call). A record whose
+	// call broke, or whose claim was taken over from a run that crashed, is
+	// looked up in the CRM only after this long: sooner, the lookup could
+	// miss a create the orphaned call is about to make. Default 2m; csvreader
+	// sets it from the daemon's advertised call timeout.
+	CallBound time.Duration
 
 	RejectsPath string // default: <first file's base name>.rejects.csv
 	SkippedPath string // optional: one line per duplicate skipped, with why
@@ -77,6 +84,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxRetryTime <= 0 {
 		c.MaxRetryTime = 10 * time.Minute
+	}
+	if c.CallBound <= 0 {
+		c.CallBound = 2 * time.Minute
 	}
 	if c.DBRetryTime <= 0 {
 		c.DBRetryTime = 2 * time.Minute
@@ -489,7 +499,7 @@ func (p *pipeline) claim(it *item) {
 			p.skip(r, "duplicate_in_file", fmt.Sprintf("same key as %s line %d", keep[i].file, keep[i].line))
 		}
 	}
-	var send, busy []*rec
+	var send, busy, orphans []*rec
 	for i, d := range ds {
 		r := keep[i]
 		switch d.Status {
@@ -498,7 +508,11 @@ func (p *pipeline) claim(it *item) {
 		case ledger.TakenOver:
 			r.maybeSent = true
 			p.n.recovered.Add(1)
-			send = append(send, r)
+			if d.Orphaned {
+				orphans = append(orphans, r)
+			} else {
+				send = append(send, r)
+			}
 		case ledger.AlreadyDelivered:
 			p.skip(r, "already_delivered", d.Why)
 		case ledger.DuplicateInFile:
@@ -517,6 +531,11 @@ func (p *pipeline) claim(it *item) {
 	}
 	if len(busy) > 0 {
 		p.sched.add(&item{recs: busy, reclaim: true, due: time.Now().Add(time.Second)})
+	}
+	if len(orphans) > 0 {
+		p.log.Info("claims of a crashed run taken over; looking them up once its integrator calls are over",
+			"records", len(orphans), "after", p.cfg.CallBound)
+		p.sched.add(&item{recs: orphans, due: time.Now().Add(p.cfg.CallBound)})
 	}
 	if len(send) > 0 {
 		p.add()
@@ -590,11 +609,12 @@ func (p *pipeline) deliver(it *item) {
 		if p.workCtx.Err() != nil {
 			return
 		}
-		// The call may have reached the CRM: resend every record with a
-		// lookup first.
-		wait := time.Second
-		if ce != nil && ce.RetryAfter > 0 {
-			wait = ce.RetryAfter
+		// The call may have reached the CRM, and the integrator may still be
+		// working on it: resend every record with a lookup first, once that
+		// call must be over.
+		wait := p.cfg.CallBound
+		if ce != nil { // the daemon refused the call: nothing of it runs
+			wait = max(ce.RetryAfter, time.Second)
 		}
 		p.log.Warn("integrator call failed; will resend its records", "records", len(recs), "err", err)
 		verdicts = make([]crmrpc.Verdict, len(recs))

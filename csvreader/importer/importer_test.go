@@ -90,7 +90,7 @@ func genRows(n int) []string {
 }
 
 func config(t *testing.T, file string) importer.Config {
-	return importer.Config{Files: []string{file}, Workers: 3, BlockSize: 7,
+	return importer.Config{Files: []string{file}, Workers: 3, BlockSize: 7, CallBound: 50 * time.Millisecond,
 		RejectsPath: filepath.Join(t.TempDir(), "rejects.csv"), SkippedPath: filepath.Join(t.TempDir(), "skipped.csv")}
 }
 

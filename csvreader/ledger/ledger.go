@@ -205,6 +205,10 @@ type Decision struct {
 	// Why: for AlreadyDelivered, DuplicateInFile and Busy, where the key
 	// was met (run, file, line).
 	Why string
+	// Orphaned, with TakenOver: the dead owner did not end cleanly, so an
+	// integrator call it made may still be running. The key must not be
+	// looked up before such a call is over (see importer.Config.CallBound).
+	Orphaned bool
 }
 
 // Claim decides, for each item, whether this run may send it, and claims
@@ -296,9 +300,9 @@ func (r *Run) delivered(ctx context.Context, tx *sql.Tx, keys []string, out []De
 		}
 		found[key] = true
 		if run == r.id {
-			out[index[key]] = Decision{DuplicateInFile, fmt.Sprintf("delivered earlier in this run from %s line %d", file, line)}
+			out[index[key]] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("delivered earlier in this run from %s line %d", file, line)}
 		} else {
-			out[index[key]] = Decision{AlreadyDelivered, fmt.Sprintf("delivered by run %d from %s line %d", run, file, line)}
+			out[index[key]] = Decision{Status: AlreadyDelivered, Why: fmt.Sprintf("delivered by run %d from %s line %d", run, file, line)}
 		}
 	}
 	return found, rows.Err()
@@ -352,10 +356,6 @@ func (r *Run) resolveConflicts(ctx context.Context, tx *sql.Tx, keys []string, i
 	if err != nil {
 		return fmt.Errorf("read conflicting claims: %w", err)
 	}
-	type takeover struct {
-		key  string
-		prev string
-	}
 	var take []takeover
 	seen := map[string]bool{}
 	for rows.Next() {
@@ -379,11 +379,11 @@ func (r *Run) resolveConflicts(ctx context.Context, tx *sql.Tx, keys []string, i
 			if state == "rejected" {
 				why += ", which the CRM rejected"
 			}
-			out[i] = Decision{DuplicateInFile, why}
+			out[i] = Decision{Status: DuplicateInFile, Why: why}
 		case live[run]:
-			out[i] = Decision{Busy, fmt.Sprintf("being delivered by run %d (%s line %d)", run, file, line)}
+			out[i] = Decision{Status: Busy, Why: fmt.Sprintf("being delivered by run %d (%s line %d)", run, file, line)}
 		default:
-			take = append(take, takeover{key, state})
+			take = append(take, takeover{key, state, run})
 		}
 	}
 	rows.Close()
@@ -394,8 +394,12 @@ func (r *Run) resolveConflicts(ctx context.Context, tx *sql.Tx, keys []string, i
 		if !seen[k] {
 			// The claim vanished after our insert: its owner finished. Look
 			// again on the next attempt.
-			out[index[k]] = Decision{Busy, "claim changed hands while claiming"}
+			out[index[k]] = Decision{Status: Busy, Why: "claim changed hands while claiming"}
 		}
+	}
+	clean, err := r.endedCleanly(ctx, tx, take)
+	if err != nil {
+		return err
 	}
 	for _, t := range take {
 		it := items[index[t.key]]
@@ -408,10 +412,46 @@ func (r *Run) resolveConflicts(ctx context.Context, tx *sql.Tx, keys []string, i
 		if t.prev == "rejected" {
 			out[index[t.key]] = Decision{Status: Resend}
 		} else {
-			out[index[t.key]] = Decision{Status: TakenOver}
+			out[index[t.key]] = Decision{Status: TakenOver, Orphaned: !clean[t.run]}
 		}
 	}
 	return nil
+}
+
+// endedCleanly reports which owners of the claims being taken over ended
+// with all their integrator calls answered ("done" or "interrupted"): their
+// claims can be looked up at once. A run that crashed or failed may have left
+// calls the integrator is still working on.
+func (r *Run) endedCleanly(ctx context.Context, tx *sql.Tx, take []takeover) (map[int64]bool, error) {
+	clean := map[int64]bool{}
+	if len(take) == 0 {
+		return clean, nil
+	}
+	ids := make([]int64, len(take))
+	for i, t := range take {
+		ids[i] = t.run
+	}
+	rows, err := tx.QueryContext(ctx,
+		`SELECT id FROM runs WHERE id = ANY($1) AND status IN ('done', 'interrupted')`, pq.Array(ids))
+	if err != nil {
+		return nil, fmt.Errorf("read owner runs: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		clean[id] = true
+	}
+	return clean, rows.Err()
+}
+
+// takeover is a claim of a dead run about to become this run's.
+type takeover struct {
+	key  string
+	prev string // its state
+	run  int64  // its owner
 }
 
 // liveRuns lists the runs holding their liveness lock right now.

@@ -72,6 +72,9 @@ func TestClaimDecisions(t *testing.T) {
 	if fmt.Sprint(statuses(got)) != fmt.Sprint(want) {
 		t.Fatalf("claims = %v, want %v (%+v)", statuses(got), want, got)
 	}
+	if !got[2].Orphaned {
+		t.Errorf("K3 taken over from a run that died mid-way is not marked Orphaned: %+v", got[2])
+	}
 	// The same keys again in this run are repeats in the file.
 	got = must(cur.Claim(ctx, items("K3", "K4")))
 	want = []ledger.Status{ledger.DuplicateInFile, ledger.DuplicateInFile}
@@ -150,5 +153,33 @@ func TestClaimRetryAfterLostCommit(t *testing.T) {
 	got = statuses(must(r.Claim(ctx, again)))
 	if want := []ledger.Status{ledger.DuplicateInFile, ledger.DuplicateInFile}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("repeats = %v, want %v", got, want)
+	}
+}
+
+// Claims left by a run that ended cleanly (its calls all answered) need no
+// wait before their lookup; a crashed run's do.
+func TestTakeoverOrphanedOnlyAfterCrash(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	clean := must(ledger.Start(ctx, d, nil))
+	must(clean.Claim(ctx, items("A")))
+	if err := clean.Mark(ctx, "failed", []string{"A"}, []string{"gave up"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := clean.Close(ctx, "done", nil); err != nil {
+		t.Fatal(err)
+	}
+	crashed := must(ledger.Start(ctx, d, nil))
+	must(crashed.Claim(ctx, items("B")))
+	ledger.KillLock(t, crashed)
+
+	r := must(ledger.Start(ctx, d, nil))
+	defer r.Close(ctx, "done", nil)
+	got := must(r.Claim(ctx, items("A", "B")))
+	if got[0].Status != ledger.TakenOver || got[0].Orphaned {
+		t.Errorf("A from a cleanly ended run = %+v, want TakenOver, not Orphaned", got[0])
+	}
+	if got[1].Status != ledger.TakenOver || !got[1].Orphaned {
+		t.Errorf("B from a crashed run = %+v, want TakenOver and Orphaned", got[1])
 	}
 }
