@@ -10,6 +10,8 @@ import (
 	"maps"
 	"net"
 	"net/rpc"
+	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +32,25 @@ const (
 	fuzzMaxRecords    = 40
 	fuzzMaxFieldBytes = 64
 )
+
+// crashOutput copies the output of a fatal panic to the file named by
+// FUZZ_CRASH_LOG. Fuzzing workers' standard error goes nowhere, so a panic
+// on a daemon goroutine (not the fuzz function's) would otherwise show up
+// only as "fuzzing process hung or terminated unexpectedly".
+func crashOutput(tb testing.TB) {
+	path := os.Getenv("FUZZ_CRASH_LOG")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := debug.SetCrashOutput(f, debug.CrashOptions{}); err != nil {
+		tb.Fatal(err)
+	}
+	f.Close()
+}
 
 type fuzzStack struct {
 	crm    *fakecrm.Server
@@ -128,6 +149,7 @@ func FuzzDeliver(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
+	crashOutput(f)
 	s := newFuzzStack(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s.crm.Reset()
@@ -253,6 +275,7 @@ func FuzzRPCWire(f *testing.F) {
 	for _, seed := range wireSeeds(f) {
 		f.Add(seed)
 	}
+	crashOutput(f)
 	s := newFuzzStack(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s.crm.Reset()

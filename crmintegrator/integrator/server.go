@@ -320,7 +320,7 @@ type serverCodec struct {
 }
 
 func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
-	if err := c.dec.Decode(r); err != nil {
+	if err := c.decode(r); err != nil {
 		return err
 	}
 	c.c.pending.Add(1)
@@ -337,7 +337,23 @@ func (c *serverCodec) ReadRequestBody(body any) error {
 		c.c.inBody.Store(false)
 		c.s.reading.Add(-1)
 	}()
-	return c.dec.Decode(body)
+	return c.decode(body)
+}
+
+// decode is dec.Decode, except that a panic becomes an error and hangs up.
+// encoding/gob can panic on crafted input (a nil pointer dereference while
+// skipping a value of a malformed type, found by FuzzRPCWire), and on a
+// connection goroutine that would take the whole daemon down. The decoder
+// may be out of step afterwards, so the connection is closed.
+func (c *serverCodec) decode(v any) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.s.log.Warn("undecodable rpc request; closing the connection", "remote", c.c.RemoteAddr().String(), "panic", fmt.Sprint(p))
+			c.c.Close()
+			err = fmt.Errorf("rpc: undecodable request: %v", p)
+		}
+	}()
+	return c.dec.Decode(v)
 }
 
 func (c *serverCodec) WriteResponse(r *rpc.Response, body any) (err error) {
