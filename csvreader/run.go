@@ -143,7 +143,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	// Secrets are read from the environment after parsing, so that -h never
 	// prints them as a default.
 	fs.StringVar(&o.dsn, "db", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db) [DATABASE_URL]")
-	fs.IntVar(&o.workers, "workers", envInt("CSVREADER_WORKERS", 4), "concurrent blocks in flight to the integrator [CSVREADER_WORKERS]")
+	fs.IntVar(&o.workers, "workers", envInt("CSVREADER_WORKERS", 12), "concurrent blocks in flight to the integrator [CSVREADER_WORKERS]")
 	fs.IntVar(&o.blockSize, "block-size", envInt("CSVREADER_BLOCK_SIZE", 1000), "records per block (per integrator call); capped by the integrator's limit [CSVREADER_BLOCK_SIZE]")
 	fs.StringVar(&o.rejects, "rejects", env("CSVREADER_REJECTS", ""), "rejects file `PATH` (default: <file>.rejects.csv in the current directory) [CSVREADER_REJECTS]")
 	fs.StringVar(&o.skipped, "skipped", env("CSVREADER_SKIPPED", ""), "optional `PATH` listing every duplicate skipped and why [CSVREADER_SKIPPED]")

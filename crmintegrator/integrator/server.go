@@ -58,7 +58,7 @@ type Config struct {
 	// one call. Default 4.
 	MaxAttempts int
 
-	BreakerThreshold int           // consecutive failures that open the breaker; default 5
+	BreakerThreshold int           // consecutive failures that open the breaker; default 20
 	BreakerCooldown  time.Duration // how long it stays open; default 10s
 
 	MaxRecords    int           // records per call; default crmrpc.DefaultMaxRecords
@@ -89,7 +89,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.CRMConcurrency, 8)
 	defInt(&c.MaxBatch, crmapi.MaxBatch)
 	defInt(&c.MaxAttempts, 4)
-	defInt(&c.BreakerThreshold, 5)
+	defInt(&c.BreakerThreshold, 20) // a random streak of 5 is common at a 10% failure rate; 20 is not
 	defInt(&c.MaxRecords, crmrpc.DefaultMaxRecords)
 	defInt(&c.MaxFieldBytes, 4096)
 	if c.Logger == nil {

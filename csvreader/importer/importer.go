@@ -45,7 +45,7 @@ type Config struct {
 	Files  []string // export files; "-" is stdin
 	Export export.Options
 
-	Workers      int           // concurrent Deliver calls; default 4
+	Workers      int           // concurrent Deliver calls; default 12
 	BlockSize    int           // records per Deliver call; default 1000
 	BlockBytes   int           // cap on a block's field bytes; default 4 MiB
 	MaxAttempts  int           // sends per record before it fails; default 10
@@ -71,7 +71,7 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Workers <= 0 {
-		c.Workers = 4
+		c.Workers = 12 // enough to overlap blocks held up by CRM retries inside the integrator
 	}
 	if c.BlockSize <= 0 {
 		c.BlockSize = 1000
@@ -215,7 +215,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	}
 	p := &pipeline{cfg: cfg, crm: crm, log: cfg.Logger,
 		blocks: make(chan *item, 1), send: make(chan *item, cfg.Workers),
-		reclaim: make(chan *item, 1), room: make(chan struct{}, cfg.Workers*cfg.BlockSize*4),
+		reclaim: make(chan *item, 1), room: make(chan struct{}, cfg.Workers*cfg.BlockSize*2),
 		stop: make(chan struct{})}
 	p.readCtx = ctx
 	var cancel context.CancelCauseFunc
