@@ -245,53 +245,44 @@ func TestStackTwoReadersOneFile(t *testing.T) {
 
 func TestStackIntegratorRestartMidRun(t *testing.T) {
 	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 5 * time.Millisecond}}, integrator.Config{})
-	file := exportFile(t, 4000)
-	done := make(chan struct{})
-	var rep *importer.Report
-	var out string
-	var err error
-	go func() {
-		defer close(done)
-		rep, out, err = s.reader(context.Background(), s.dsn, "-workers", "2", "-block-size", "100", file)
-	}()
-	waitFor(t, func() bool { return s.crm.Audit().Creates > 500 })
-	addr := s.addr
-	s.stopIntegrator()
-	time.Sleep(300 * time.Millisecond)
-	s.startIntegrator(integrator.Config{}, addr)
-	<-done
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, out)
-	}
-	if rep.Delivered != 4000 {
-		t.Errorf("report = %+v", rep)
-	}
-	s.assertExactlyOnce(4000)
+	s.midRun(s.dsn, func() {
+		addr := s.addr
+		s.stopIntegrator()
+		time.Sleep(300 * time.Millisecond)
+		s.startIntegrator(integrator.Config{}, addr)
+	})
 }
 
 func TestStackDatabaseOutageMidRun(t *testing.T) {
 	s := newStack(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 5 * time.Millisecond}}, integrator.Config{})
 	p := newProxy(t, s.dsn)
-	file := exportFile(t, 4000)
+	s.midRun(p.dsn, func() { p.cut(2 * time.Second) })
+	if p.cuts() == 0 {
+		t.Error("the outage cut no connection")
+	}
+}
+
+// midRun imports 4000 rows through dsn, calls fault once the CRM has
+// created some, and checks the run still delivers every row exactly once.
+func (s *stack) midRun(dsn string, fault func()) {
+	s.t.Helper()
+	file := exportFile(s.t, 4000)
 	done := make(chan struct{})
 	var rep *importer.Report
 	var out string
 	var err error
 	go func() {
 		defer close(done)
-		rep, out, err = s.reader(context.Background(), p.dsn, "-workers", "2", "-block-size", "100", file)
+		rep, out, err = s.reader(context.Background(), dsn, "-workers", "2", "-block-size", "100", file)
 	}()
-	waitFor(t, func() bool { return s.crm.Audit().Creates > 500 })
-	p.cut(2 * time.Second)
+	waitFor(s.t, func() bool { return s.crm.Audit().Creates > 500 })
+	fault()
 	<-done
 	if err != nil {
-		t.Fatalf("run: %v\n%s", err, out)
+		s.t.Fatalf("run: %v\n%s", err, out)
 	}
 	if rep.Delivered != 4000 {
-		t.Errorf("report = %+v", rep)
-	}
-	if p.cuts() == 0 {
-		t.Error("the outage cut no connection")
+		s.t.Errorf("report = %+v", rep)
 	}
 	s.assertExactlyOnce(4000)
 }
