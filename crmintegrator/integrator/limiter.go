@@ -35,17 +35,13 @@ type Limiter struct {
 	lastCut     time.Time
 	lastRaise   time.Time
 
-	// Requests started in the current and the previous one-second window:
-	// what was really sent, so a cut bites even when rate is unlimited.
-	winStart  time.Time
-	winCount  int
-	prevCount int
+	// Requests started lately: what was really sent, so a cut bites even
+	// when rate is unlimited.
+	sent perSecond
 
-	// Requests the CRM accepted, by one-second windows of their answers,
-	// and the quota learnt from them at the last cut (0: none yet).
-	okStart time.Time
-	okCount int
-	okPrev  int
+	// Requests the CRM accepted, by the time of their answers, and the
+	// quota learnt from them at the last cut (0: none yet).
+	ok      perSecond
 	ceiling float64
 	// The last 429 (the CRM's bucket was empty then) and the requests
 	// accepted since.
@@ -114,33 +110,39 @@ func (l *Limiter) reserve() time.Duration {
 		}
 		l.tat = l.tat.Add(interval)
 	}
-	l.count(at)
+	l.sent.add(at)
 	return at.Sub(now)
 }
 
-func (l *Limiter) count(t time.Time) {
-	switch el := t.Sub(l.winStart); {
-	case el < 0:
-		// a booking in a later window than now; count it in this one
+// perSecond counts events in the current one-second window and the one
+// before it.
+type perSecond struct {
+	start     time.Time
+	cur, prev int
+}
+
+func (w *perSecond) add(t time.Time) {
+	switch el := t.Sub(w.start); {
 	case el < time.Second:
+		// this window; a booking in a later window counts here too
 	case el < 2*time.Second:
-		l.prevCount, l.winCount, l.winStart = l.winCount, 0, l.winStart.Add(time.Second)
+		w.prev, w.cur, w.start = w.cur, 0, w.start.Add(time.Second)
 	default:
-		l.prevCount, l.winCount, l.winStart = 0, 0, t
+		w.prev, w.cur, w.start = 0, 0, t
 	}
-	l.winCount++
+	w.cur++
 }
 
 // sentRate estimates the requests per second really sent lately.
 func (l *Limiter) sentRate(now time.Time) float64 {
-	if l.prevCount > 0 && now.Sub(l.winStart) < 2*time.Second {
-		return float64(l.prevCount)
+	if l.sent.prev > 0 && now.Sub(l.sent.start) < 2*time.Second {
+		return float64(l.sent.prev)
 	}
-	el := now.Sub(l.winStart).Seconds()
+	el := now.Sub(l.sent.start).Seconds()
 	if el < 0.1 {
 		el = 0.1
 	}
-	return float64(l.winCount) / el
+	return float64(l.sent.cur) / el
 }
 
 // RateLimited records a 429 for a request that started at start: it cuts
@@ -177,7 +179,7 @@ func (l *Limiter) Succeeded() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
-	l.countOK(now)
+	l.ok.add(now)
 	l.okSinceEmpty++
 	if l.rate == 0 {
 		return
@@ -195,17 +197,6 @@ func (l *Limiter) Succeeded() {
 	if l.maxRate > 0 && l.rate > l.maxRate {
 		l.rate = l.maxRate
 	}
-}
-
-func (l *Limiter) countOK(t time.Time) {
-	switch el := t.Sub(l.okStart); {
-	case el < time.Second:
-	case el < 2*time.Second:
-		l.okPrev, l.okCount, l.okStart = l.okCount, 0, l.okStart.Add(time.Second)
-	default:
-		l.okPrev, l.okCount, l.okStart = 0, 0, t
-	}
-	l.okCount++
 }
 
 // quota estimates the CRM's quota in requests per second at a 429. Between
@@ -227,12 +218,12 @@ func (l *Limiter) quota(now time.Time) float64 {
 // okRate estimates the requests per second the CRM accepted lately: the
 // last full second, or the current one once half of it has passed.
 func (l *Limiter) okRate(now time.Time) float64 {
-	el := now.Sub(l.okStart)
-	if l.okPrev > 0 && el < 2*time.Second {
-		return float64(max(l.okPrev, l.okCount))
+	el := now.Sub(l.ok.start)
+	if l.ok.prev > 0 && el < 2*time.Second {
+		return float64(max(l.ok.prev, l.ok.cur))
 	}
 	if el >= 500*time.Millisecond && el < 2*time.Second {
-		return float64(l.okCount) / min(el.Seconds(), 1)
+		return float64(l.ok.cur) / min(el.Seconds(), 1)
 	}
 	return 0
 }
