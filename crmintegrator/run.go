@@ -285,6 +285,19 @@ func redactURL(s string) string {
 	return u.Redacted()
 }
 
+// exitCodeOf is the code the process exits with after run returned err:
+// 0, 2 for a usage error, 1 for anything else.
+func exitCodeOf(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return 1
+}
+
 // usageError is a bad flag or environment value: exit code 2.
 type usageError struct{ err error }
 

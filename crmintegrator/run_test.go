@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -73,12 +72,7 @@ func TestBadConfiguration(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
 			}
-			code := 1
-			var ec interface{ ExitCode() int }
-			if errors.As(err, &ec) {
-				code = ec.ExitCode()
-			}
-			if code != tc.code {
+			if code := exitCodeOf(err); code != tc.code {
 				t.Errorf("exit code = %d, want %d", code, tc.code)
 			}
 		})

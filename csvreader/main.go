@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -17,14 +16,9 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		var ec exitCoder
-		code := 1
-		if errors.As(err, &ec) {
-			code = ec.ExitCode()
-		}
 		if msg := err.Error(); msg != "" {
 			fmt.Fprintln(os.Stderr, "csvreader:", msg)
 		}
-		os.Exit(code)
+		os.Exit(exitCodeOf(err))
 	}
 }

@@ -36,6 +36,18 @@ const (
 
 type exitCoder interface{ ExitCode() int }
 
+// exitCodeOf is the code the process exits with after run returned err.
+func exitCodeOf(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ec exitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return exitFatal
+}
+
 type exitError struct {
 	code int
 	err  error

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"strings"
 	"testing"
 )
@@ -34,15 +33,7 @@ func TestRunUsage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
 			err := run(context.Background(), tc.args, func(k string) string { return tc.env[k] }, &out, &errb)
-			code := exitOK
-			if err != nil {
-				code = exitFatal
-				var ec exitCoder
-				if errors.As(err, &ec) {
-					code = ec.ExitCode()
-				}
-			}
-			if code != tc.wantCode {
+			if code := exitCodeOf(err); code != tc.wantCode {
 				t.Errorf("exit code = %d, want %d (err %v)", code, tc.wantCode, err)
 			}
 			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {

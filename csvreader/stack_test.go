@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -398,7 +397,7 @@ func TestStackInterruptThenResume(t *testing.T) {
 		cancel()
 	}()
 	rep, out, err := s.reader(ctx, s.dsn, "-workers", "2", "-block-size", "100", file)
-	if exitCode(err) != exitFatal || !strings.Contains(err.Error(), "interrupted") {
+	if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), "interrupted") {
 		t.Fatalf("interrupted run: err = %v, want exit 1 saying interrupted\n%s", err, out)
 	}
 	if !rep.Interrupted || rep.Delivered == 0 || rep.Rows >= 5000 || !rep.Accounted() {
@@ -421,7 +420,7 @@ func TestStackCRMDownExitsThree(t *testing.T) {
 		integrator.Config{CallBudget: 200 * time.Millisecond, BreakerCooldown: 100 * time.Millisecond})
 	file := exportFile(t, 30)
 	rep, out, err := s.reader(context.Background(), s.dsn, "-max-attempts", "2", "-max-retry-time", "3s", "-block-size", "10", file)
-	if exitCode(err) != exitFailed {
+	if exitCodeOf(err) != exitFailed {
 		t.Fatalf("err = %v, want exit code 3\n%s", err, out)
 	}
 	if rep.Failed != 30 || !rep.Accounted() {
@@ -450,7 +449,7 @@ func TestStackMaxRejectsStopsEarly(t *testing.T) {
 		bad = append(bad, fmt.Sprintf("B%d,x,y,broken-%d,,z", i, i))
 	}
 	_, out, err := s.reader(context.Background(), s.dsn, "-max-rejects", "10", exportFile(t, 5, bad...))
-	if exitCode(err) != exitFatal || !strings.Contains(err.Error(), "-max-rejects") {
+	if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), "-max-rejects") {
 		t.Fatalf("err = %v, want a fatal error naming -max-rejects\n%s", err, out)
 	}
 }
@@ -475,18 +474,6 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// exitCode is the code main exits with for err.
-func exitCode(err error) int {
-	if err == nil {
-		return exitOK
-	}
-	var ec exitCoder
-	if errors.As(err, &ec) {
-		return ec.ExitCode()
-	}
-	return exitFatal
 }
 
 // The CRM refuses some contacts for its own reasons: they land in the

@@ -40,7 +40,10 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 		var firsts []string
 		for rows.Next() {
 			var k string
-			rows.Scan(&k)
+			if err := rows.Scan(&k); err != nil {
+				rows.Close()
+				return err
+			}
 			firsts = append(firsts, k)
 		}
 		rows.Close()

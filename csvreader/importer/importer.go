@@ -170,7 +170,7 @@ type item struct {
 
 type counters struct {
 	rows, valid, invalid, dupes, already, delivered, crmRejected,
-	failed, unfinished, recovered, retries, inflightRetry atomic.Int64
+	failed, unfinished, recovered, retries atomic.Int64
 }
 
 type pipeline struct {
@@ -367,7 +367,7 @@ func (p *pipeline) read(first *export.Reader) (err error) {
 		p.offMu.Lock()
 		p.offset = func() (int64, int64) { return r.Offset(), r.Size() }
 		p.offMu.Unlock()
-		err = p.readFile(r, len(p.cfg.Files) > 1)
+		err = p.readFile(r)
 		r.Close()
 		if err != nil || p.readCtx.Err() != nil || p.stopped() {
 			return err
@@ -376,7 +376,7 @@ func (p *pipeline) read(first *export.Reader) (err error) {
 	return nil
 }
 
-func (p *pipeline) readFile(r *export.Reader, many bool) error {
+func (p *pipeline) readFile(r *export.Reader) error {
 	var blk []*rec
 	bytes := 0
 	flush := func() bool {
@@ -411,7 +411,7 @@ func (p *pipeline) readFile(r *export.Reader, many bool) error {
 		p.n.rows.Add(1)
 		if row.Problem != nil {
 			p.n.invalid.Add(1)
-			if err := p.reject(name, int64(row.Line), row.Fields, row.Problem.Code+": "+row.Problem.Message, many); err != nil {
+			if err := p.reject(name, int64(row.Line), row.Fields, row.Problem.Code+": "+row.Problem.Message); err != nil {
 				return err
 			}
 			continue
@@ -432,12 +432,12 @@ func (p *pipeline) readFile(r *export.Reader, many bool) error {
 }
 
 // reject writes a row to the rejects file and enforces -max-rejects.
-func (p *pipeline) reject(file string, line int64, fields []string, reason string, many bool) error {
-	lineRef := line
-	if many {
+// With several input files, the reason names the row's file.
+func (p *pipeline) reject(file string, line int64, fields []string, reason string) error {
+	if len(p.cfg.Files) > 1 {
 		reason = fmt.Sprintf("%s: %s", file, reason)
 	}
-	if err := p.rejects.Write(int(lineRef), fields, reason); err != nil {
+	if err := p.rejects.Write(int(line), fields, reason); err != nil {
 		return fmt.Errorf("rejects file: %w", err)
 	}
 	if max := p.cfg.MaxRejects; max > 0 && p.n.invalid.Load()+p.n.crmRejected.Load() > int64(max) {
@@ -458,7 +458,7 @@ func (p *pipeline) claimLoop() {
 		case it = <-p.reclaim:
 		}
 		if p.readCtx.Err() != nil {
-			p.abandon(it.recs, "interrupted before sending")
+			p.abandon(it.recs)
 			p.done()
 			continue
 		}
@@ -562,13 +562,13 @@ func (p *pipeline) skip(r *rec, status, why string) {
 func (p *pipeline) failUnclaimed(r *rec, why string) {
 	p.n.failed.Add(1)
 	p.release(1)
-	if err := p.reject(r.file, r.line, r.fields, "failed: "+why, len(p.cfg.Files) > 1); err != nil {
+	if err := p.reject(r.file, r.line, r.fields, "failed: "+why); err != nil {
 		p.fatal(err)
 	}
 }
 
 // abandon ends records left for a later run after an interrupt.
-func (p *pipeline) abandon(recs []*rec, why string) {
+func (p *pipeline) abandon(recs []*rec) {
 	p.n.unfinished.Add(int64(len(recs)))
 	p.release(len(recs))
 }
@@ -691,9 +691,8 @@ func (p *pipeline) finishAs(recs []*rec, keys, reasons []string, state string, n
 	}
 	n.Add(int64(len(recs)))
 	p.release(len(recs))
-	many := len(p.cfg.Files) > 1
 	for i, r := range recs {
-		if err := p.reject(r.file, r.line, r.fields, reasons[i], many); err != nil {
+		if err := p.reject(r.file, r.line, r.fields, reasons[i]); err != nil {
 			p.fatal(err)
 			return
 		}
@@ -715,7 +714,7 @@ func (p *pipeline) leave(recs []*rec) {
 	if err := p.retryDB("mark interrupted", func(ctx context.Context) error { return p.run.Mark(ctx, "failed", keys, reasons) }); err != nil {
 		p.log.Error("could not mark interrupted records; the next run resolves them anyway", "err", err)
 	}
-	p.abandon(recs, "interrupted")
+	p.abandon(recs)
 }
 
 // retryDB runs a ledger write, retrying while PostgreSQL is unavailable for

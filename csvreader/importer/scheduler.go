@@ -117,7 +117,7 @@ func (s *scheduler) drain() {
 	s.mu.Unlock()
 	for _, it := range items {
 		if it.reclaim {
-			s.p.abandon(it.recs, "interrupted")
+			s.p.abandon(it.recs)
 		} else {
 			s.p.leave(it.recs)
 		}
