@@ -197,11 +197,22 @@ func (c *Client) call(ctx context.Context, method string, args, reply any, safe 
 			return fmt.Errorf("%s: %w", method, err)
 		}
 		call := rc.Go(method, args, reply, make(chan *rpc.Call, 1))
+		// net/rpc fails a call inside Go, before writing it, when the
+		// connection is already shut down: only then is it certain that
+		// nothing was sent. The same ErrShutdown arriving later can follow
+		// a request that was written (another caller closed the
+		// connection under it), so that one is a ConnError.
+		notSent := false
 		select {
-		case <-ctx.Done():
-			// The daemon may carry the call out anyway.
-			return &ConnError{Method: method, Addr: addr, Err: ctx.Err()}
 		case <-call.Done:
+			notSent = errors.Is(call.Error, rpc.ErrShutdown)
+		default:
+			select {
+			case <-ctx.Done():
+				// The daemon may carry the call out anyway.
+				return &ConnError{Method: method, Addr: addr, Err: ctx.Err()}
+			case <-call.Done:
+			}
 		}
 		switch err := call.Error; {
 		case err == nil:
@@ -211,8 +222,7 @@ func (c *Client) call(ctx context.Context, method string, args, reply any, safe 
 				continue
 			}
 			return nil
-		case errors.Is(err, rpc.ErrShutdown):
-			// The connection was already known broken: nothing was sent.
+		case notSent:
 			c.drop(rc)
 			last = err
 			continue

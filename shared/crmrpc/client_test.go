@@ -15,6 +15,7 @@ type fakeDaemon struct {
 	shutdownFirst atomic.Int64 // answer this many calls with shutting_down
 	calls         atomic.Int64
 	block         chan struct{} // when set, Deliver waits on it
+	delivers      atomic.Int64
 }
 
 func (f *fakeDaemon) Hello(a *HelloArgs, r *HelloReply) error {
@@ -32,6 +33,7 @@ func (f *fakeDaemon) Hello(a *HelloArgs, r *HelloReply) error {
 }
 
 func (f *fakeDaemon) Deliver(a *DeliverArgs, r *DeliverReply) error {
+	f.delivers.Add(1)
 	if f.block != nil {
 		<-f.block
 	}
@@ -131,4 +133,47 @@ func TestClient(t *testing.T) {
 			t.Fatalf("got %v, want ErrClosed", err)
 		}
 	})
+}
+
+// A Deliver already written when another caller closes the shared
+// connection may have reached the daemon: it must come back as a ConnError
+// (the reader resends with a lookup first), never be sent again as if
+// nothing had happened. This covers the close-under-call path; the variant
+// where net/rpc reports ErrShutdown for the written call (the daemon's EOF
+// arriving after the close began) is a race a test cannot force, and is
+// handled by trusting ErrShutdown only when Go fails synchronously.
+func TestDeliverNotResentWhenConnectionClosedUnderIt(t *testing.T) {
+	f := &fakeDaemon{block: make(chan struct{})}
+	defer close(f.block)
+	c, err := Dial(context.Background(), ClientConfig{Addrs: []string{serveFake(t, f)}, Token: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Deliver(context.Background(), make([]Record, 1))
+		errc <- err
+	}()
+	for deadline := time.Now().Add(5 * time.Second); f.delivers.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the Deliver never reached the daemon")
+		}
+	}
+	c.lock <- struct{}{}
+	rc := c.rc
+	<-c.lock
+	c.drop(rc) // what a concurrent caller does after a broken call
+	select {
+	case err := <-errc:
+		var ce *ConnError
+		if !errors.As(err, &ce) {
+			t.Fatalf("Deliver = %v, want a *ConnError (outcome unknown)", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatalf("Deliver did not return: it was sent again (%d sends)", f.delivers.Load())
+	}
+	if n := f.delivers.Load(); n != 1 {
+		t.Errorf("the daemon received the block %d times, want 1", n)
+	}
 }
