@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -246,8 +247,6 @@ func (d *delivery) runChunk(idx []int) {
 	}
 }
 
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
 // create sends idx as one batch, resending it unchanged while that is safe.
 // again asks the caller to resolve and try again (after an ambiguous answer
 // without idempotency); split asks it to halve the batch (413).
@@ -257,9 +256,10 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 	for j, i := range idx {
 		contacts[j] = d.recs[i].Contact
 	}
-	buf := bufPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer bufPool.Put(buf)
+	// A fresh buffer per batch, not a pooled one: net/http's write loop may
+	// still be reading the body after RoundTrip returned on an early answer
+	// (401, 413, 429), so the bytes must not be reused.
+	buf := new(bytes.Buffer)
 	if err := json.NewEncoder(buf).Encode(crmapi.BatchRequest{Contacts: contacts}); err != nil {
 		for _, i := range idx { // cannot happen with valid UTF-8 strings
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: CodeUnexpected, Message: "encode: " + err.Error()}
@@ -268,7 +268,6 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 	}
 	body := buf.Bytes()
 	key := crmapi.IdempotencyKey(body)
-	sentAmbiguous := false
 	for {
 		var resp *crmapi.BatchResponse
 		err := s.crmDo(d.ctx, func(ctx context.Context) (err error) {
@@ -286,9 +285,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		}
 		var ce *crmapi.Error
 		if !errors.As(err, &ce) { // our context: the call was abandoned
-			if sentAmbiguous {
-				d.markMaybe(idx)
-			}
+			// An earlier ambiguous answer has already marked idx maybe-sent.
 			d.retryLater(idx, bo.Next(), CodeShuttingDown, "call abandoned")
 			return false, false
 		}
@@ -298,13 +295,10 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		case crmapi.ClassRejected:
 			s.log.Warn("crm rejected a batch", "status", ce.Status, "code", ce.Code, "message", ce.Message, "contacts", len(idx))
 			for _, i := range idx {
-				d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: orDefault(ce.Code, "crm_status_"+fmt.Sprint(ce.Status)), Message: ce.Message}
+				d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: cmp.Or(ce.Code, "crm_status_"+fmt.Sprint(ce.Status)), Message: ce.Message}
 			}
 			return false, false
 		case crmapi.ClassTooLarge:
-			if sentAmbiguous {
-				d.markMaybe(idx) // the halves carry other keys
-			}
 			if len(idx) == 1 {
 				d.verdicts[idx[0]] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: CodeContactTooLarge, Message: "the CRM refuses this contact as too large: " + ce.Message}
 				return false, false
@@ -332,7 +326,6 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 				wait = ce.RetryAfter
 			}
 		case crmapi.ClassAmbiguous:
-			sentAmbiguous = true
 			d.markMaybe(idx)
 			wait, reason, code = bo.Next(), "ambiguous", CodeAmbiguous
 			s.log.Warn("crm answer ambiguous; resolving before any resend", "status", ce.Status, "error", ce.Message,
@@ -359,13 +352,6 @@ func (d *delivery) markMaybe(idx []int) {
 	for _, i := range idx {
 		d.maybe[i] = true
 	}
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // apply turns a 200 answer into verdicts.
@@ -534,7 +520,7 @@ func (s *Server) Lookup(ctx context.Context, ids []string) ([]crmrpc.LookupResul
 		for j, i := range todo {
 			if errs[j] != nil {
 				failed = append(failed, i)
-				firstErr = cmpFirst(firstErr, errs[j])
+				firstErr = cmp.Or(firstErr, errs[j])
 				continue
 			}
 			out[i].CRMIDs = found[j]
@@ -555,11 +541,4 @@ func (s *Server) Lookup(ctx context.Context, ids []string) ([]crmrpc.LookupResul
 		s.met.retry("lookup")
 		todo = failed
 	}
-}
-
-func cmpFirst(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }

@@ -1,6 +1,7 @@
 package integrator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -404,7 +405,7 @@ func TestOutcomeTable(t *testing.T) {
 						status(503, "unavailable", "")(w, r)
 						return
 					}
-					io.WriteString(w, orDefault(tc.lookup, `{"contacts":[]}`))
+					io.WriteString(w, cmp.Or(tc.lookup, `{"contacts":[]}`))
 					return
 				}
 				n := int(posts.Add(1))

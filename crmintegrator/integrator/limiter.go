@@ -28,7 +28,6 @@ type Limiter struct {
 	clock   backoff.Clock
 	maxRate float64 // hard cap, requests/second; 0 = none
 	rate    float64 // current pace; 0 = unlimited
-	burst   float64
 
 	tat         time.Time // GCRA theoretical arrival time
 	pausedUntil time.Time
@@ -68,7 +67,7 @@ func NewLimiter(maxRate float64, clock backoff.Clock) *Limiter {
 	if clock == nil {
 		clock = backoff.RealClock{}
 	}
-	return &Limiter{clock: clock, maxRate: maxRate, rate: maxRate, burst: limiterBurst}
+	return &Limiter{clock: clock, maxRate: maxRate, rate: maxRate}
 }
 
 // Wait blocks until a request may start, or ctx is done.
@@ -101,7 +100,7 @@ func (l *Limiter) reserve() time.Duration {
 	}
 	if l.rate > 0 {
 		interval := time.Duration(float64(time.Second) / l.rate)
-		tolerance := time.Duration(float64(interval) * (l.burst - 1))
+		tolerance := time.Duration(float64(interval) * (limiterBurst - 1))
 		if earliest := l.tat.Add(-tolerance); earliest.After(at) {
 			at = earliest
 		}

@@ -82,6 +82,9 @@ func TestBreakerTransitions(t *testing.T) {
 	}
 	clk.Advance(10 * time.Second)
 	ok, probe, _ = b.Allow()
+	if !ok || !probe {
+		t.Fatal("no probe after the cooldown following a failed probe")
+	}
 	b.Done(probe, ResultIgnore) // a cancelled probe frees the slot
 	ok, probe, _ = b.Allow()
 	if !ok || !probe {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"crmsync/crmintegrator/fakecrm"
+	"crmsync/shared/logging"
 )
 
 func main() {
@@ -77,11 +78,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q: fakecrm takes only flags (see -h)", fs.Args())
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevelIn)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
+	log, err := logging.New("text", *logLevelIn, stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	if *seed == 0 {
 		*seed = rand.Int64()

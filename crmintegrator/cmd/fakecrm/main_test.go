@@ -241,3 +241,28 @@ func TestBinarySIGTERM(t *testing.T) {
 		t.Errorf("state file after SIGTERM: %v %s", err, b)
 	}
 }
+
+// The environment knobs take effect: the first table above can only see
+// that they are accepted, not that they act.
+func TestEnvKnobsAct(t *testing.T) {
+	t.Run("FAKECRM_RATE", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		base, _, _ := startRun(t, ctx, []string{"-listen", "127.0.0.1:0", "-burst", "1"}, map[string]string{"FAKECRM_RATE": "0.001"})
+		if got := post(t, base+crmapi.PathContacts, adaJSON); got != 201 {
+			t.Fatalf("first POST: got %d, want 201", got)
+		}
+		if got := post(t, base+crmapi.PathContacts, adaJSON); got != 429 {
+			t.Errorf("second POST beyond a 0.001/s rate: got %d, want 429", got)
+		}
+	})
+	t.Run("FAKECRM_MAX_BATCH", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		base, _, _ := startRun(t, ctx, []string{"-listen", "127.0.0.1:0"}, map[string]string{"FAKECRM_MAX_BATCH": "1"})
+		two := `{"contacts":[` + adaJSON + `,{"external_id":"C-2","email":"b@example.com"}]}`
+		if got := post(t, base+crmapi.PathBatch, two); got != 413 {
+			t.Errorf("batch of 2 with FAKECRM_MAX_BATCH=1: got %d, want 413", got)
+		}
+	})
+}
