@@ -597,6 +597,9 @@ func checkExactlyOnce(ctx context.Context, crmAddr, dsn string) error {
 		return fmt.Errorf("fakecrm audit: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("fakecrm audit: %s", resp.Status)
+	}
 	var a struct {
 		Contacts   int64 `json:"contacts"`
 		Distinct   int64 `json:"distinct_external_ids"`
@@ -612,6 +615,10 @@ func checkExactlyOnce(ctx context.Context, crmAddr, dsn string) error {
 	defer d.Close()
 	var n int64
 	if err := d.QueryRowContext(ctx, `SELECT count(*) FROM customers`).Scan(&n); err != nil {
+		var pqErr interface{ SQLState() string }
+		if !errors.As(err, &pqErr) || pqErr.SQLState() != "42P01" {
+			return fmt.Errorf("count customers: %w", err)
+		}
 		n = 0 // no table: csvreader stopped before migrating
 	}
 	if a.Duplicates != 0 || a.Contacts != n {
