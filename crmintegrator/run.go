@@ -42,7 +42,7 @@ type envFlags struct {
 	secrets []func()
 }
 
-func (e *envFlags) env(name, env string) (string, bool) {
+func (e *envFlags) env(env string) (string, bool) {
 	v := e.getenv(env)
 	return v, v != ""
 }
@@ -52,7 +52,7 @@ func (e *envFlags) bad(env, v string, err error) {
 }
 
 func (e *envFlags) str(p *string, name, env, def, usage string) {
-	if v, ok := e.env(name, env); ok {
+	if v, ok := e.env(env); ok {
 		def = v
 	}
 	e.fs.StringVar(p, name, def, usage+" (env "+env+")")
@@ -70,7 +70,7 @@ func (e *envFlags) secret(p *string, name, env, usage string) {
 }
 
 func (e *envFlags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
-	if v, ok := e.env(name, env); ok {
+	if v, ok := e.env(env); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			e.bad(env, v, err)
@@ -81,7 +81,7 @@ func (e *envFlags) dur(p *time.Duration, name, env string, def time.Duration, us
 }
 
 func (e *envFlags) int(p *int, name, env string, def int, usage string) {
-	if v, ok := e.env(name, env); ok {
+	if v, ok := e.env(env); ok {
 		n, err := strconv.Atoi(v)
 		if err != nil {
 			e.bad(env, v, err)
@@ -92,7 +92,7 @@ func (e *envFlags) int(p *int, name, env string, def int, usage string) {
 }
 
 func (e *envFlags) float(p *float64, name, env string, def float64, usage string) {
-	if v, ok := e.env(name, env); ok {
+	if v, ok := e.env(env); ok {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil {
 			e.bad(env, v, err)
@@ -103,7 +103,7 @@ func (e *envFlags) float(p *float64, name, env string, def float64, usage string
 }
 
 func (e *envFlags) bool(p *bool, name, env string, def bool, usage string) {
-	if v, ok := e.env(name, env); ok {
+	if v, ok := e.env(env); ok {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			e.bad(env, v, err)

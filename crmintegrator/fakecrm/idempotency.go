@@ -107,19 +107,6 @@ func (is *idemStore) finish(key string, rec *idemRecord, status int, body []byte
 	is.version++
 }
 
-// inProgress counts reserved keys whose request has not finished.
-func (is *idemStore) inProgress() int {
-	is.mu.Lock()
-	defer is.mu.Unlock()
-	n := 0
-	for _, r := range is.m {
-		if !r.done {
-			n++
-		}
-	}
-	return n
-}
-
 // savedKey is a finished key as the state file holds it.
 type savedKey struct {
 	Key         string      `json:"key"`
