@@ -33,8 +33,7 @@ var adminFaultKeys = []string{
 func (s *Server) adminFaults() adminFaults {
 	f := s.Faults()
 	return adminFaults{
-		faultsJSON{f.FailRate, f.AmbiguousRate, duration(f.Latency), duration(f.Jitter), duration(f.Hang),
-			f.Rate, f.Burst, f.Down, f.AmbiguousModes, f.BlockedDomains},
+		f.wire(),
 		s.Idempotency(),
 	}
 }

@@ -238,29 +238,37 @@ type faultsJSON struct {
 	BlockedDomains string   `json:"blocked_domains"`
 }
 
-// MarshalJSON writes durations as Go duration strings ("250ms").
-func (f Faults) MarshalJSON() ([]byte, error) {
-	return json.Marshal(faultsJSON{
-		f.FailRate, f.AmbiguousRate, duration(f.Latency), duration(f.Jitter), duration(f.Hang),
-		f.Rate, f.Burst, f.Down, f.AmbiguousModes, f.BlockedDomains,
-	})
+// wire is f as faultsJSON; faults converts back. Keyed fields, so that a
+// new knob cannot be swapped with another of the same type.
+func (f Faults) wire() faultsJSON {
+	return faultsJSON{
+		FailRate: f.FailRate, AmbiguousRate: f.AmbiguousRate,
+		Latency: duration(f.Latency), Jitter: duration(f.Jitter), Hang: duration(f.Hang),
+		Rate: f.Rate, Burst: f.Burst, Down: f.Down,
+		AmbiguousModes: f.AmbiguousModes, BlockedDomains: f.BlockedDomains,
+	}
 }
 
-// UnmarshalJSON reads durations as Go duration strings or as nanoseconds.
-func (f *Faults) UnmarshalJSON(b []byte) error {
-	j := faultsJSON{
-		f.FailRate, f.AmbiguousRate, duration(f.Latency), duration(f.Jitter), duration(f.Hang),
-		f.Rate, f.Burst, f.Down, f.AmbiguousModes, f.BlockedDomains,
+func (j faultsJSON) faults() Faults {
+	return Faults{
+		FailRate: j.FailRate, AmbiguousRate: j.AmbiguousRate,
+		Latency: time.Duration(j.Latency), Jitter: time.Duration(j.Jitter), Hang: time.Duration(j.Hang),
+		Rate: j.Rate, Burst: j.Burst, Down: j.Down,
+		AmbiguousModes: j.AmbiguousModes, BlockedDomains: j.BlockedDomains,
 	}
+}
+
+// MarshalJSON writes durations as Go duration strings ("250ms").
+func (f Faults) MarshalJSON() ([]byte, error) { return json.Marshal(f.wire()) }
+
+// UnmarshalJSON reads durations as Go duration strings or as nanoseconds.
+// Knobs absent from b keep their current values.
+func (f *Faults) UnmarshalJSON(b []byte) error {
+	j := f.wire()
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*f = Faults{
-		FailRate: j.FailRate, AmbiguousRate: j.AmbiguousRate,
-		Latency: time.Duration(j.Latency), Jitter: time.Duration(j.Jitter), Hang: time.Duration(j.Hang),
-		Rate: j.Rate, Burst: j.Burst, Down: j.Down, AmbiguousModes: j.AmbiguousModes,
-		BlockedDomains: j.BlockedDomains,
-	}
+	*f = j.faults()
 	return nil
 }
 
