@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"context"
+	"crmsync/shared/contact"
 	"strings"
 	"sync"
 	"testing"
@@ -184,5 +185,26 @@ func TestLimiterLearnsQuota(t *testing.T) {
 	}
 	if r := l.Rate(); r > 40.5 {
 		t.Fatalf("after 20s of success: got rate %v, want it near the learnt 40/s", r)
+	}
+}
+
+func TestLongestField(t *testing.T) {
+	tests := []struct {
+		c    contact.Contact
+		name string
+		n    int
+	}{
+		{contact.Contact{ExternalID: "C1", Email: "ada@example.com"}, "email", 15},
+		{contact.Contact{ExternalID: "C1", Email: "a@b.c", Attributes: map[string]string{"company": "Initech Ltd"}}, "attribute company", 11},
+		{contact.Contact{ExternalID: "C1", Email: "a@b.c", Attributes: map[string]string{"a-very-long-key": "x"}}, "attribute name", 15},
+	}
+	for _, tc := range tests {
+		name, n := longestField(&tc.c)
+		if name != tc.name || n != tc.n {
+			t.Errorf("longestField(%+v) = %q, %d; want %q, %d", tc.c, name, n, tc.name, tc.n)
+		}
+		if got := longestFieldLen(&tc.c); got != tc.n {
+			t.Errorf("longestFieldLen(%+v) = %d, want %d", tc.c, got, tc.n)
+		}
 	}
 }
