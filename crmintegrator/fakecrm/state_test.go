@@ -79,7 +79,7 @@ func TestStateFileRoundTrip(t *testing.T) {
 
 func TestStateFileSavedPeriodically(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "crm.json")
-	srv, base := fakecrmtest.Start(t, fakecrm.Config{StateFile: file, SaveInterval: 10 * time.Millisecond})
+	_, base := fakecrmtest.Start(t, fakecrm.Config{StateFile: file, SaveInterval: 10 * time.Millisecond})
 	mustSend(t, "POST", base+crmapi.PathContacts, ada("C-periodic"))
 	waitFor(t, func() bool {
 		b, _ := os.ReadFile(file)
@@ -88,7 +88,6 @@ func TestStateFileSavedPeriodically(t *testing.T) {
 	if leftovers, _ := filepath.Glob(file + ".tmp*"); len(leftovers) != 0 {
 		t.Errorf("temporary files left behind: %v", leftovers)
 	}
-	_ = srv
 }
 
 func TestStateFileErrors(t *testing.T) {

@@ -39,7 +39,10 @@ func TestClientReconnectsAfterRestart(t *testing.T) {
 	addr := ln.Addr().String()
 	go s1.Serve(ln)
 	// A dead address first: the client fails over to the daemon.
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	deadAddr := dead.Addr().String()
 	dead.Close()
 	c := dial(t, crmrpc.ClientConfig{Addrs: []string{deadAddr, addr}, RedialFor: 5 * time.Second})
@@ -52,12 +55,16 @@ func TestClientReconnectsAfterRestart(t *testing.T) {
 	if err := s1.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// The daemon comes back on the same address a moment later.
+	// A call made while the daemon is down goes through once it comes back
+	// on the same address a moment later.
+	hello := make(chan error, 1)
 	go func() {
-		time.Sleep(200 * time.Millisecond)
-		startDaemonOn(t, cfg, addr)
+		_, err := c.Hello(context.Background())
+		hello <- err
 	}()
-	if _, err := c.Hello(context.Background()); err != nil {
+	time.Sleep(200 * time.Millisecond)
+	startDaemonOn(t, cfg, addr)
+	if err := <-hello; err != nil {
 		t.Fatalf("Hello after restart: %v", err)
 	}
 	deliverAll(t, c, makeRecords("r2", 3), 3, 10*time.Second)
