@@ -190,11 +190,18 @@ func (d *delivery) failCall(e *crmrpc.Error) {
 	})
 }
 
+// roundFits tells whether another round of CRM requests may start, after
+// done rounds and a wait, within a call's deadline: the one budget rule of
+// Deliver and Lookup.
+func (s *Server) roundFits(done int, wait time.Duration, deadline time.Time) bool {
+	return done < s.cfg.MaxAttempts && !time.Now().Add(wait).After(deadline) && !s.closing.Load()
+}
+
 // pause decides whether one more round fits into the call: the attempt
 // budget, the time budget, and the daemon not shutting down. If so it waits
 // and returns true.
 func (d *delivery) pause(attempts *int, wait time.Duration, reason string) bool {
-	if *attempts+1 >= d.s.cfg.MaxAttempts || time.Now().Add(wait).After(d.deadline) || d.s.closing.Load() {
+	if !d.s.roundFits(*attempts+1, wait, d.deadline) {
 		return false
 	}
 	*attempts++
@@ -545,8 +552,7 @@ func (s *Server) Lookup(ctx context.Context, ids []string) ([]crmrpc.LookupResul
 			return nil, &crmrpc.Error{Code: code, Message: msg}
 		}
 		wait = max(wait, bo.Next())
-		if attempt >= s.cfg.MaxAttempts || time.Now().Add(wait).After(deadline) || s.closing.Load() ||
-			backoff.Sleep(ctx, nil, wait) != nil {
+		if !s.roundFits(attempt, wait, deadline) || backoff.Sleep(ctx, nil, wait) != nil {
 			s.log.Log(ctx, slog.LevelWarn, "lookup call failed", "code", code, "failed", len(failed))
 			return nil, &crmrpc.Error{Code: crmrpc.CodeCRMUnavailable, Message: fmt.Sprintf("%d of %d lookups failed: %s", len(failed), len(ids), msg), RetryAfter: wait}
 		}
