@@ -187,9 +187,14 @@ func TestRunOutcomes(t *testing.T) {
 	if len(rej) != 5 {
 		t.Errorf("rejects file has %d rows, want header + 4", len(rej))
 	}
+	// Skipped rows are written as they are settled, so their order depends
+	// on which worker finishes first.
 	skipped := readCSV(t, cfg.SkippedPath)
-	if len(skipped) != 3 || skipped[1][2] != "C00003" || !strings.Contains(skipped[1][4], "line 5") ||
-		skipped[2][2] != "FLAKY" || !strings.Contains(skipped[2][4], "line 46") {
+	why := map[string]string{}
+	for _, r := range skipped[1:] {
+		why[r[2]] = r[4]
+	}
+	if len(skipped) != 3 || !strings.Contains(why["C00003"], "line 5") || !strings.Contains(why["FLAKY"], "line 46") {
 		t.Errorf("skipped file = %v, want rows for C00003 naming line 5 and FLAKY naming line 46", skipped)
 	}
 
