@@ -27,6 +27,11 @@ const migrateLockKey = 0x43525359_4e430001 // "CRSYNC" + 1
 // run holds: the key is RunLockNamespace<<32 | run id.
 const RunLockNamespace = 0x43525352 // "CRSR"
 
+// ClaimLockKey is the transaction advisory lock every claim transaction
+// takes, so that claims are made one at a time across runs: a run deciding
+// a key is free cannot race another run claiming it.
+const ClaimLockKey = 0x43525359_4e430002 // "CRSYNC" + 2
+
 // RunLockKey is the session advisory lock key of a reader run.
 func RunLockKey(runID int64) int64 { return RunLockNamespace<<32 | (runID & 0xffffffff) }
 

@@ -29,7 +29,7 @@ func TestMigrateAppliesOnceInOrder(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("second migrate = %d, %v; want 0, nil", n, err)
 	}
-	for _, table := range []string{"customers", "claims", "runs"} {
+	for _, table := range []string{"customers", "claims", "claim_blocks", "runs"} {
 		var ok bool
 		if err := d.QueryRow(`SELECT to_regclass($1) IS NOT NULL`, table).Scan(&ok); err != nil || !ok {
 			t.Errorf("table %s missing after migrate (err %v)", table, err)

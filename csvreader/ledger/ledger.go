@@ -5,11 +5,17 @@
 //
 //   - A run registers itself and holds a session advisory lock on its id for
 //     as long as it lives, so its claims can be told from a dead run's.
-//   - Before a key is sent, the run claims it (a committed row in claims).
-//   - The CRM's confirmation is recorded in customers in the same
-//     transaction that removes the claim.
+//   - Before a key is sent, the run claims it: the new keys of a block with
+//     one committed claim_blocks row, a key taken over from a dead run with
+//     a claims row. Claim transactions run one at a time across runs.
+//   - The CRM's confirmation is recorded in customers; a block's row goes
+//     once every key in it is settled.
 //   - A claim whose owner is dead means "maybe sent": the next run takes it
 //     over and has the integrator look the key up before creating anything.
+//
+// The database work is per block; per key there are only index entries of
+// customers, and claims rows for the rare keys that are rejected, given up
+// on or taken over.
 //
 // A Run is safe for concurrent use by the pipeline's goroutines.
 package ledger
@@ -22,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -42,12 +47,27 @@ type Run struct {
 	held   bool      // the lock is held right now
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// The keys this run claimed and has not settled yet (confirmed, marked
+	// rejected or failed). Bounded by the reader's records in flight.
+	kmu      sync.Mutex
+	inflight map[string]claim
+	open     map[int64]int // claim_blocks id → keys of it not settled
+	finished []int64       // blocks all settled, to delete with the next write
+}
+
+// claim is a key this run holds.
+type claim struct {
+	block int64 // its claim_blocks row; 0: a claims row of its own
+	file  string
+	line  int64
+	fp    string
 }
 
 // Start registers a run for files and takes its liveness lock.
 func Start(ctx context.Context, d *sql.DB, files []string) (*Run, error) {
 	host, _ := os.Hostname()
-	r := &Run{db: d}
+	r := &Run{db: d, inflight: map[string]claim{}, open: map[int64]int{}}
 	if err := d.QueryRowContext(ctx,
 		`INSERT INTO runs (host, pid, files) VALUES ($1, $2, $3) RETURNING id`,
 		host, os.Getpid(), pq.Array(append([]string{}, files...))).Scan(&r.id); err != nil {
@@ -55,6 +75,10 @@ func Start(ctx context.Context, d *sql.DB, files []string) (*Run, error) {
 	}
 	if err := r.relock(ctx); err != nil {
 		return nil, err
+	}
+	if err := r.inTx(ctx, func(tx *sql.Tx) error { return r.explodeDeadBlocks(ctx, tx) }); err != nil {
+		discard(r.lock)
+		return nil, fmt.Errorf("recover blocks of dead runs: %w", err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -135,8 +159,8 @@ func (r *Run) waitLock(ctx context.Context) error {
 	}
 }
 
-// Close records how the run ended and releases its lock. Claims the run
-// still holds stay in the ledger for the next run to resolve.
+// Close records how the run ended and releases its lock. Keys the run
+// still holds stay claimed in the ledger for the next run to resolve.
 func (r *Run) Close(ctx context.Context, status string, report any) error {
 	var errs []error
 	rep, err := json.Marshal(report)
@@ -152,6 +176,19 @@ func (r *Run) Close(ctx context.Context, status string, report any) error {
 	if _, err := r.db.ExecContext(ctx,
 		`DELETE FROM claims WHERE run_id = $1 AND state = 'rejected'`, r.id); err != nil {
 		errs = append(errs, fmt.Errorf("release rejected claims: %w", err))
+	}
+	// Every block but those with unsettled keys: this includes a block whose
+	// claim committed although its answer was lost (its keys were claimed
+	// again in another block).
+	r.kmu.Lock()
+	keep := make([]int64, 0, len(r.open))
+	for id := range r.open {
+		keep = append(keep, id)
+	}
+	r.kmu.Unlock()
+	if _, err := r.db.ExecContext(ctx,
+		`DELETE FROM claim_blocks WHERE run_id = $1 AND id <> ALL($2)`, r.id, pq.Array(keep)); err != nil {
+		errs = append(errs, fmt.Errorf("release claimed blocks: %w", err))
 	}
 	r.cancel()
 	r.wg.Wait()
@@ -211,211 +248,264 @@ type Decision struct {
 	Orphaned bool
 }
 
+// Where a key's holder was found, in order of precedence.
+const (
+	inCustomers = iota
+	inClaims
+	inBlock
+)
+
+// holder is what the ledger holds for a key.
+type holder struct {
+	src   int
+	run   int64
+	state string
+	file  string
+	line  int64
+}
+
 // Claim decides, for each item, whether this run may send it, and claims
 // those it may. Items must have distinct keys. The answer is in item order.
+//
+// The common case costs four statements whatever the block's size: the
+// claim lock, one look-up of the keys, one claim_blocks row, the commit.
 func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	if err := r.waitLock(ctx); err != nil {
 		return nil, err
 	}
 	out := make([]Decision, len(items))
-	index := make(map[string]int, len(items))
-	keys := make([]string, len(items))
+	// Keys this run holds are repeats in the file. Only this run settles
+	// them, so what it remembers is exact.
+	var ask []int
+	r.kmu.Lock()
 	for i, it := range items {
-		index[it.Key] = i
-		keys[i] = it.Key
+		c, ok := r.inflight[it.Key]
+		switch {
+		case !ok:
+			ask = append(ask, i)
+		case c.file == it.File && c.line == it.Line:
+			out[i] = Decision{Status: TakenOver} // the very record again: look it up first
+		default:
+			out[i] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("same key as %s line %d", c.file, c.line)}
+		}
 	}
+	r.kmu.Unlock()
+	if len(ask) == 0 {
+		return out, nil
+	}
+	keys := make([]string, len(ask))
+	for j, i := range ask {
+		keys[j] = items[i].Key
+	}
+	var blockOf map[int]int64 // item index → its new block
+	var own []int             // items now held by a claims row of this run
 	err := r.inTx(ctx, func(tx *sql.Tx) error {
-		clear(out)
-		delivered, err := r.delivered(ctx, tx, keys, out, index)
+		own = own[:0]
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(db.ClaimLockKey)); err != nil {
+			return fmt.Errorf("claim lock: %w", err)
+		}
+		holders, err := r.holders(ctx, tx, keys)
 		if err != nil {
 			return err
 		}
-		// Claim in key order: two runs claiming overlapping keys then take
-		// row locks in the same order and cannot deadlock.
-		var todo []Item
-		for _, it := range items {
-			if !delivered[it.Key] {
-				todo = append(todo, it)
+		var live map[int64]bool
+		for _, h := range holders {
+			if h.src != inCustomers && h.run != r.id {
+				if live, err = r.liveRuns(ctx, tx); err != nil {
+					return err
+				}
+				break
 			}
 		}
-		sort.Slice(todo, func(i, j int) bool { return todo[i].Key < todo[j].Key })
-		claimed, err := r.insertClaims(ctx, tx, todo)
-		if err != nil {
+		var fresh []int
+		var take []takeover
+		for _, i := range ask {
+			it := items[i]
+			h, ok := holders[it.Key]
+			switch {
+			case !ok:
+				fresh = append(fresh, i)
+				out[i] = Decision{Status: Claimed}
+			case h.src == inCustomers && h.run == r.id:
+				out[i] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("delivered earlier in this run from %s line %d", h.file, h.line)}
+			case h.src == inCustomers:
+				out[i] = Decision{Status: AlreadyDelivered, Why: fmt.Sprintf("delivered by run %d from %s line %d", h.run, h.file, h.line)}
+			case h.run == r.id && h.file == it.File && h.line == it.Line:
+				// Our own claim on this very record: an earlier attempt of
+				// this Claim committed, but the answer was lost with the
+				// connection. That attempt may have taken the key over from
+				// a dead run, so have it looked up before it is created.
+				out[i] = Decision{Status: TakenOver}
+				own = append(own, i)
+			case h.run == r.id:
+				why := fmt.Sprintf("same key as %s line %d", h.file, h.line)
+				if h.state == "rejected" {
+					why += ", which the CRM rejected"
+				}
+				out[i] = Decision{Status: DuplicateInFile, Why: why}
+			case live[h.run]:
+				out[i] = Decision{Status: Busy, Why: fmt.Sprintf("being delivered by run %d (%s line %d)", h.run, h.file, h.line)}
+			default:
+				take = append(take, takeover{i, h.state, h.run})
+			}
+		}
+		if err := r.takeOver(ctx, tx, items, take, out); err != nil {
 			return err
 		}
-		var fresh, conflicts []string
-		for _, it := range todo {
-			if claimed[it.Key] {
-				fresh = append(fresh, it.Key)
-			} else {
-				conflicts = append(conflicts, it.Key)
-			}
+		for _, t := range take {
+			own = append(own, t.item)
 		}
-		// A run that delivered a key between the first look and the claim
-		// has removed its claim and committed: look again.
-		late, err := r.delivered(ctx, tx, fresh, out, index)
-		if err != nil {
-			return err
-		}
-		var release []string
-		for _, k := range fresh {
-			if late[k] {
-				release = append(release, k)
-			} else {
-				out[index[k]] = Decision{Status: Claimed}
-			}
-		}
-		if len(release) > 0 {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM claims WHERE external_id = ANY($1) AND run_id = $2`,
-				pq.Array(release), r.id); err != nil {
-				return fmt.Errorf("release claims: %w", err)
-			}
-		}
-		return r.resolveConflicts(ctx, tx, conflicts, items, out, index)
+		blockOf, err = r.insertBlocks(ctx, tx, items, fresh)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	r.kmu.Lock()
+	for i, id := range blockOf {
+		it := items[i]
+		r.inflight[it.Key] = claim{block: id, file: it.File, line: it.Line, fp: it.Fingerprint}
+		r.open[id]++
+	}
+	for _, i := range own {
+		it := items[i]
+		r.inflight[it.Key] = claim{file: it.File, line: it.Line, fp: it.Fingerprint}
+	}
+	r.kmu.Unlock()
 	return out, nil
 }
 
-// delivered marks the keys customers already holds and returns them.
-func (r *Run) delivered(ctx context.Context, tx *sql.Tx, keys []string, out []Decision, index map[string]int) (map[string]bool, error) {
-	found := map[string]bool{}
-	if len(keys) == 0 {
-		return found, nil
-	}
-	rows, err := tx.QueryContext(ctx,
-		`SELECT external_id, run_id, source_file, source_line FROM customers WHERE external_id = ANY($1)`,
-		pq.Array(keys))
-	if err != nil {
-		return nil, fmt.Errorf("look up delivered keys: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var key, file string
-		var run, line int64
-		if err := rows.Scan(&key, &run, &file, &line); err != nil {
-			return nil, err
-		}
-		found[key] = true
-		if run == r.id {
-			out[index[key]] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("delivered earlier in this run from %s line %d", file, line)}
-		} else {
-			out[index[key]] = Decision{Status: AlreadyDelivered, Why: fmt.Sprintf("delivered by run %d from %s line %d", run, file, line)}
-		}
-	}
-	return found, rows.Err()
-}
-
-func (r *Run) insertClaims(ctx context.Context, tx *sql.Tx, items []Item) (map[string]bool, error) {
-	claimed := map[string]bool{}
-	if len(items) == 0 {
-		return claimed, nil
-	}
-	keys := make([]string, len(items))
-	fps := make([]string, len(items))
-	files := make([]string, len(items))
-	lines := make([]int64, len(items))
-	for i, it := range items {
-		keys[i], fps[i], files[i], lines[i] = it.Key, it.Fingerprint, it.File, it.Line
-	}
+// holders reads, in one statement and so in one snapshot, what the ledger
+// holds for keys: a customers row, a claims row, or another run's block.
+// The claim lock keeps other runs from claiming meanwhile; a run confirming
+// meanwhile changes customers and its block in one transaction, which the
+// single snapshot sees whole or not at all.
+func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys []string) (map[string]holder, error) {
 	rows, err := tx.QueryContext(ctx, `
-		INSERT INTO claims (external_id, run_id, fingerprint, source_file, source_line)
-		SELECT k, $5, f, s, l FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(k, f, s, l)
-		ON CONFLICT (external_id) DO NOTHING
-		RETURNING external_id`,
-		pq.Array(keys), pq.Array(fps), pq.Array(files), pq.Array(lines), r.id)
+		SELECT 0, external_id, run_id, '', source_file, source_line FROM customers WHERE external_id = ANY($1)
+		UNION ALL
+		SELECT 1, external_id, run_id, state, source_file, source_line FROM claims WHERE external_id = ANY($1)
+		UNION ALL
+		SELECT 2, u.k, b.run_id, 'sending', b.source_file, u.l
+		FROM claim_blocks b, unnest(b.keys, b.lines) AS u(k, l)
+		WHERE b.run_id <> $2 AND u.k = ANY($1)`, pq.Array(keys), r.id)
 	if err != nil {
-		return nil, fmt.Errorf("claim keys: %w", err)
+		return nil, fmt.Errorf("look up keys: %w", err)
 	}
 	defer rows.Close()
+	out := map[string]holder{}
 	for rows.Next() {
-		var k string
-		if err := rows.Scan(&k); err != nil {
+		var h holder
+		var key string
+		if err := rows.Scan(&h.src, &key, &h.run, &h.state, &h.file, &h.line); err != nil {
 			return nil, err
 		}
-		claimed[k] = true
+		if prev, ok := out[key]; !ok || h.src < prev.src {
+			out[key] = h
+		}
 	}
-	return claimed, rows.Err()
+	return out, rows.Err()
 }
 
-// resolveConflicts decides the keys another claim holds: this run's own
-// (a repeat in the file), a live run's (busy), or a dead run's (taken over).
-func (r *Run) resolveConflicts(ctx context.Context, tx *sql.Tx, keys []string, items []Item, out []Decision, index map[string]int) error {
-	if len(keys) == 0 {
+// takeover is a claim of a dead run about to become this run's.
+type takeover struct {
+	item int    // index in Claim's items
+	prev string // its state
+	run  int64  // its owner
+}
+
+// takeOver makes dead runs' claims on items this run's, as claims rows.
+func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []takeover, out []Decision) error {
+	if len(take) == 0 {
 		return nil
-	}
-	live, err := r.liveRuns(ctx, tx)
-	if err != nil {
-		return err
-	}
-	rows, err := tx.QueryContext(ctx, `
-		SELECT external_id, run_id, state, source_file, source_line FROM claims
-		WHERE external_id = ANY($1) ORDER BY external_id FOR UPDATE`, pq.Array(keys))
-	if err != nil {
-		return fmt.Errorf("read conflicting claims: %w", err)
-	}
-	var take []takeover
-	seen := map[string]bool{}
-	for rows.Next() {
-		var key, state, file string
-		var run, line int64
-		if err := rows.Scan(&key, &run, &state, &file, &line); err != nil {
-			rows.Close()
-			return err
-		}
-		seen[key] = true
-		i := index[key]
-		switch {
-		case run == r.id && file == items[i].File && line == items[i].Line:
-			// Our own claim on this very record: an earlier attempt of
-			// this Claim committed, but the answer was lost with the
-			// connection. That attempt may have taken the key over from a
-			// dead run, so have it looked up before it is created.
-			out[i] = Decision{Status: TakenOver}
-		case run == r.id:
-			why := fmt.Sprintf("same key as %s line %d", file, line)
-			if state == "rejected" {
-				why += ", which the CRM rejected"
-			}
-			out[i] = Decision{Status: DuplicateInFile, Why: why}
-		case live[run]:
-			out[i] = Decision{Status: Busy, Why: fmt.Sprintf("being delivered by run %d (%s line %d)", run, file, line)}
-		default:
-			take = append(take, takeover{key, state, run})
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	for _, k := range keys {
-		if !seen[k] {
-			// The claim vanished after our insert: its owner finished. Look
-			// again on the next attempt.
-			out[index[k]] = Decision{Status: Busy, Why: "claim changed hands while claiming"}
-		}
 	}
 	clean, err := r.endedCleanly(ctx, tx, take)
 	if err != nil {
 		return err
 	}
+	keys := make([]string, len(take))
+	fps := make([]string, len(take))
+	files := make([]string, len(take))
+	lines := make([]int64, len(take))
+	for j, t := range take {
+		it := items[t.item]
+		keys[j], fps[j], files[j], lines[j] = it.Key, it.Fingerprint, it.File, it.Line
+	}
+	if _, err := tx.ExecContext(ctx, `
+		INSERT INTO claims (external_id, run_id, state, fingerprint, source_file, source_line)
+		SELECT k, $5, 'sending', f, s, l FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(k, f, s, l)
+		ON CONFLICT (external_id) DO UPDATE SET run_id = excluded.run_id, state = 'sending',
+		       fingerprint = excluded.fingerprint, source_file = excluded.source_file,
+		       source_line = excluded.source_line, claimed_at = now(), reason = ''`,
+		pq.Array(keys), pq.Array(fps), pq.Array(files), pq.Array(lines), r.id); err != nil {
+		return fmt.Errorf("take over claims: %w", err)
+	}
 	for _, t := range take {
-		it := items[index[t.key]]
-		if _, err := tx.ExecContext(ctx, `
-			UPDATE claims SET run_id = $2, state = 'sending', fingerprint = $3, source_file = $4,
-			       source_line = $5, claimed_at = now(), reason = ''
-			WHERE external_id = $1`, t.key, r.id, it.Fingerprint, it.File, it.Line); err != nil {
-			return fmt.Errorf("take over claim: %w", err)
-		}
 		if t.prev == "rejected" {
-			out[index[t.key]] = Decision{Status: Resend}
+			out[t.item] = Decision{Status: Resend}
 		} else {
-			out[index[t.key]] = Decision{Status: TakenOver, Orphaned: !clean[t.run]}
+			out[t.item] = Decision{Status: TakenOver, Orphaned: !clean[t.run]}
 		}
 	}
 	return nil
+}
+
+// insertBlocks claims the fresh items with one claim_blocks row per file.
+func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh []int) (map[int]int64, error) {
+	blockOf := make(map[int]int64, len(fresh))
+	for len(fresh) > 0 {
+		file := items[fresh[0]].File
+		var keys []string
+		var lines []int64
+		var idx, rest []int
+		for _, i := range fresh {
+			if items[i].File != file {
+				rest = append(rest, i)
+				continue
+			}
+			idx = append(idx, i)
+			keys = append(keys, items[i].Key)
+			lines = append(lines, items[i].Line)
+		}
+		var id int64
+		if err := tx.QueryRowContext(ctx,
+			`INSERT INTO claim_blocks (run_id, source_file, keys, lines) VALUES ($1, $2, $3, $4) RETURNING id`,
+			r.id, file, pq.Array(keys), pq.Array(lines)).Scan(&id); err != nil {
+			return nil, fmt.Errorf("claim block: %w", err)
+		}
+		for _, i := range idx {
+			blockOf[i] = id
+		}
+		fresh = rest
+	}
+	return blockOf, nil
+}
+
+// explodeDeadBlocks turns the blocks of dead runs into claims rows, keeping
+// only keys that were not delivered, so that they are resolved key by key
+// like any claim of a dead run, and later runs need not scan them.
+func (r *Run) explodeDeadBlocks(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(db.ClaimLockKey)); err != nil {
+		return fmt.Errorf("claim lock: %w", err)
+	}
+	live, err := r.liveRuns(ctx, tx)
+	if err != nil {
+		return err
+	}
+	ids := make([]int64, 0, len(live))
+	for id := range live {
+		ids = append(ids, id)
+	}
+	if _, err := tx.ExecContext(ctx, `
+		INSERT INTO claims (external_id, run_id, state, source_file, source_line, claimed_at)
+		SELECT DISTINCT ON (u.k) u.k, b.run_id, 'sending', b.source_file, u.l, b.claimed_at
+		FROM claim_blocks b, unnest(b.keys, b.lines) AS u(k, l)
+		WHERE b.run_id <> ALL($1) AND NOT EXISTS (SELECT FROM customers c WHERE c.external_id = u.k)
+		ON CONFLICT (external_id) DO NOTHING`, pq.Array(ids)); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `DELETE FROM claim_blocks WHERE run_id <> ALL($1)`, pq.Array(ids))
+	return err
 }
 
 // endedCleanly reports which owners of the claims being taken over ended
@@ -424,9 +514,6 @@ func (r *Run) resolveConflicts(ctx context.Context, tx *sql.Tx, keys []string, i
 // calls the integrator is still working on.
 func (r *Run) endedCleanly(ctx context.Context, tx *sql.Tx, take []takeover) (map[int64]bool, error) {
 	clean := map[int64]bool{}
-	if len(take) == 0 {
-		return clean, nil
-	}
 	ids := make([]int64, len(take))
 	for i, t := range take {
 		ids[i] = t.run
@@ -445,13 +532,6 @@ func (r *Run) endedCleanly(ctx context.Context, tx *sql.Tx, take []takeover) (ma
 		clean[id] = true
 	}
 	return clean, rows.Err()
-}
-
-// takeover is a claim of a dead run about to become this run's.
-type takeover struct {
-	key  string
-	prev string // its state
-	run  int64  // its owner
 }
 
 // liveRuns lists the runs holding their liveness lock right now.
@@ -476,6 +556,54 @@ func (r *Run) liveRuns(ctx context.Context, tx *sql.Tx) (map[int64]bool, error) 
 	return live, rows.Err()
 }
 
+// settle forgets keys whose outcome is committed, and queues the blocks
+// they complete for deletion. Called only after the commit: a block row may
+// go only once nothing in it can be sent again.
+func (r *Run) settle(keys []string) {
+	r.kmu.Lock()
+	defer r.kmu.Unlock()
+	for _, k := range keys {
+		c, ok := r.inflight[k]
+		if !ok {
+			continue
+		}
+		delete(r.inflight, k)
+		if c.block == 0 {
+			continue
+		}
+		if r.open[c.block]--; r.open[c.block] == 0 {
+			delete(r.open, c.block)
+			r.finished = append(r.finished, c.block)
+		}
+	}
+}
+
+// takeFinished hands the blocks to delete to one write; put gives them back
+// when that write failed.
+func (r *Run) takeFinished() (ids []int64, put func()) {
+	r.kmu.Lock()
+	ids, r.finished = r.finished, nil
+	r.kmu.Unlock()
+	return ids, func() {
+		r.kmu.Lock()
+		r.finished = append(r.finished, ids...)
+		r.kmu.Unlock()
+	}
+}
+
+// ownRows returns the keys that this run holds by a claims row of its own.
+func (r *Run) ownRows(keys []string) []string {
+	r.kmu.Lock()
+	defer r.kmu.Unlock()
+	var own []string
+	for _, k := range keys {
+		if c, ok := r.inflight[k]; ok && c.block == 0 {
+			own = append(own, k)
+		}
+	}
+	return own
+}
+
 // Delivery is a record the CRM confirmed.
 type Delivery struct {
 	Contact     contact.Contact
@@ -488,66 +616,59 @@ type Delivery struct {
 var customerColumns = []string{"external_id", "email", "first_name", "last_name", "phone",
 	"attributes", "crm_id", "fingerprint", "run_id", "source_file", "source_line"}
 
-// Confirm records deliveries in customers and drops their claims, in one
-// transaction. It uses COPY; should another run have recorded one of the
-// keys meanwhile (possible only after a takeover race), it falls back to an
-// insert that keeps the existing row.
+// Confirm records deliveries in customers, in one transaction that also
+// drops the claims rows they settle and the blocks finished so far. It uses
+// COPY; should another run have recorded one of the keys meanwhile (possible
+// only after a takeover race), it falls back to an insert that keeps the
+// existing row.
 func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 	if len(ds) == 0 {
 		return nil
 	}
 	keys := make([]string, len(ds))
-	attrs := make([]string, len(ds))
-	for i, d := range ds {
-		keys[i] = d.Contact.ExternalID
-		attrs[i] = "{}"
-		if len(d.Contact.Attributes) > 0 {
-			b, err := json.Marshal(d.Contact.Attributes)
-			if err != nil {
-				return err
-			}
-			attrs[i] = string(b)
-		}
+	for i := range ds {
+		keys[i] = ds[i].Contact.ExternalID
 	}
-	err := r.inTx(ctx, func(tx *sql.Tx) error {
-		if err := copyCustomers(ctx, tx, r.id, ds, attrs); err != nil {
+	own := r.ownRows(keys)
+	done, putBack := r.takeFinished()
+	cleanup := func(exec func(string, ...any) error) error {
+		if len(own) > 0 {
+			if err := exec(`DELETE FROM claims WHERE external_id = ANY($1) AND run_id = $2`, pq.Array(own), r.id); err != nil {
+				return fmt.Errorf("drop claims: %w", err)
+			}
+		}
+		if len(done) > 0 {
+			if err := exec(`DELETE FROM claim_blocks WHERE id = ANY($1)`, pq.Array(done)); err != nil {
+				return fmt.Errorf("drop finished blocks: %w", err)
+			}
+		}
+		return nil
+	}
+	data := appendCopyRows(make([]byte, 0, copySize(ds)), r.id, ds)
+	err := r.rawTx(ctx, func(c *rawConn) error {
+		if err := c.copyIn("customers", customerColumns, data); err != nil {
 			return err
 		}
-		return r.dropClaims(ctx, tx, keys)
+		return cleanup(c.exec)
 	})
 	var pqErr *pq.Error
 	if errors.As(err, &pqErr) && pqErr.Code == "23505" {
 		err = r.inTx(ctx, func(tx *sql.Tx) error {
-			if err := insertCustomers(ctx, tx, r.id, ds, attrs); err != nil {
+			if err := insertCustomers(ctx, tx, r.id, ds); err != nil {
 				return err
 			}
-			return r.dropClaims(ctx, tx, keys)
+			return cleanup(func(q string, args ...any) error { _, err := tx.ExecContext(ctx, q, args...); return err })
 		})
 	}
 	if err != nil {
+		putBack()
 		return fmt.Errorf("record deliveries: %w", err)
 	}
+	r.settle(keys)
 	return nil
 }
 
-func copyCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery, attrs []string) error {
-	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("customers", customerColumns...))
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for i, d := range ds {
-		c := &d.Contact
-		if _, err := stmt.ExecContext(ctx, c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone,
-			attrs[i], d.CRMID, d.Fingerprint, run, d.File, d.Line); err != nil {
-			return err
-		}
-	}
-	_, err = stmt.ExecContext(ctx) // flushes the COPY and reports its errors
-	return err
-}
-
-func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery, attrs []string) error {
+func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery) error {
 	n := len(ds)
 	cols := make([][]string, 9)
 	for i := range cols {
@@ -557,7 +678,7 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery, 
 	for i, d := range ds {
 		c := &d.Contact
 		cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i] = c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone
-		cols[5][i], cols[6][i], cols[7][i], cols[8][i] = attrs[i], d.CRMID, d.Fingerprint, d.File
+		cols[5][i], cols[6][i], cols[7][i], cols[8][i] = string(appendAttributes(nil, c.Attributes)), d.CRMID, d.Fingerprint, d.File
 		lines[i] = d.Line
 	}
 	_, err := tx.ExecContext(ctx, `
@@ -572,29 +693,48 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery, 
 	return err
 }
 
-func (r *Run) dropClaims(ctx context.Context, tx *sql.Tx, keys []string) error {
-	_, err := tx.ExecContext(ctx, `DELETE FROM claims WHERE external_id = ANY($1) AND run_id = $2`,
-		pq.Array(keys), r.id)
-	return err
-}
-
-// Mark records, for this run's claims on keys, that the CRM rejected them
-// ("rejected") or that this run gave up on them ("failed"), with reasons.
+// Mark records, for keys this run holds, that the CRM rejected them
+// ("rejected") or that this run gave up on them ("failed"), with reasons: a
+// claims row each, which outlives the key's block.
 func (r *Run) Mark(ctx context.Context, state string, keys, reasons []string) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	return r.inTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `
-			UPDATE claims c SET state = $3, reason = u.reason
-			FROM unnest($1::text[], $2::text[]) AS u(k, reason)
-			WHERE c.external_id = u.k AND c.run_id = $4`,
-			pq.Array(keys), pq.Array(reasons), state, r.id)
-		if err != nil {
+	var ks, rs, files, fps []string
+	var lines []int64
+	r.kmu.Lock()
+	for i, k := range keys {
+		c, ok := r.inflight[k]
+		if !ok {
+			continue // not this run's to mark
+		}
+		ks, rs, files, fps, lines = append(ks, k), append(rs, reasons[i]), append(files, c.file), append(fps, c.fp), append(lines, c.line)
+	}
+	r.kmu.Unlock()
+	done, putBack := r.takeFinished()
+	err := r.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `
+			INSERT INTO claims (external_id, run_id, state, reason, source_file, fingerprint, source_line)
+			SELECT k, $6, $7, reason, s, f, l
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS u(k, reason, s, f, l)
+			ON CONFLICT (external_id) DO UPDATE SET state = excluded.state, reason = excluded.reason
+			WHERE claims.run_id = excluded.run_id`,
+			pq.Array(ks), pq.Array(rs), pq.Array(files), pq.Array(fps), pq.Array(lines), r.id, state); err != nil {
 			return fmt.Errorf("mark claims %s: %w", state, err)
+		}
+		if len(done) > 0 {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM claim_blocks WHERE id = ANY($1)`, pq.Array(done)); err != nil {
+				return fmt.Errorf("drop finished blocks: %w", err)
+			}
 		}
 		return nil
 	})
+	if err != nil {
+		putBack()
+		return err
+	}
+	r.settle(ks)
+	return nil
 }
 
 // inTx runs fn in a transaction and retries it after a deadlock or a

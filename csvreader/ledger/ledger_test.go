@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"testing"
 
@@ -181,5 +182,235 @@ func TestTakeoverOrphanedOnlyAfterCrash(t *testing.T) {
 	}
 	if got[1].Status != ledger.TakenOver || !got[1].Orphaned {
 		t.Errorf("B from a crashed run = %+v, want TakenOver and Orphaned", got[1])
+	}
+}
+
+// Fields that COPY's text format or JSON must escape arrive in customers
+// exactly as sent.
+func TestConfirmKeepsFieldsExact(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	r := must(ledger.Start(ctx, d, nil))
+	defer r.Close(ctx, "done", nil)
+	cases := []struct {
+		name  string
+		value string
+	}{
+		{"plain", "Ada"},
+		{"tab", "a\tb"},
+		{"newline", "line1\nline2"},
+		{"carriage return", "a\rb"},
+		{"backslash", `C:\path\n`},
+		{"backslash dot", `\.`},
+		{"quotes", `say "hi" 'there'`},
+		{"unicode", "Zoë Ωmega 日本 🎉"},
+		{"control", "bell\x07esc\x1b"},
+		{"copy null marker", `\N`},
+		{"empty", ""},
+		{"html", "<b>&amp;</b>"},
+		{"separators", "\u2028\u2029"},
+	}
+	var ds []ledger.Delivery
+	var its []ledger.Item
+	for i, c := range cases {
+		key := fmt.Sprintf("K%02d", i)
+		its = append(its, ledger.Item{Key: key, File: "f.csv", Line: int64(i + 2)})
+		ds = append(ds, ledger.Delivery{
+			Contact: contact.Contact{ExternalID: key, Email: key + "@example.com", FirstName: c.value, LastName: c.value,
+				Phone: c.value, Attributes: map[string]string{"note": c.value, c.value + "k": "v"}},
+			CRMID: "crm-" + key, Fingerprint: "fp", File: "dir\twith tab/f.csv", Line: int64(i + 2)})
+	}
+	must(r.Claim(ctx, its))
+	if err := r.Confirm(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var first, last, phone, note, other, file string
+			err := d.QueryRow(`SELECT first_name, last_name, phone, attributes->>'note', attributes->>($2 || 'k'), source_file
+				FROM customers WHERE external_id = $1`, fmt.Sprintf("K%02d", i), c.value).Scan(&first, &last, &phone, &note, &other, &file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, got := range []string{first, last, phone, note} {
+				if got != c.value {
+					t.Errorf("stored %q, want %q", got, c.value)
+				}
+			}
+			if other != "v" || file != "dir\twith tab/f.csv" {
+				t.Errorf("attribute named after the value = %q, file = %q", other, file)
+			}
+		})
+	}
+}
+
+func count(t *testing.T, d interface {
+	QueryRow(string, ...any) *sql.Row
+}, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := d.QueryRow(query, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A block's row lives until every key in it is settled, and not longer.
+func TestBlockRowLivesUntilSettled(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	r := must(ledger.Start(ctx, d, nil))
+	must(r.Claim(ctx, items("A", "B", "C")))
+	if n := count(t, d, `SELECT count(*) FROM claim_blocks WHERE run_id = $1`, r.ID()); n != 1 {
+		t.Fatalf("claim_blocks rows after claiming 3 keys = %d, want 1", n)
+	}
+	if n := count(t, d, `SELECT count(*) FROM claims`); n != 0 {
+		t.Fatalf("claims rows after a clean claim = %d, want 0", n)
+	}
+	if err := r.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Mark(ctx, "rejected", []string{"B"}, []string{"invalid_email"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, d, `SELECT count(*) FROM claim_blocks`); n != 1 {
+		t.Fatalf("block deleted while C is unsettled (%d rows)", n)
+	}
+	if err := r.Mark(ctx, "failed", []string{"C"}, []string{"gave up"}); err != nil {
+		t.Fatal(err)
+	}
+	// The block is finished; the next write takes it away.
+	must(r.Claim(ctx, items("D")))
+	if err := r.Confirm(ctx, []ledger.Delivery{delivery("D")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, d, `SELECT count(*) FROM claim_blocks WHERE $1 = ANY(keys)`, "A"); n != 0 {
+		t.Errorf("A's block outlived its keys")
+	}
+	if err := r.Close(ctx, "done", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, d, `SELECT count(*) FROM claim_blocks`); n != 0 {
+		t.Errorf("claim_blocks keeps %d rows after a clean end", n)
+	}
+	var states []string
+	rows, err := d.Query(`SELECT external_id || ':' || state FROM claims ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		rows.Scan(&s)
+		states = append(states, s)
+	}
+	rows.Close()
+	if fmt.Sprint(states) != "[C:failed]" {
+		t.Errorf("claims after the run = %v, want only C failed (maybe sent); rejected ones go at the end", states)
+	}
+}
+
+// A dead run's blocks become claims rows when the next run starts: keys it
+// delivered are dropped, the others are taken over with a lookup.
+func TestDeadRunBlocksRecoveredAtStart(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	dead := must(ledger.Start(ctx, d, nil))
+	must(dead.Claim(ctx, items("A", "B", "C")))
+	if err := dead.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
+		t.Fatal(err)
+	}
+	ledger.KillLock(t, dead)
+
+	r := must(ledger.Start(ctx, d, nil))
+	defer r.Close(ctx, "done", nil)
+	if n := count(t, d, `SELECT count(*) FROM claim_blocks`); n != 0 {
+		t.Errorf("dead run's block still there after the next start")
+	}
+	if n := count(t, d, `SELECT count(*) FROM claims WHERE run_id = $1 AND state = 'sending' AND external_id IN ('B', 'C')`, dead.ID()); n != 2 {
+		t.Errorf("claims rows of the dead run's unsettled keys = %d, want 2 (B, C)", n)
+	}
+	got := must(r.Claim(ctx, items("A", "B", "C")))
+	if want := []ledger.Status{ledger.AlreadyDelivered, ledger.TakenOver, ledger.TakenOver}; fmt.Sprint(statuses(got)) != fmt.Sprint(want) {
+		t.Fatalf("claims = %v, want %v", statuses(got), want)
+	}
+	if !got[1].Orphaned || !got[2].Orphaned {
+		t.Errorf("keys of a run that died mid-way not marked Orphaned: %+v", got)
+	}
+}
+
+// A run that dies while another runs leaves blocks the survivor meets key
+// by key: busy while the owner lives, taken over once it is dead.
+func TestBlockOfRunDyingMidRun(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	r := must(ledger.Start(ctx, d, nil))
+	defer r.Close(ctx, "done", nil)
+	other := must(ledger.Start(ctx, d, nil))
+	must(other.Claim(ctx, items("A", "B")))
+	if got := statuses(must(r.Claim(ctx, items("A")))); got[0] != ledger.Busy {
+		t.Fatalf("key of a live run's block = %v, want Busy", got)
+	}
+	ledger.KillLock(t, other)
+	got := must(r.Claim(ctx, items("A")))
+	if got[0].Status != ledger.TakenOver || !got[0].Orphaned {
+		t.Fatalf("key of a dead run's block = %+v, want TakenOver, Orphaned", got[0])
+	}
+	if err := r.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, d, `SELECT count(*) FROM claims`); n != 0 {
+		t.Errorf("claims rows after confirming the taken-over key = %d, want 0", n)
+	}
+}
+
+// Runs claiming the same keys at the same moment: each key is claimed by
+// exactly one of them.
+func TestConcurrentRunsClaimEachKeyOnce(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	const runs, keys, chunk = 4, 400, 25
+	var all []string
+	for i := range keys {
+		all = append(all, fmt.Sprintf("K%04d", i))
+	}
+	claimed := make([][]string, runs)
+	errs := make(chan error, runs)
+	for n := range runs {
+		r := must(ledger.Start(ctx, d, nil))
+		defer r.Close(ctx, "done", nil)
+		go func() {
+			// Each run walks the keys from another starting point.
+			order := append(append([]string{}, all[n*keys/runs:]...), all[:n*keys/runs]...)
+			for i := 0; i < len(order); i += chunk {
+				ds, err := r.Claim(ctx, items(order[i:i+chunk]...))
+				if err != nil {
+					errs <- err
+					return
+				}
+				for j, dec := range ds {
+					if dec.Status == ledger.Claimed {
+						claimed[n] = append(claimed[n], order[i+j])
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range runs {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	owner := map[string]int{}
+	for n, ks := range claimed {
+		for _, k := range ks {
+			if prev, ok := owner[k]; ok {
+				t.Errorf("%s claimed by run %d and run %d", k, prev, n)
+			}
+			owner[k] = n
+		}
+	}
+	if len(owner) != keys {
+		t.Errorf("%d keys claimed, want all %d", len(owner), keys)
 	}
 }

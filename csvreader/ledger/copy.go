@@ -1,0 +1,214 @@
+package ledger
+
+import (
+	"context"
+	"database/sql/driver"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/lib/pq"
+)
+
+// rawConn is one connection inside a driver-level transaction. It exists for
+// COPY: through database/sql, lib/pq takes a COPY row per Exec call, with
+// argument conversion and escaping for each value; here the rows are built
+// in one buffer and written with one CopyData call.
+type rawConn struct {
+	ctx context.Context
+	dc  any // the driver's connection
+}
+
+// rawTx runs fn in a transaction on one pooled connection, at the driver
+// level. A connection left broken by an error is dropped by the pool
+// (lib/pq reports it invalid).
+func (r *Run) rawTx(ctx context.Context, fn func(*rawConn) error) error {
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		b, ok := dc.(driver.ConnBeginTx)
+		if !ok {
+			return fmt.Errorf("driver %T cannot begin a transaction with a context", dc)
+		}
+		tx, err := b.BeginTx(ctx, driver.TxOptions{})
+		if err != nil {
+			return err
+		}
+		if err := fn(&rawConn{ctx: ctx, dc: dc}); err != nil {
+			tx.Rollback()
+			return err
+		}
+		return tx.Commit()
+	})
+}
+
+func (c *rawConn) exec(query string, args ...any) error {
+	e, ok := c.dc.(driver.ExecerContext)
+	if !ok {
+		return fmt.Errorf("driver %T cannot execute with a context", c.dc)
+	}
+	named := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		if v, ok := a.(driver.Valuer); ok {
+			var err error
+			if a, err = v.Value(); err != nil {
+				return err
+			}
+		}
+		named[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	_, err := e.ExecContext(c.ctx, query, named)
+	return err
+}
+
+// copyIn writes data, rows in COPY's text format each ending in a newline,
+// into table's columns.
+func (c *rawConn) copyIn(table string, columns []string, data []byte) error {
+	p, ok := c.dc.(driver.ConnPrepareContext)
+	if !ok {
+		return fmt.Errorf("driver %T cannot prepare with a context", c.dc)
+	}
+	stmt, err := p.PrepareContext(c.ctx, pq.CopyIn(table, columns...))
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	cd, ok := stmt.(interface {
+		CopyData(context.Context, string) (driver.Result, error)
+	})
+	if !ok {
+		return fmt.Errorf("driver statement %T cannot take raw COPY data", stmt)
+	}
+	if len(data) > 0 {
+		// CopyData adds the newline of the last row itself.
+		if _, err := cd.CopyData(c.ctx, string(data[:len(data)-1])); err != nil {
+			return err
+		}
+	}
+	_, err = stmt.Exec(nil) //nolint:staticcheck // lib/pq's copyin has no ExecContext; nil ends the COPY and reports its errors
+	return err
+}
+
+// appendCopyRows appends the customers rows of ds in COPY's text format, in
+// the order of customerColumns.
+func appendCopyRows(b []byte, run int64, ds []Delivery) []byte {
+	var scratch []byte
+	for i := range ds {
+		d := &ds[i]
+		c := &d.Contact
+		for _, s := range [...]string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
+			b = append(appendCopyText(b, s), '\t')
+		}
+		scratch = appendAttributes(scratch[:0], c.Attributes)
+		b = append(appendCopyText(b, string(scratch)), '\t')
+		b = append(appendCopyText(b, d.CRMID), '\t')
+		b = append(appendCopyText(b, d.Fingerprint), '\t')
+		b = append(strconv.AppendInt(b, run, 10), '\t')
+		b = append(appendCopyText(b, d.File), '\t')
+		b = append(strconv.AppendInt(b, d.Line, 10), '\n')
+	}
+	return b
+}
+
+// copySize estimates the COPY text of ds, so that it is built in one
+// allocation (escapes rarely add more).
+func copySize(ds []Delivery) int {
+	n := 0
+	for i := range ds {
+		d := &ds[i]
+		c := &d.Contact
+		n += len(c.ExternalID) + len(c.Email) + len(c.FirstName) + len(c.LastName) + len(c.Phone) +
+			len(d.CRMID) + len(d.Fingerprint) + len(d.File) + 64
+		for k, v := range c.Attributes {
+			n += len(k) + len(v) + 6
+		}
+	}
+	return n
+}
+
+// appendCopyText appends s escaped for a COPY text-format field.
+func appendCopyText(b []byte, s string) []byte {
+	start := 0
+	for i := 0; i < len(s); i++ {
+		var esc byte
+		switch s[i] {
+		case '\\':
+			esc = '\\'
+		case '\t':
+			esc = 't'
+		case '\n':
+			esc = 'n'
+		case '\r':
+			esc = 'r'
+		default:
+			continue
+		}
+		b = append(append(b, s[start:i]...), '\\', esc)
+		start = i + 1
+	}
+	return append(b, s[start:]...)
+}
+
+// appendAttributes appends attrs as a JSON object, for the jsonb column
+// (which orders the keys itself, so they are written in map order).
+func appendAttributes(b []byte, attrs map[string]string) []byte {
+	b = append(b, '{')
+	first := true
+	for k, v := range attrs {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		b = appendJSONString(b, v)
+	}
+	return append(b, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes
+// U+FFFD, as with encoding/json (rows are validated before, so this is
+// only a guard).
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(append(b, s[start:i]...), "\ufffd"...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	return append(append(b, s[start:]...), '"')
+}
