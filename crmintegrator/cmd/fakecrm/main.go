@@ -23,6 +23,7 @@ import (
 
 	"crmsync/crmintegrator/fakecrm"
 	"crmsync/shared/logging"
+	"crmsync/shared/profiling"
 )
 
 func main() {
@@ -44,8 +45,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: fakecrm [flags]\n\nServes a fake, flaky CRM JSON API (docs/crm-api.md).\nEvery flag defaults to the environment variable named in its help.\n\n")
-		fs.PrintDefaults()
+		profiling.PrintDefaults(fs)
 	}
+	cpuProfile := profiling.Flag(fs)
 	env := envDefaults{getenv: getenv}
 	var (
 		listen     = fs.String("listen", env.str("FAKECRM_LISTEN", "127.0.0.1:8090"), "`address` to listen on; port 0 picks a free one ($FAKECRM_LISTEN)")
@@ -82,6 +84,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	stopProfile, err := profiling.StartCPU(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 
 	if *seed == 0 {
 		*seed = rand.Int64()
