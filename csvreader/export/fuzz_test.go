@@ -18,7 +18,7 @@ import (
 
 // knownCodes are all the codes a Row.Problem may carry.
 var knownCodes = map[string]bool{
-	CodeCSVSyntax: true, CodeFieldCount: true, CodeFieldTooLarge: true, CodeMissingKey: true,
+	CodeCSVSyntax: true, CodeFieldCount: true, CodeFieldTooLarge: true, CodeMissingKey: true, CodeNULByte: true,
 	contact.CodeMissingExternalID: true, contact.CodeExternalIDTooLong: true, contact.CodeMissingEmail: true,
 	contact.CodeInvalidEmail: true, contact.CodeInvalidUTF8: true,
 }

@@ -47,6 +47,7 @@ const (
 	CodeFieldCount    = "field_count"     // the record has more or fewer fields than the header
 	CodeFieldTooLarge = "field_too_large" // a field is longer than Options.MaxFieldBytes
 	CodeMissingKey    = "missing_key"     // the key column is empty
+	CodeNULByte       = "nul_byte"        // a field holds a NUL byte, which PostgreSQL text cannot store
 )
 
 // DefaultMaxRecordBytes is the record size limit when Options.MaxRecordBytes
@@ -375,6 +376,14 @@ func (r *Reader) Next() (Row, error) {
 				row.Problem = &contact.Problem{Code: CodeFieldTooLarge, Message: fmt.Sprintf("line %d: column %q has %d bytes, at most %d allowed", line, strings.TrimSpace(r.header[i]), len(f), limit)}
 				return row, nil
 			}
+		}
+	}
+	// The CRM would take a NUL byte, but the ledger could then never record
+	// the delivery: refuse the row before it is sent.
+	for i, f := range rec {
+		if strings.IndexByte(f, 0) >= 0 {
+			row.Problem = &contact.Problem{Code: CodeNULByte, Message: fmt.Sprintf("line %d: column %q holds a NUL byte, which PostgreSQL cannot store", line, strings.TrimSpace(r.header[i]))}
+			return row, nil
 		}
 	}
 	r.fill(&row)

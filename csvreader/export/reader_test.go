@@ -91,6 +91,7 @@ func TestReaderFixtures(t *testing.T) {
 		{name: "empty_key"},
 		{name: "invalid_email"},
 		{name: "invalid_utf8"},
+		{name: "nul_byte"},
 		{name: "header_names"},
 		{name: "extra_columns"},
 		{name: "key_column", opts: Options{Key: "Customer_No"}},
