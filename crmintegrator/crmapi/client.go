@@ -260,7 +260,11 @@ func (c *Client) do(req *http.Request, op string, out any) (http.Header, error) 
 		c.observe(op, resp.StatusCode, start)
 		return nil, statusError(resp)
 	}
-	err = json.NewDecoder(resp.Body).Decode(out)
+	if br, ok := out.(*BatchResponse); ok {
+		err = decodeBatchResponse(resp.Body, resp.ContentLength, br)
+	} else {
+		err = json.NewDecoder(resp.Body).Decode(out)
+	}
 	c.observe(op, resp.StatusCode, start)
 	if err != nil {
 		// The CRM acted but we cannot tell what it answered.
