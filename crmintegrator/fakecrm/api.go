@@ -293,7 +293,7 @@ func (s *Server) createOne(body []byte, f *faultState) (int, []byte) {
 // invalid ones rejected one by one.
 func (s *Server) createBatch(body []byte, f *faultState) (int, []byte) {
 	var req crmapi.BatchRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := crmapi.UnmarshalBatchRequest(body, &req); err != nil {
 		return http.StatusBadRequest, errorBody(crmapi.CodeMalformed, "the body is not a batch: "+err.Error())
 	}
 	n := len(req.Contacts)
@@ -329,7 +329,8 @@ func (s *Server) createBatch(body []byte, f *faultState) (int, []byte) {
 			results[i].Status, results[i].ID = crmapi.StatusCreated, ids[j]
 		}
 	}
-	return http.StatusOK, marshal(crmapi.BatchResponse{Results: results})
+	resp := crmapi.BatchResponse{Results: results}
+	return http.StatusOK, crmapi.AppendBatchResponse(make([]byte, 0, crmapi.BatchResponseSize(resp)), resp)
 }
 
 // ambiguous answers a request whose contacts were created as if they might
