@@ -1,10 +1,8 @@
 package integrator
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -278,14 +276,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 	// A fresh buffer per batch, not a pooled one: net/http's write loop may
 	// still be reading the body after RoundTrip returned on an early answer
 	// (401, 413, 429), so the bytes must not be reused.
-	buf := new(bytes.Buffer)
-	if err := json.NewEncoder(buf).Encode(crmapi.BatchRequest{Contacts: contacts}); err != nil {
-		for _, i := range idx { // cannot happen with valid UTF-8 strings
-			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: CodeUnexpected, Message: "encode: " + err.Error()}
-		}
-		return false, false
-	}
-	body := buf.Bytes()
+	body := crmapi.AppendBatchRequest(nil, contacts)
 	key := crmapi.IdempotencyKey(body)
 	for {
 		var resp *crmapi.BatchResponse
