@@ -5,12 +5,15 @@
 //
 // The stages, each owned by Run:
 //
-//	read ──blocks──▶ claim (one, in file order) ──send──▶ workers ×N ──▶ ledger
+//	read ──blocks──▶ claim (one, in file order) ──send──▶ workers ×N ──confirm──▶ writer ──▶ ledger
 //	                   ▲                                   │
 //	                   └──────reclaim◀── scheduler ◀─retry─┘
 //
 // Claiming is sequential so that which occurrence of a repeated key counts
-// as the duplicate is decided by file order, the same on every run.
+// as the duplicate is decided by file order, the same on every run. So is
+// recording deliveries: one writer gathers what the workers confirmed into
+// one COPY per transaction, instead of every worker's COPY contending for
+// the same table and index pages.
 package importer
 
 import (
@@ -189,6 +192,7 @@ type pipeline struct {
 	blocks  chan *item
 	send    chan *item
 	reclaim chan *item
+	confirm chan []ledger.Delivery // deliveries for the writer
 	room    chan struct{} // one token per record allowed in flight
 	sched   *scheduler
 
@@ -215,7 +219,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	}
 	p := &pipeline{cfg: cfg, crm: crm, log: cfg.Logger,
 		blocks: make(chan *item, 1), send: make(chan *item, cfg.Workers),
-		reclaim: make(chan *item, 1), room: make(chan struct{}, cfg.Workers*cfg.BlockSize*2),
+		reclaim: make(chan *item, 1), confirm: make(chan []ledger.Delivery, cfg.Workers), room: make(chan struct{}, cfg.Workers*cfg.BlockSize*2),
 		stop: make(chan struct{})}
 	p.readCtx = ctx
 	var cancel context.CancelCauseFunc
@@ -257,6 +261,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 		wg.Go(p.workLoop)
 	}
 	wg.Go(p.sched.loop)
+	wg.Go(p.writeLoop)
 	progressDone := make(chan struct{})
 	if cfg.Progress != nil {
 		wg.Go(func() { p.progress(start, progressDone) })
@@ -655,12 +660,12 @@ func (p *pipeline) deliver(it *item) {
 		}
 	}
 	if len(delivered) > 0 {
-		if err := p.retryDB("record deliveries", func(ctx context.Context) error { return p.run.Confirm(ctx, delivered) }); err != nil {
-			p.fatal(err)
+		p.add() // done by the writer, once recorded
+		select {
+		case p.confirm <- delivered:
+		case <-p.stop:
 			return
 		}
-		p.n.delivered.Add(int64(len(delivered)))
-		p.release(len(delivered))
 	}
 	p.finishAs(rejRecs, rejKeys, rejReasons, "rejected", &p.n.crmRejected)
 	p.finishAs(failRecs, failKeys, failReasons, "failed", &p.n.failed)
@@ -676,6 +681,43 @@ func (p *pipeline) deliver(it *item) {
 			d = b.Next()
 		}
 		p.sched.add(&item{recs: retry, due: time.Now().Add(max(d, retryAfter))})
+	}
+}
+
+// maxConfirm caps the deliveries recorded in one transaction.
+const maxConfirm = 10000
+
+// writeLoop records deliveries in the ledger: whatever the workers confirmed
+// while the previous write ran goes into the next one. Their room in flight
+// is given back only once they are committed.
+func (p *pipeline) writeLoop() {
+	for {
+		var ds []ledger.Delivery
+		select {
+		case <-p.stop:
+			return
+		case ds = <-p.confirm:
+		}
+		jobs := 1
+	gather:
+		for len(ds) < maxConfirm {
+			select {
+			case more := <-p.confirm:
+				ds = append(ds, more...)
+				jobs++
+			default:
+				break gather
+			}
+		}
+		if err := p.retryDB("record deliveries", func(ctx context.Context) error { return p.run.Confirm(ctx, ds) }); err != nil {
+			p.fatal(err)
+			return
+		}
+		p.n.delivered.Add(int64(len(ds)))
+		p.release(len(ds))
+		for range jobs {
+			p.done()
+		}
 	}
 }
 
