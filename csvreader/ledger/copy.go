@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/lib/pq"
 )
@@ -64,9 +65,15 @@ func (c *rawConn) exec(query string, args ...any) error {
 	return err
 }
 
-// copyIn writes data, rows in COPY's text format each ending in a newline,
-// into table's columns.
-func (c *rawConn) copyIn(table string, columns []string, data []byte) error {
+// copyChunk is about how much COPY data is handed to the driver at a time:
+// it stays in the CPU's cache, and lib/pq sends a message per 64 KiB anyway.
+const copyChunk = 60 << 10
+
+// copyIn writes rows into table's columns with COPY. rows appends its rows,
+// in COPY's text format and each ending in a newline, with emit called
+// whenever the buffer holds copyChunk bytes or more; emit returns the
+// buffer to go on with.
+func (c *rawConn) copyIn(table string, columns []string, rows func(emit func([]byte) ([]byte, error)) error) error {
 	p, ok := c.dc.(driver.ConnPrepareContext)
 	if !ok {
 		return fmt.Errorf("driver %T cannot prepare with a context", c.dc)
@@ -82,55 +89,63 @@ func (c *rawConn) copyIn(table string, columns []string, data []byte) error {
 	if !ok {
 		return fmt.Errorf("driver statement %T cannot take raw COPY data", stmt)
 	}
-	if len(data) > 0 {
-		// CopyData adds the newline of the last row itself.
-		if _, err := cd.CopyData(c.ctx, string(data[:len(data)-1])); err != nil {
-			return err
+	emit := func(b []byte) ([]byte, error) {
+		if len(b) == 0 {
+			return b, nil
 		}
+		// CopyData appends its argument and a newline to its own buffer
+		// before returning and keeps no reference to it, so the string may
+		// share b's bytes; without the copy the bytes of a million rows are
+		// not copied twice.
+		_, err := cd.CopyData(c.ctx, unsafe.String(&b[0], len(b)-1))
+		return b[:0], err
+	}
+	if err := rows(emit); err != nil {
+		return err
 	}
 	_, err = stmt.Exec(nil) //nolint:staticcheck // lib/pq's copyin has no ExecContext; nil ends the COPY and reports its errors
 	return err
 }
 
-// appendCopyRows appends the customers rows of ds in COPY's text format, in
-// the order of customerColumns.
-func appendCopyRows(b []byte, run int64, ds []Delivery) []byte {
-	var scratch []byte
-	for i := range ds {
-		d := &ds[i]
-		c := &d.Contact
-		for _, s := range [...]string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
-			b = append(appendCopyText(b, s), '\t')
+// copyRows writes the customers rows of ds in COPY's text format, in the
+// order of customerColumns, a chunk at a time.
+func copyRows(run int64, ds []Delivery) func(emit func([]byte) ([]byte, error)) error {
+	return func(emit func([]byte) ([]byte, error)) error {
+		b := make([]byte, 0, copyChunk+4<<10)
+		var scratch []byte
+		for i := range ds {
+			b, scratch = appendCopyRow(b, scratch, run, &ds[i])
+			if len(b) >= copyChunk {
+				var err error
+				if b, err = emit(b); err != nil {
+					return err
+				}
+			}
 		}
-		scratch = appendAttributes(scratch[:0], c.Attributes)
-		b = append(appendCopyText(b, string(scratch)), '\t')
-		b = append(appendCopyText(b, d.CRMID), '\t')
-		b = append(appendCopyText(b, d.Fingerprint), '\t')
-		b = append(strconv.AppendInt(b, run, 10), '\t')
-		b = append(appendCopyText(b, d.File), '\t')
-		b = append(strconv.AppendInt(b, d.Line, 10), '\n')
+		_, err := emit(b)
+		return err
 	}
-	return b
 }
 
-// copySize estimates the COPY text of ds, so that it is built in one
-// allocation (escapes rarely add more).
-func copySize(ds []Delivery) int {
-	n := 0
-	for i := range ds {
-		d := &ds[i]
-		c := &d.Contact
-		n += len(c.ExternalID) + len(c.Email) + len(c.FirstName) + len(c.LastName) + len(c.Phone) +
-			len(d.CRMID) + len(d.Fingerprint) + len(d.File) + 64
-		for k, v := range c.Attributes {
-			n += len(k) + len(v) + 6
-		}
+// appendCopyRow appends one customers row; scratch is a buffer for the
+// attributes' JSON, handed back for reuse.
+func appendCopyRow(b, scratch []byte, run int64, d *Delivery) ([]byte, []byte) {
+	c := &d.Contact
+	for _, s := range [...]string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
+		b = append(appendCopyText(b, s), '\t')
 	}
-	return n
+	scratch = appendAttributes(scratch[:0], c.Attributes)
+	b = append(appendCopyText(b, scratch), '\t')
+	b = append(appendCopyText(b, d.CRMID), '\t')
+	b = append(appendCopyText(b, d.Fingerprint), '\t')
+	b = append(strconv.AppendInt(b, run, 10), '\t')
+	b = append(appendCopyText(b, d.File), '\t')
+	b = append(strconv.AppendInt(b, d.Line, 10), '\n')
+	return b, scratch
 }
 
 // appendCopyText appends s escaped for a COPY text-format field.
-func appendCopyText(b []byte, s string) []byte {
+func appendCopyText[T string | []byte](b []byte, s T) []byte {
 	start := 0
 	for i := 0; i < len(s); i++ {
 		var esc byte

@@ -52,6 +52,7 @@ type Run struct {
 	// rejected or failed). Bounded by the reader's records in flight.
 	kmu      sync.Mutex
 	inflight map[string]claim
+	ownRows  int           // keys of inflight held by a claims row (block 0)
 	open     map[int64]int // claim_blocks id → keys of it not settled
 	finished []int64       // blocks all settled, to delete with the next write
 }
@@ -297,7 +298,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	for j, i := range ask {
 		keys[j] = items[i].Key
 	}
-	var blockOf map[int]int64 // item index → its new block
+	var blockOf []int64 // by item: its new block; 0: none
 	var own []int             // items now held by a claims row of this run
 	err := r.inTx(ctx, func(tx *sql.Tx) error {
 		own = own[:0]
@@ -363,12 +364,18 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	}
 	r.kmu.Lock()
 	for i, id := range blockOf {
+		if id == 0 {
+			continue
+		}
 		it := items[i]
 		r.inflight[it.Key] = claim{block: id, file: it.File, line: it.Line, fp: it.Fingerprint}
 		r.open[id]++
 	}
 	for _, i := range own {
 		it := items[i]
+		if c, ok := r.inflight[it.Key]; !ok || c.block != 0 {
+			r.ownRows++
+		}
 		r.inflight[it.Key] = claim{file: it.File, line: it.Line, fp: it.Fingerprint}
 	}
 	r.kmu.Unlock()
@@ -451,8 +458,8 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 }
 
 // insertBlocks claims the fresh items with one claim_blocks row per file.
-func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh []int) (map[int]int64, error) {
-	blockOf := make(map[int]int64, len(fresh))
+func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh []int) ([]int64, error) {
+	blockOf := make([]int64, len(items))
 	for len(fresh) > 0 {
 		file := items[fresh[0]].File
 		var keys []string
@@ -569,6 +576,7 @@ func (r *Run) settle(keys []string) {
 		}
 		delete(r.inflight, k)
 		if c.block == 0 {
+			r.ownRows--
 			continue
 		}
 		if r.open[c.block]--; r.open[c.block] == 0 {
@@ -591,10 +599,13 @@ func (r *Run) takeFinished() (ids []int64, put func()) {
 	}
 }
 
-// ownRows returns the keys that this run holds by a claims row of its own.
-func (r *Run) ownRows(keys []string) []string {
+// ownKeys returns the keys that this run holds by a claims row of its own.
+func (r *Run) ownKeys(keys []string) []string {
 	r.kmu.Lock()
 	defer r.kmu.Unlock()
+	if r.ownRows == 0 {
+		return nil // the common case: only blocks
+	}
 	var own []string
 	for _, k := range keys {
 		if c, ok := r.inflight[k]; ok && c.block == 0 {
@@ -629,7 +640,7 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 	for i := range ds {
 		keys[i] = ds[i].Contact.ExternalID
 	}
-	own := r.ownRows(keys)
+	own := r.ownKeys(keys)
 	done, putBack := r.takeFinished()
 	cleanup := func(exec func(string, ...any) error) error {
 		if len(own) > 0 {
@@ -644,9 +655,8 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 		}
 		return nil
 	}
-	data := appendCopyRows(make([]byte, 0, copySize(ds)), r.id, ds)
 	err := r.rawTx(ctx, func(c *rawConn) error {
-		if err := c.copyIn("customers", customerColumns, data); err != nil {
+		if err := c.copyIn("customers", customerColumns, copyRows(r.id, ds)); err != nil {
 			return err
 		}
 		return cleanup(c.exec)

@@ -414,3 +414,32 @@ func TestConcurrentRunsClaimEachKeyOnce(t *testing.T) {
 		t.Errorf("%d keys claimed, want all %d", len(owner), keys)
 	}
 }
+
+// A confirmation larger than one COPY chunk arrives whole: every row, each
+// field intact across the chunk boundaries.
+func TestConfirmManyChunks(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	r := must(ledger.Start(ctx, d, nil))
+	defer r.Close(ctx, "done", nil)
+	const n = 3000 // ~300 bytes a row: about 15 chunks
+	var its []ledger.Item
+	var ds []ledger.Delivery
+	for i := range n {
+		key := fmt.Sprintf("K%05d", i)
+		long := fmt.Sprintf("%s\t%0200d\\", key, i)
+		its = append(its, ledger.Item{Key: key, File: "f.csv", Line: int64(i + 2)})
+		ds = append(ds, ledger.Delivery{Contact: contact.Contact{ExternalID: key, Email: key + "@example.com", FirstName: long,
+			Attributes: map[string]string{"n": long}}, CRMID: "crm-" + key, Fingerprint: "fp", File: "f.csv", Line: int64(i + 2)})
+	}
+	must(r.Claim(ctx, its))
+	if err := r.Confirm(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	bad := count(t, d, `SELECT count(*) FROM customers
+		WHERE first_name <> external_id || E'\t' || lpad((source_line - 2)::text, 200, '0') || '\'
+		   OR attributes->>'n' <> first_name OR crm_id <> 'crm-' || external_id`)
+	if total := count(t, d, `SELECT count(*) FROM customers`); total != n || bad != 0 {
+		t.Errorf("customers holds %d rows (want %d), %d of them altered", total, n, bad)
+	}
+}
