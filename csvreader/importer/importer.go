@@ -193,7 +193,7 @@ type pipeline struct {
 	send    chan *item
 	reclaim chan *item
 	confirm chan []ledger.Delivery // deliveries for the writer
-	room    chan struct{} // one token per record allowed in flight
+	room    chan struct{}          // one token per record allowed in flight
 	sched   *scheduler
 
 	pending  atomic.Int64 // items not yet finished

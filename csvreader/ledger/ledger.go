@@ -299,7 +299,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 		keys[j] = items[i].Key
 	}
 	var blockOf []int64 // by item: its new block; 0: none
-	var own []int             // items now held by a claims row of this run
+	var own []int       // items now held by a claims row of this run
 	err := r.inTx(ctx, func(tx *sql.Tx) error {
 		own = own[:0]
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(db.ClaimLockKey)); err != nil {
