@@ -187,7 +187,7 @@ func (st *store) link(ext string, p uint32) {
 	first, last := uint32(v>>32), uint32(v)
 	seen := false
 	for q := first; ; q = st.nextOf(q) {
-		if st.extAt(q) == ext {
+		if string(st.extAt(q)) == ext {
 			seen = true
 			break
 		}
@@ -214,12 +214,11 @@ func (st *store) record(p uint32) (recs []byte, start, end int) {
 	return ch.recs, start, int(ch.ends[i])
 }
 
-// extAt returns the external id of the contact at position p; comparing
-// it with a string does not allocate.
-func (st *store) extAt(p uint32) string {
+// extAt returns the external id of the contact at position p, to compare
+// as string(extAt(p)) == ext, which does not allocate.
+func (st *store) extAt(p uint32) []byte {
 	recs, start, _ := st.record(p)
-	n, k := binary.Uvarint(recs[start:])
-	return string(recs[start+k : start+k+int(n)])
+	return bytesAt(recs, start)
 }
 
 // create stores every contact, duplicates included, and writes each new id
@@ -253,7 +252,7 @@ func (st *store) lookup(externalID string) []crmapi.StoredContact {
 	}
 	first, last := uint32(v>>32), uint32(v)
 	for q := first; ; q = st.nextOf(q) {
-		if st.extAt(q) == externalID {
+		if string(st.extAt(q)) == externalID {
 			recs, start, end := st.record(q)
 			out = append(out, decodeContact(string(recs[start:end]), 0, func(at int) string {
 				return string(bytesAt(recs, at))

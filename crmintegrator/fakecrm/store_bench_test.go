@@ -77,6 +77,45 @@ func BenchmarkStoreCreate(b *testing.B) {
 	b.ReportMetric(heapMB/n, "live-heap-MB")
 }
 
+// BenchmarkStoreSnapshot decodes 1M stored contacts, as a save of the
+// state file or GET /admin/contacts does, and one lookup, as the CRM's
+// GET /v1/contacts does.
+//
+//	go test -run '^$' -bench BenchmarkStoreSnapshot -benchtime 1x ./crmintegrator/fakecrm/
+func BenchmarkStoreSnapshot(b *testing.B) {
+	const total, size = 1_000_000, 100
+	st := newStore()
+	ids := make([]string, size)
+	batch := make([]contact.Contact, size)
+	valid := make([]*contact.Contact, size)
+	for k := 0; k < total; k += size {
+		for j := range batch {
+			batch[j] = benchContact(k + j)
+			valid[j] = &batch[j]
+		}
+		st.create(valid, benchCreatedAt(k/size), ids)
+	}
+	runtime.GC()
+	b.Run("snapshot", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if all, _, _ := st.snapshot(); len(all) != total {
+				b.Fatalf("got %d contacts, want %d", len(all), total)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/total, "ns/contact")
+	})
+	b.Run("lookup", func(b *testing.B) {
+		b.ReportAllocs()
+		ext := benchContact(total / 2).ExternalID
+		for b.Loop() {
+			if got := st.lookup(ext); len(got) != 1 {
+				b.Fatalf("got %d contacts, want 1", len(got))
+			}
+		}
+	})
+}
+
 // benchContact is the k-th contact of the bench export, decoded.
 func benchContact(k int) contact.Contact {
 	firsts := [...]string{"Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret"}

@@ -349,3 +349,34 @@ func TestStoreConcurrentReads(t *testing.T) {
 		t.Errorf("lookup(E3) found %d contacts, want %d", got, total/10)
 	}
 }
+
+// TestStoreCreateAllocs holds create to one allocation a contact, its id,
+// for new external ids and duplicates alike.
+func TestStoreCreateAllocs(t *testing.T) {
+	const size, runs = 100, 50
+	for _, dup := range []bool{false, true} {
+		st := newStore()
+		// Every run gets its own batch, made beforehand (AllocsPerRun
+		// runs once more to warm up).
+		batches := make([][]*contact.Contact, runs+1)
+		for i := range batches {
+			batches[i] = make([]*contact.Contact, size)
+			for j := range size {
+				ext := "D" + strconv.Itoa(j)
+				if !dup {
+					ext = "N" + strconv.Itoa(i*size+j)
+				}
+				batches[i][j] = &contact.Contact{ExternalID: ext, Email: "e@x.co", Attributes: map[string]string{"a": "b"}}
+			}
+		}
+		ids := make([]string, size)
+		run := 0
+		got := testing.AllocsPerRun(runs, func() {
+			st.create(batches[run], "t", ids)
+			run++
+		})
+		if got > size+1 { // the odd one: a new chunk, or its records growing
+			t.Errorf("duplicates %v: got %.1f allocations a batch of %d, want at most %d", dup, got, size, size+1)
+		}
+	}
+}
