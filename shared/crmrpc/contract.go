@@ -45,6 +45,10 @@ type HelloReply struct {
 	// call budget plus one CRM timeout); a client's call timeout should be
 	// longer. Zero from daemons that predate the field.
 	CallTimeout time.Duration
+	// PackedRecords is the newest version of the packed records encoding
+	// (DeliverArgs.Packed) the daemon reads; zero from daemons that predate
+	// it, which must be sent Records.
+	PackedRecords int
 }
 
 // Record is one contact to create in the CRM.
@@ -56,10 +60,18 @@ type Record struct {
 	MaybeSent bool
 }
 
-// DeliverArgs carries a block of records.
+// DeliverArgs carries a block of records, either as Records or, to a
+// daemon whose Hello reported PackedRecords, as Packed. A call with both is
+// refused (CodeMalformedCall).
 type DeliverArgs struct {
 	Token   string
 	Records []Record
+	// Packed is the records in the packed encoding (packed.go,
+	// AppendPackedRecords), which costs a fraction of gob's to encode and
+	// to decode. A daemon that predates it would ignore it and see an
+	// empty call. A string, not a []byte: gob then decodes it with the one
+	// allocation that all the block's fields share.
+	Packed string
 }
 
 // DeliverReply holds one verdict per record, in the order of the records.
@@ -67,6 +79,9 @@ type DeliverArgs struct {
 type DeliverReply struct {
 	Err      *Error
 	Verdicts []Verdict
+	// PackedRecords is HelloReply.PackedRecords, repeated so that a client
+	// learns it on a connection it sent no Hello on (after a redial).
+	PackedRecords int
 }
 
 // Outcome is what happened to one record.
@@ -145,6 +160,9 @@ const (
 	// Too many records in one call, or a field too large. Fatal for the call.
 	CodeTooManyRecords = "too_many_records"
 	CodeFieldTooLarge  = "field_too_large"
+	// The call's arguments cannot be decoded (corrupt packed records, or
+	// both Records and Packed). Fatal: a client bug.
+	CodeMalformedCall = "malformed_call"
 	// The daemon is shutting down; call again (another address, or later).
 	CodeShuttingDown = "shutting_down"
 	// The CRM did not answer a Lookup in time (down, rate limited, circuit

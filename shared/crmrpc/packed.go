@@ -1,0 +1,241 @@
+package crmrpc
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// PackedVersion is the version of the packed records encoding (see
+// DeliverArgs.Packed) that this package writes and reads.
+const PackedVersion = 1
+
+// The packed records encoding, version 1. gob spends most of a Deliver
+// call's decoding on the Attributes maps, field by field through
+// reflection; this is a flat layout the daemon slices strings out of.
+//
+//	packed  = version count record*          version = 0x01; count = uvarint
+//	record  = flags string{5} attrs          flags = one byte: 0x01 MaybeSent, other bits 0
+//	string  = len bytes                      len = uvarint; any bytes (UTF-8 is checked later, per record)
+//	attrs   = n (name value){n}              n = uvarint; names distinct
+//
+// The five strings are the contact's ExternalID, Email, FirstName,
+// LastName and Phone, in that order. No attributes decode as a nil map, as
+// gob gives. Nothing may follow the last record. A uvarint is
+// encoding/binary's (little-endian groups of 7 bits, at most 10 bytes).
+const (
+	packedMaybeSent = 0x01
+	// minPackedRecord is the size of the smallest record: the flags, five
+	// empty strings and no attributes. A count is checked against it
+	// before anything is allocated.
+	minPackedRecord = 1 + 5 + 1
+)
+
+// AppendPackedRecords appends the packed encoding of recs to dst and
+// returns the extended buffer.
+func AppendPackedRecords(dst []byte, recs []Record) []byte {
+	dst = append(dst, PackedVersion)
+	dst = binary.AppendUvarint(dst, uint64(len(recs)))
+	for i := range recs {
+		r := &recs[i]
+		var flags byte
+		if r.MaybeSent {
+			flags |= packedMaybeSent
+		}
+		c := &r.Contact
+		dst = append(dst, flags)
+		dst = appendPackedString(dst, c.ExternalID)
+		dst = appendPackedString(dst, c.Email)
+		dst = appendPackedString(dst, c.FirstName)
+		dst = appendPackedString(dst, c.LastName)
+		dst = appendPackedString(dst, c.Phone)
+		dst = binary.AppendUvarint(dst, uint64(len(c.Attributes)))
+		for k, v := range c.Attributes {
+			dst = appendPackedString(appendPackedString(dst, k), v)
+		}
+	}
+	return dst
+}
+
+func appendPackedString(dst []byte, s string) []byte {
+	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
+}
+
+// UnpackRecords decodes the packed encoding of records. Every string of
+// the result is a substring of p: the fields of a block share the
+// allocation of p (which gob made), and decoding allocates only the
+// records and the attribute maps, each sized exactly.
+//
+// It never panics and allocates no more than p justifies: a count or a
+// length is checked against the bytes left before it is used. More than
+// maxRecords records is a CodeTooManyRecords error worded as for Records;
+// anything else wrong is a CodeMalformedCall error saying what and where.
+// Field sizes are not checked here: the caller applies its limits to the
+// records, as it does to Records.
+func UnpackRecords(p string, maxRecords int) ([]Record, *Error) {
+	u := unpacker{p: p, rec: -1}
+	if len(p) == 0 {
+		return nil, u.fail("", "empty")
+	}
+	if v := p[0]; v != PackedVersion {
+		return nil, u.fail("", fmt.Sprintf("version %d, this daemon reads version %d", v, PackedVersion))
+	}
+	u.off = 1
+	n, ok := u.uvarint("record count")
+	if !ok {
+		return nil, u.err
+	}
+	if left := uint64(len(p) - u.off); n > left/minPackedRecord {
+		return nil, u.fail("record count", fmt.Sprintf("%d records cannot fit in the %d bytes left", n, left))
+	}
+	if n > uint64(max(maxRecords, 0)) {
+		return nil, &Error{Code: CodeTooManyRecords,
+			Message: fmt.Sprintf("%d records in one call, at most %d allowed: send smaller blocks", n, maxRecords)}
+	}
+	if n == 0 {
+		return u.end(nil)
+	}
+	recs := make([]Record, n)
+	for i := range recs {
+		u.rec = i
+		if !u.record(&recs[i]) {
+			return nil, u.err
+		}
+	}
+	return u.end(recs)
+}
+
+// unpacker reads p from off; err says why it stopped.
+type unpacker struct {
+	p   string
+	off int
+	// For messages: the record being read (-1 before the first) and the
+	// offset where the item being read starts.
+	rec, at int
+	err     *Error
+}
+
+func (u *unpacker) record(r *Record) bool {
+	u.at = u.off
+	if u.off >= len(u.p) {
+		return u.failed("flags", "truncated")
+	}
+	flags := u.p[u.off]
+	if flags&^packedMaybeSent != 0 {
+		return u.failed("flags", fmt.Sprintf("unknown flags %#02x", flags))
+	}
+	u.off++
+	r.MaybeSent = flags&packedMaybeSent != 0
+	c := &r.Contact
+	var ok bool
+	if c.ExternalID, ok = u.string("external_id"); !ok {
+		return false
+	}
+	if c.Email, ok = u.string("email"); !ok {
+		return false
+	}
+	if c.FirstName, ok = u.string("first_name"); !ok {
+		return false
+	}
+	if c.LastName, ok = u.string("last_name"); !ok {
+		return false
+	}
+	if c.Phone, ok = u.string("phone"); !ok {
+		return false
+	}
+	n, ok := u.uvarint("attribute count")
+	if !ok {
+		return false
+	}
+	if n == 0 {
+		return true
+	}
+	// An attribute takes at least two bytes: two empty strings.
+	if left := uint64(len(u.p) - u.off); n > left/2 {
+		return u.failed("attribute count", fmt.Sprintf("%d attributes cannot fit in the %d bytes left", n, left))
+	}
+	m := make(map[string]string, n)
+	for range n {
+		k, ok := u.string("attribute name")
+		if !ok {
+			return false
+		}
+		v, ok := u.string("attribute value")
+		if !ok {
+			return false
+		}
+		m[k] = v
+	}
+	if uint64(len(m)) != n {
+		u.at = u.off
+		return u.failed("attributes", fmt.Sprintf("%d attributes with only %d distinct names", n, len(m)))
+	}
+	c.Attributes = m
+	return true
+}
+
+// string reads a length-prefixed string.
+func (u *unpacker) string(what string) (string, bool) {
+	n, ok := u.uvarint(what)
+	if !ok {
+		return "", false
+	}
+	if left := uint64(len(u.p) - u.off); n > left {
+		return "", u.failed(what, fmt.Sprintf("length %d exceeds the %d bytes left", n, left))
+	}
+	s := u.p[u.off : u.off+int(n)]
+	u.off += int(n)
+	return s, true
+}
+
+// uvarint reads what binary.Uvarint reads, from a string.
+func (u *unpacker) uvarint(what string) (uint64, bool) {
+	u.at = u.off
+	// Most lengths and counts are below 128: one byte.
+	if u.off < len(u.p) && u.p[u.off] < 0x80 {
+		u.off++
+		return uint64(u.p[u.off-1]), true
+	}
+	var x uint64
+	var shift uint
+	for i := 0; i < binary.MaxVarintLen64; i++ {
+		if u.off+i >= len(u.p) {
+			return 0, u.failed(what, "truncated")
+		}
+		b := u.p[u.off+i]
+		if b < 0x80 {
+			if i == binary.MaxVarintLen64-1 && b > 1 {
+				break
+			}
+			u.off += i + 1
+			return x | uint64(b)<<shift, true
+		}
+		x |= uint64(b&0x7f) << shift
+		shift += 7
+	}
+	return 0, u.failed(what, "varint overflows 64 bits")
+}
+
+func (u *unpacker) end(recs []Record) ([]Record, *Error) {
+	if u.off != len(u.p) {
+		u.rec, u.at = -1, u.off
+		return nil, u.fail("", fmt.Sprintf("%d bytes after the last record", len(u.p)-u.off))
+	}
+	return recs, nil
+}
+
+func (u *unpacker) failed(what, problem string) bool {
+	u.err = u.fail(what, problem)
+	return false
+}
+
+// fail builds the error: where (record, field, byte offset) and what.
+func (u *unpacker) fail(what, problem string) *Error {
+	where := fmt.Sprintf("at byte %d", u.at)
+	if what != "" {
+		where = what + " " + where
+	}
+	if u.rec >= 0 && what != "" {
+		where = fmt.Sprintf("record %d: %s", u.rec, where)
+	}
+	return &Error{Code: CodeMalformedCall, Message: "packed records: " + where + ": " + problem}
+}
