@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/rpc"
+	"sync/atomic"
 	"time"
 
 	"crmsync/shared/backoff"
@@ -54,14 +55,37 @@ func (e *ConnError) Unwrap() error { return e.Err }
 // Errors of the typed methods are a *Error (the daemon answered that the
 // call failed as a whole), a *ConnError (outcome unknown), or another error
 // (nothing was sent: no daemon reachable, context done, Close called).
+//
+// Deliver sends the records packed (DeliverArgs.Packed) to a daemon that
+// reported it reads them, and as gob Records otherwise. What a daemon
+// reads is learnt per connection, as a redial may reach another daemon
+// (failover, a rolling upgrade): from a Hello, or from the reply to a
+// Deliver, so the first Deliver on a connection no Hello was sent on goes
+// as Records.
 type Client struct {
 	cfg  ClientConfig
 	lock chan struct{} // guards the fields below; a channel so waiting honours ctx
-	rc   *rpc.Client
-	addr string
-	next int // index of the address to try first
+	cn   *conn         // nil when there is no connection
+	next int           // index of the address to try first
 	done bool
+
+	// packBufs are buffers for AppendPackedRecords, kept between calls.
+	// A block's packed bytes are copied into the string DeliverArgs.Packed,
+	// so a buffer is returned at once. (A sync.Pool, emptied by every
+	// garbage collection, missed often enough to cost an extra copy of
+	// every block.)
+	packBufs chan []byte
 }
+
+// conn is one connection to a daemon and what that daemon reads.
+type conn struct {
+	rc     *rpc.Client
+	addr   string
+	packed atomic.Bool // the daemon said it reads packed records
+}
+
+// learn records what a reply's PackedRecords says.
+func (cn *conn) learn(packedRecords int) { cn.packed.Store(packedRecords >= PackedVersion) }
 
 // ErrClosed is returned by calls after Close.
 var ErrClosed = errors.New("crmrpc: client closed")
@@ -77,7 +101,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if cfg.RedialFor <= 0 {
 		cfg.RedialFor = 30 * time.Second
 	}
-	c := &Client{cfg: cfg, lock: make(chan struct{}, 1)}
+	c := &Client{cfg: cfg, lock: make(chan struct{}, 1), packBufs: make(chan []byte, 4)}
 	c.lock <- struct{}{}
 	err := c.dialRound(ctx)
 	<-c.lock
@@ -92,9 +116,9 @@ func (c *Client) Close() error {
 	c.lock <- struct{}{}
 	defer func() { <-c.lock }()
 	c.done = true
-	if c.rc != nil {
-		err := c.rc.Close()
-		c.rc = nil
+	if c.cn != nil {
+		err := c.cn.rc.Close()
+		c.cn = nil
 		return err
 	}
 	return nil
@@ -106,12 +130,12 @@ func (c *Client) dialRound(ctx context.Context) error {
 	for i := range c.cfg.Addrs {
 		j := (c.next + i) % len(c.cfg.Addrs)
 		addr := c.cfg.Addrs[j]
-		conn, err := c.dialOne(ctx, addr)
+		nc, err := c.dialOne(ctx, addr)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		c.rc, c.addr, c.next = rpc.NewClient(conn), addr, j
+		c.cn, c.next = &conn{rc: rpc.NewClient(nc), addr: addr}, j
 		return nil
 	}
 	return fmt.Errorf("crmrpc: no daemon reachable: %w", errors.Join(errs...))
@@ -137,18 +161,18 @@ func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, error) {
 
 // conn returns the current connection, redialing with backoff when there
 // is none.
-func (c *Client) conn(ctx context.Context) (*rpc.Client, string, error) {
+func (c *Client) conn(ctx context.Context) (*conn, error) {
 	select {
 	case c.lock <- struct{}{}:
 	case <-ctx.Done():
-		return nil, "", ctx.Err()
+		return nil, ctx.Err()
 	}
 	defer func() { <-c.lock }()
 	if c.done {
-		return nil, "", ErrClosed
+		return nil, ErrClosed
 	}
-	if c.rc != nil {
-		return c.rc, c.addr, nil
+	if c.cn != nil {
+		return c.cn, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.RedialFor)
 	defer cancel()
@@ -156,32 +180,34 @@ func (c *Client) conn(ctx context.Context) (*rpc.Client, string, error) {
 	for {
 		err := c.dialRound(ctx)
 		if err == nil {
-			return c.rc, c.addr, nil
+			return c.cn, nil
 		}
 		if werr := bo.Wait(ctx); werr != nil {
-			return nil, "", err
+			return nil, err
 		}
 	}
 }
 
 // drop forgets a broken connection and moves on to the next address.
-func (c *Client) drop(rc *rpc.Client) {
+func (c *Client) drop(cn *conn) {
 	c.lock <- struct{}{}
 	defer func() { <-c.lock }()
-	if c.rc == rc {
-		rc.Close()
-		c.rc = nil
+	if c.cn == cn {
+		cn.rc.Close()
+		c.cn = nil
 		c.next = (c.next + 1) % len(c.cfg.Addrs)
 	}
 }
 
 const maxCallAttempts = 4
 
-// call runs one RPC. safe says the call may be repeated after a broken
-// connection (Hello, Lookup); otherwise a break after sending is a
-// *ConnError. retryable tells whether the reply says "call again
-// elsewhere" (shutting down), which is always safe: nothing was done.
-func (c *Client) call(ctx context.Context, method string, args, reply any, safe bool, retryable func() bool) error {
+// call runs one RPC and returns the connection that answered it. args
+// gives the arguments for the connection of each attempt. safe says the
+// call may be repeated after a broken connection (Hello, Lookup);
+// otherwise a break after sending is a *ConnError. retryable tells whether
+// the reply says "call again elsewhere" (shutting down), which is always
+// safe: nothing was done.
+func (c *Client) call(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool) (*conn, error) {
 	if c.cfg.CallTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
@@ -189,14 +215,14 @@ func (c *Client) call(ctx context.Context, method string, args, reply any, safe 
 	}
 	var last error
 	for attempt := 0; attempt < maxCallAttempts; attempt++ {
-		rc, addr, err := c.conn(ctx)
+		cn, err := c.conn(ctx)
 		if err != nil {
 			if last != nil {
-				return fmt.Errorf("%s: %w (after %v)", method, err, last)
+				return nil, fmt.Errorf("%s: %w (after %v)", method, err, last)
 			}
-			return fmt.Errorf("%s: %w", method, err)
+			return nil, fmt.Errorf("%s: %w", method, err)
 		}
-		call := rc.Go(method, args, reply, make(chan *rpc.Call, 1))
+		call := cn.rc.Go(method, args(cn), reply, make(chan *rpc.Call, 1))
 		// net/rpc fails a call inside Go, before writing it, when the
 		// connection is already shut down: only then is it certain that
 		// nothing was sent. The same ErrShutdown arriving later can follow
@@ -210,34 +236,38 @@ func (c *Client) call(ctx context.Context, method string, args, reply any, safe 
 			select {
 			case <-ctx.Done():
 				// The daemon may carry the call out anyway.
-				return &ConnError{Method: method, Addr: addr, Err: ctx.Err()}
+				return nil, &ConnError{Method: method, Addr: cn.addr, Err: ctx.Err()}
 			case <-call.Done:
 			}
 		}
 		switch err := call.Error; {
 		case err == nil:
 			if retryable() {
-				c.drop(rc)
+				c.drop(cn)
 				last = errors.New("daemon shutting down")
 				continue
 			}
-			return nil
+			return cn, nil
 		case notSent:
-			c.drop(rc)
+			c.drop(cn)
 			last = err
 			continue
 		case isServerError(err):
-			return fmt.Errorf("%s on %s: %w", method, addr, err)
+			return nil, fmt.Errorf("%s on %s: %w", method, cn.addr, err)
 		default:
-			c.drop(rc)
+			c.drop(cn)
 			if !safe {
-				return &ConnError{Method: method, Addr: addr, Err: err}
+				return nil, &ConnError{Method: method, Addr: cn.addr, Err: err}
 			}
 			last = err
 		}
 	}
-	return fmt.Errorf("%s: giving up after %d attempts: %w", method, maxCallAttempts, last)
+	return nil, fmt.Errorf("%s: giving up after %d attempts: %w", method, maxCallAttempts, last)
 }
+
+// fixed is the args of call for arguments that do not depend on the
+// connection.
+func fixed(args any) func(*conn) any { return func(*conn) any { return args } }
 
 func isServerError(err error) bool {
 	var se rpc.ServerError
@@ -247,8 +277,8 @@ func isServerError(err error) bool {
 // Hello asks the daemon for its version and limits.
 func (c *Client) Hello(ctx context.Context) (*HelloReply, error) {
 	var reply HelloReply
-	err := c.call(ctx, MethodHello, &HelloArgs{Token: c.cfg.Token}, &reply, true, func() bool {
-		return shuttingDown(&reply.Err)
+	cn, err := c.call(ctx, MethodHello, fixed(&HelloArgs{Token: c.cfg.Token}), &reply, true, func() bool {
+		return shuttingDown(&reply, &reply.Err)
 	})
 	if err != nil {
 		return nil, err
@@ -256,6 +286,7 @@ func (c *Client) Hello(ctx context.Context) (*HelloReply, error) {
 	if reply.Err != nil {
 		return nil, reply.Err
 	}
+	cn.learn(reply.PackedRecords)
 	return &reply, nil
 }
 
@@ -264,12 +295,33 @@ func (c *Client) Hello(ctx context.Context) (*HelloReply, error) {
 // MaybeSent set.
 func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, error) {
 	var reply DeliverReply
-	err := c.call(ctx, MethodDeliver, &DeliverArgs{Token: c.cfg.Token, Records: records}, &reply, false, func() bool {
-		return shuttingDown(&reply.Err)
+	var packed string // encoded once, for the first attempt that may use it
+	args := func(cn *conn) any {
+		if !cn.packed.Load() {
+			return &DeliverArgs{Token: c.cfg.Token, Records: records}
+		}
+		if packed == "" {
+			var buf []byte
+			select {
+			case buf = <-c.packBufs:
+			default:
+			}
+			buf = AppendPackedRecords(buf[:0], records)
+			packed = string(buf)
+			select {
+			case c.packBufs <- buf:
+			default:
+			}
+		}
+		return &DeliverArgs{Token: c.cfg.Token, Packed: packed}
+	}
+	cn, err := c.call(ctx, MethodDeliver, args, &reply, false, func() bool {
+		return shuttingDown(&reply, &reply.Err)
 	})
 	if err != nil {
 		return nil, err
 	}
+	cn.learn(reply.PackedRecords)
 	if reply.Err != nil {
 		return nil, reply.Err
 	}
@@ -283,8 +335,8 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 // order.
 func (c *Client) Lookup(ctx context.Context, ids []string) ([]LookupResult, error) {
 	var reply LookupReply
-	err := c.call(ctx, MethodLookup, &LookupArgs{Token: c.cfg.Token, ExternalIDs: ids}, &reply, true, func() bool {
-		return shuttingDown(&reply.Err)
+	_, err := c.call(ctx, MethodLookup, fixed(&LookupArgs{Token: c.cfg.Token, ExternalIDs: ids}), &reply, true, func() bool {
+		return shuttingDown(&reply, &reply.Err)
 	})
 	if err != nil {
 		return nil, err
@@ -298,11 +350,14 @@ func (c *Client) Lookup(ctx context.Context, ids []string) ([]LookupResult, erro
 	return reply.Results, nil
 }
 
-// shuttingDown reports a CodeShuttingDown reply and clears it, so that the
-// reply can be reused for the next attempt.
-func shuttingDown(e **Error) bool {
+// shuttingDown reports a CodeShuttingDown reply (e is its Err) and zeroes
+// it, so that the reply can be reused for the next attempt: gob leaves
+// alone the fields an answer does not carry, and the next daemon may not
+// know them all.
+func shuttingDown[R any](reply *R, e **Error) bool {
 	if *e != nil && (*e).Code == CodeShuttingDown {
-		*e = nil
+		var zero R
+		*reply = zero
 		return true
 	}
 	return false

@@ -161,9 +161,9 @@ func TestDeliverNotResentWhenConnectionClosedUnderIt(t *testing.T) {
 		}
 	}
 	c.lock <- struct{}{}
-	rc := c.rc
+	cn := c.cn
 	<-c.lock
-	c.drop(rc) // what a concurrent caller does after a broken call
+	c.drop(cn) // what a concurrent caller does after a broken call
 	select {
 	case err := <-errc:
 		var ce *ConnError

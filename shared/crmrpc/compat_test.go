@@ -1,0 +1,229 @@
+package crmrpc
+
+import (
+	"context"
+	"net"
+	"net/rpc"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// OldHelloReply and OldDeliverArgs are HelloReply and DeliverArgs as they
+// were before packed records: what a daemon that predates them decodes
+// and answers. (Exported because net/rpc serves only exported types.)
+type OldHelloReply struct {
+	Err           *Error
+	Version       string
+	MaxRecords    int
+	MaxFieldBytes int
+	Idempotency   bool
+	CallTimeout   time.Duration
+}
+
+type OldDeliverArgs struct {
+	Token   string
+	Records []Record
+}
+
+// oldDaemon is a daemon that predates packed records.
+type oldDaemon struct {
+	mu       sync.Mutex
+	received [][]Record // the records of each Deliver
+}
+
+func (d *oldDaemon) Hello(a *HelloArgs, r *OldHelloReply) error {
+	r.Version, r.MaxRecords = "old", DefaultMaxRecords
+	return nil
+}
+
+func (d *oldDaemon) Deliver(a *OldDeliverArgs, r *DeliverReply) error {
+	d.mu.Lock()
+	d.received = append(d.received, a.Records)
+	d.mu.Unlock()
+	r.Verdicts = make([]Verdict, len(a.Records))
+	for i := range r.Verdicts {
+		r.Verdicts[i] = Verdict{Outcome: Delivered, CRMID: "old-" + a.Records[i].Contact.ExternalID}
+	}
+	return nil
+}
+
+func (d *oldDaemon) Lookup(a *LookupArgs, r *LookupReply) error { return nil }
+
+// newDaemon reads packed records, and says how each Deliver came.
+type newDaemon struct {
+	mu           sync.Mutex
+	packed       []bool // per Deliver: the records came packed
+	received     [][]Record
+	hellos       atomic.Int64
+	shuttingDown atomic.Bool // answer Deliver with shutting_down
+}
+
+func (d *newDaemon) Hello(a *HelloArgs, r *HelloReply) error {
+	d.hellos.Add(1)
+	r.Version, r.MaxRecords, r.PackedRecords = "new", DefaultMaxRecords, PackedVersion
+	return nil
+}
+
+func (d *newDaemon) Deliver(a *DeliverArgs, r *DeliverReply) error {
+	r.PackedRecords = PackedVersion
+	if d.shuttingDown.Load() {
+		r.Err = &Error{Code: CodeShuttingDown}
+		return nil
+	}
+	recs := a.Records
+	if a.Packed != "" {
+		if recs, r.Err = UnpackRecords(a.Packed, DefaultMaxRecords); r.Err != nil {
+			return nil
+		}
+	}
+	d.mu.Lock()
+	d.packed = append(d.packed, a.Packed != "")
+	d.received = append(d.received, recs)
+	d.mu.Unlock()
+	r.Verdicts = make([]Verdict, len(recs))
+	for i := range r.Verdicts {
+		r.Verdicts[i] = Verdict{Outcome: Delivered, CRMID: "new-" + recs[i].Contact.ExternalID}
+	}
+	return nil
+}
+
+func (d *newDaemon) Lookup(a *LookupArgs, r *LookupReply) error { return nil }
+
+// serveRPC serves rcvr as IntegratorV1 on 127.0.0.1 until the test ends.
+func serveRPC(t *testing.T, rcvr any) string {
+	t.Helper()
+	srv := rpc.NewServer()
+	if err := srv.RegisterName(ServiceV1, rcvr); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go srv.Accept(ln)
+	return ln.Addr().String()
+}
+
+func checkDelivered(t *testing.T, vs []Verdict, err error, recs []Record, prefix string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("Deliver: %v", err)
+	}
+	for i, v := range vs {
+		if want := prefix + recs[i].Contact.ExternalID; v.Outcome != Delivered || v.CRMID != want {
+			t.Fatalf("verdict %d: got %v %q, want delivered %q", i, v.Outcome, v.CRMID, want)
+		}
+	}
+}
+
+// A new client talking to a daemon that predates packed records sends
+// Records, whether or not its caller asked Hello first.
+func TestClientOldDaemon(t *testing.T) {
+	recs := packedRecordsForTest()
+	for _, hello := range []bool{true, false} {
+		name := map[bool]string{true: "after hello", false: "without hello"}[hello]
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			d := &oldDaemon{}
+			c, err := Dial(ctx, ClientConfig{Addrs: []string{serveRPC(t, d)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if hello {
+				h, err := c.Hello(ctx)
+				if err != nil || h.Version != "old" || h.PackedRecords != 0 {
+					t.Fatalf("Hello: %+v, %v", h, err)
+				}
+			}
+			for range 2 {
+				vs, err := c.Deliver(ctx, recs)
+				checkDelivered(t, vs, err, recs, "old-")
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			for i, got := range d.received {
+				if !equalRecords(got, recs) {
+					t.Fatalf("Deliver %d: the daemon got %+v, want %+v", i, got, recs)
+				}
+			}
+		})
+	}
+}
+
+// A new client talking to a new daemon sends packed records once it knows
+// the daemon reads them: from the caller's Hello, or else from the reply
+// to its first Deliver, which goes as Records.
+func TestClientNewDaemon(t *testing.T) {
+	recs := packedRecordsForTest()
+	for _, hello := range []bool{true, false} {
+		name := map[bool]string{true: "after hello", false: "without hello"}[hello]
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			d := &newDaemon{}
+			c, err := Dial(ctx, ClientConfig{Addrs: []string{serveRPC(t, d)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if hello {
+				if h, err := c.Hello(ctx); err != nil || h.PackedRecords != PackedVersion {
+					t.Fatalf("Hello: %+v, %v", h, err)
+				}
+			}
+			for range 3 {
+				vs, err := c.Deliver(ctx, recs)
+				checkDelivered(t, vs, err, recs, "new-")
+			}
+			if n, want := d.hellos.Load(), map[bool]int64{true: 1, false: 0}[hello]; n != want {
+				t.Errorf("%d Hello calls, want %d", n, want)
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if want := []bool{hello, true, true}; !slices.Equal(d.packed, want) {
+				t.Errorf("packed per Deliver: got %v, want %v", d.packed, want)
+			}
+			for i, got := range d.received {
+				if !equalRecords(got, recs) {
+					t.Fatalf("Deliver %d: the daemon got %+v, want %+v", i, got, recs)
+				}
+			}
+		})
+	}
+}
+
+// What a daemon reads belongs to the connection: a client that fails over
+// from a new daemon to an old one (a rolling upgrade) sends the old one
+// Records, in the same Deliver call and after it. (The new daemon's
+// shutting_down reply said it reads packed records; the old one's reply,
+// decoded into the same value, says nothing.)
+func TestClientFailoverToOldDaemon(t *testing.T) {
+	ctx := context.Background()
+	nd, od := &newDaemon{}, &oldDaemon{}
+	c, err := Dial(ctx, ClientConfig{Addrs: []string{serveRPC(t, nd), serveRPC(t, od)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs := packedRecordsForTest()
+	vs, err := c.Deliver(ctx, recs)
+	checkDelivered(t, vs, err, recs, "new-")
+
+	nd.shuttingDown.Store(true) // the client moves on to the next address
+	for range 2 {
+		vs, err = c.Deliver(ctx, recs)
+		checkDelivered(t, vs, err, recs, "old-")
+	}
+	od.mu.Lock()
+	defer od.mu.Unlock()
+	if len(od.received) != 2 || !equalRecords(od.received[0], recs) || !equalRecords(od.received[1], recs) {
+		t.Fatalf("the old daemon got %+v, want the records twice", od.received)
+	}
+}
