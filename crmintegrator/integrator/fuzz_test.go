@@ -351,6 +351,10 @@ func wireSeeds(tb testing.TB) [][]byte {
 	noDot := call{"Hello", &crmrpc.HelloArgs{}}
 	wrongBody := call{crmrpc.MethodDeliver, &crmrpc.LookupArgs{ExternalIDs: []string{"x"}}}
 	tooMany := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: makeRecords("many", fuzzMaxRecords+1)}}
+	packed := string(crmrpc.AppendPackedRecords(nil, recs))
+	deliverPacked := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Packed: packed}}
+	both := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: recs, Packed: packed}}
+	packedBad := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Packed: packed[:len(packed)/2]}}
 
 	d := stream(deliver)
 	flipped := bytes.Clone(d)
@@ -367,6 +371,8 @@ func wireSeeds(tb testing.TB) [][]byte {
 		stream(noDot, hello),
 		stream(wrongBody, hello),
 		stream(tooMany),
+		stream(deliverPacked, hello),
+		stream(both, packedBad, deliverPacked),
 		stream(hello, deliver, lookup, hello),
 		flipped,
 		d[:len(d)/2],

@@ -124,6 +124,14 @@ type Server struct {
 	wg        sync.WaitGroup // Serve loops and connections
 
 	ready readiness
+
+	// deliver is what a Deliver call runs: Deliver, or a stand-in when a
+	// benchmark measures the RPC alone.
+	deliver func(context.Context, []crmrpc.Record) ([]crmrpc.Verdict, *crmrpc.Error)
+	// packedRecords is what Hello and Deliver replies report of packed
+	// records (crmrpc.PackedVersion): tests play a daemon that predates
+	// them with 0.
+	packedRecords int
 }
 
 // ErrServerClosed is returned by Serve after Close.
@@ -159,6 +167,7 @@ func New(cfg Config) (*Server, error) {
 		conns:     map[*serverConn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.deliver, s.packedRecords = s.Deliver, crmrpc.PackedVersion
 	s.breaker = NewBreaker(cfg.BreakerThreshold, cfg.BreakerCooldown, nil, func(from, to BreakerState) {
 		lvl := slog.LevelWarn
 		if to == BreakerClosed {
@@ -396,6 +405,7 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 		reply.MaxFieldBytes = v.s.cfg.MaxFieldBytes
 		reply.Idempotency = v.s.cfg.Idempotency
 		reply.CallTimeout = v.s.cfg.CallBudget + 2*v.s.cfg.CRMTimeout
+		reply.PackedRecords = v.s.packedRecords
 	}
 	v.s.met.rpcCall("Hello", resultOf(reply.Err))
 	return nil
@@ -404,10 +414,38 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) error {
 	v.s.met.recordsReceived.Add(int64(len(args.Records)))
 	if reply.Err = v.s.admit(args.Token); reply.Err == nil {
-		reply.Verdicts, reply.Err = v.s.Deliver(v.s.ctx, args.Records)
+		reply.PackedRecords = v.s.packedRecords
+		var recs []crmrpc.Record
+		if recs, reply.Err = v.s.records(args); reply.Err == nil {
+			reply.Verdicts, reply.Err = v.s.deliver(v.s.ctx, recs)
+		}
 	}
 	v.s.met.rpcCall("Deliver", resultOf(reply.Err))
 	return nil
+}
+
+// records returns the records of a Deliver call: Records, or Packed
+// unpacked. Deliver then applies the same limits to either.
+func (s *Server) records(args *crmrpc.DeliverArgs) ([]crmrpc.Record, *crmrpc.Error) {
+	if args.Packed == "" {
+		return args.Records, nil
+	}
+	var recs []crmrpc.Record
+	var err *crmrpc.Error
+	if len(args.Records) > 0 {
+		err = &crmrpc.Error{Code: crmrpc.CodeMalformedCall,
+			Message: fmt.Sprintf("records sent both as Records (%d) and Packed: send one or the other", len(args.Records))}
+	} else {
+		recs, err = crmrpc.UnpackRecords(args.Packed, s.cfg.MaxRecords)
+	}
+	if err != nil {
+		if err.Code == crmrpc.CodeMalformedCall {
+			s.log.Warn("refused a malformed deliver call", "error", err.Message)
+		}
+		return nil, err
+	}
+	s.met.recordsReceived.Add(int64(len(recs)))
+	return recs, nil
 }
 
 func (v *service) Lookup(args *crmrpc.LookupArgs, reply *crmrpc.LookupReply) error {
