@@ -23,9 +23,10 @@ const maxContacts = math.MaxUint32
 // The store keeps each contact packed into one record of bytes in its
 // chunk, and indexes them by a hash of the external id, so that millions
 // of contacts are a few hundred allocations without pointers: the garbage
-// collector has nothing to scan, where a crmapi.StoredContact a contact
-// gave it ten pointers and a map each. Records are decoded on lookup and
-// snapshot, which are rare next to create.
+// collector has nothing to scan, where a crmapi.StoredContact per contact
+// gave it ten pointers and a map each, and a []int per external id more.
+// Records are decoded on lookup and snapshot, which are rare next to
+// create.
 //
 // A record is, in order, where a string is its length as a uvarint then
 // its bytes:
