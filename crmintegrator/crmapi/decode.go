@@ -81,78 +81,58 @@ type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 
-// maxPresize caps the slices the parsers size up front: a body may name a
-// field many more times than it holds objects.
+// maxPresize caps the slices list sizes up front: attributes, errors and
+// strings hold braces too.
 const maxPresize = 4 * MaxBatch
 
 // parseBatchRequest is the fast path of UnmarshalBatchRequest; ok is false
 // when data is not a batch request it fully understands.
 func parseBatchRequest(data []byte) (req BatchRequest, ok bool) {
 	p := parser{data: data, buf: make([]byte, 0, 1024), attrs: make([]span, 0, 32)}
-	if !p.next('{') {
-		return req, false
-	}
-	if !p.next('}') {
-		if !p.key("contacts") || !p.next('[') {
-			return req, false
-		}
-		// Counting the field names sizes the slice in one go (attributes
-		// named external_id make it larger than needed, hence the cap).
-		req.Contacts = make([]contact.Contact, 0, min(max(1, bytes.Count(data, []byte(`"external_id"`))), maxPresize))
-		if !p.next(']') {
-			for {
-				req.Contacts = append(req.Contacts, contact.Contact{})
-				if !p.contact(&req.Contacts[len(req.Contacts)-1]) {
-					return req, false
-				}
-				if p.next(',') {
-					continue
-				}
-				if !p.next(']') {
-					return req, false
-				}
-				break
-			}
-		}
-		if !p.next('}') {
-			return req, false
-		}
-	}
-	return req, p.end()
+	req.Contacts, ok = list(&p, "contacts", p.contact)
+	return req, ok
 }
 
 // parseBatchResponse is the fast path of decodeBatchResponse; ok is false
 // when data is not a batch answer it fully understands.
 func parseBatchResponse(data []byte) (resp BatchResponse, ok bool) {
 	p := parser{data: data, buf: make([]byte, 0, 1024)}
+	resp.Results, ok = list(&p, "results", p.result)
+	return resp, ok
+}
+
+// list reads a whole document {"<key>":[item,...]}, or {}, calling item
+// for each element.
+func list[T any](p *parser, key string, item func(*T) bool) ([]T, bool) {
 	if !p.next('{') {
-		return resp, false
+		return nil, false
 	}
-	if !p.next('}') {
-		if !p.key("results") || !p.next('[') {
-			return resp, false
-		}
-		resp.Results = make([]BatchResult, 0, min(max(1, bytes.Count(data, []byte(`"status"`))), maxPresize))
-		if !p.next(']') {
-			for {
-				resp.Results = append(resp.Results, BatchResult{})
-				if !p.result(&resp.Results[len(resp.Results)-1]) {
-					return resp, false
-				}
-				if p.next(',') {
-					continue
-				}
-				if !p.next(']') {
-					return resp, false
-				}
-				break
+	if p.next('}') {
+		return nil, p.end()
+	}
+	if !p.key(key) || !p.next('[') {
+		return nil, false
+	}
+	// Each item is an object: counting braces (a fast count of one byte)
+	// bounds their number and sizes the slice in one go.
+	items := make([]T, 0, min(max(1, bytes.Count(p.data, []byte{'{'})-1), maxPresize))
+	if !p.next(']') {
+		for {
+			var zero T
+			items = append(items, zero)
+			if !item(&items[len(items)-1]) {
+				return nil, false
 			}
-		}
-		if !p.next('}') {
-			return resp, false
+			if p.next(',') {
+				continue
+			}
+			if !p.next(']') {
+				return nil, false
+			}
+			break
 		}
 	}
-	return resp, p.end()
+	return items, p.next('}') && p.end()
 }
 
 // parser reads one JSON document of a known shape. Its methods report
