@@ -95,6 +95,7 @@ func appendContact(dst []byte, c *contact.Contact) []byte {
 // /v1/contacts/batch to dst: byte for byte what json.Marshal(resp) returns,
 // followed by a newline (as json.Encoder writes it).
 func AppendBatchResponse(dst []byte, resp BatchResponse) []byte {
+	dst = slices.Grow(dst, batchResponseSize(resp))
 	dst = append(dst, `{"results":`...)
 	if resp.Results == nil {
 		return append(dst, "null}\n"...)
@@ -125,9 +126,9 @@ func AppendBatchResponse(dst []byte, resp BatchResponse) []byte {
 	return append(dst, "]}\n"...)
 }
 
-// BatchResponseSize estimates the encoded size of resp, for a buffer that
-// AppendBatchResponse usually fills without growing it.
-func BatchResponseSize(resp BatchResponse) int {
+// batchResponseSize estimates the encoded size, so that one allocation
+// usually holds the whole body.
+func batchResponseSize(resp BatchResponse) int {
 	n := len(`{"results":[]}`) + 1
 	for i := range resp.Results {
 		r := &resp.Results[i]

@@ -329,8 +329,7 @@ func (s *Server) createBatch(body []byte, f *faultState) (int, []byte) {
 			results[i].Status, results[i].ID = crmapi.StatusCreated, ids[j]
 		}
 	}
-	resp := crmapi.BatchResponse{Results: results}
-	return http.StatusOK, crmapi.AppendBatchResponse(make([]byte, 0, crmapi.BatchResponseSize(resp)), resp)
+	return http.StatusOK, crmapi.AppendBatchResponse(nil, crmapi.BatchResponse{Results: results})
 }
 
 // ambiguous answers a request whose contacts were created as if they might
