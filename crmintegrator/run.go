@@ -20,6 +20,7 @@ import (
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/runtimecfg"
 )
 
 // options are the parsed flags.
@@ -205,6 +206,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return usageError{err}
 	}
+	runtimecfg.SetGC(getenv)
 	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
 	if err != nil {
 		return err

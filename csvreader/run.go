@@ -24,6 +24,7 @@ import (
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/runtimecfg"
 )
 
 // Exit codes.
@@ -250,6 +251,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &exitError{exitUsage, err}
 	}
 	delim, _ := parseDelimiter(o.delimiter)
+	runtimecfg.SetGC(getenv)
 	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
 	if err != nil {
 		return err
