@@ -627,7 +627,7 @@ func (p *pipeline) deliver(it *item) {
 			verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: wait, Ambiguous: true, Code: "integrator_unreachable", Message: err.Error()}
 		}
 	}
-	var delivered []ledger.Delivery
+	delivered := make([]ledger.Delivery, 0, len(verdicts))
 	var rejKeys, rejReasons []string
 	var rejRecs []*rec
 	var failKeys, failReasons []string
@@ -692,21 +692,27 @@ const maxConfirm = 10000
 // is given back only once they are committed.
 func (p *pipeline) writeLoop() {
 	for {
-		var ds []ledger.Delivery
+		var first []ledger.Delivery
 		select {
 		case <-p.stop:
 			return
-		case ds = <-p.confirm:
+		case first = <-p.confirm:
 		}
-		jobs := 1
+		jobs, n := [][]ledger.Delivery{first}, len(first)
 	gather:
-		for len(ds) < maxConfirm {
+		for n < maxConfirm {
 			select {
 			case more := <-p.confirm:
-				ds = append(ds, more...)
-				jobs++
+				jobs, n = append(jobs, more), n+len(more)
 			default:
 				break gather
+			}
+		}
+		ds := first
+		if len(jobs) > 1 {
+			ds = make([]ledger.Delivery, 0, n)
+			for _, j := range jobs {
+				ds = append(ds, j...)
 			}
 		}
 		if err := p.retryDB("record deliveries", func(ctx context.Context) error { return p.run.Confirm(ctx, ds) }); err != nil {

@@ -298,9 +298,13 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	for j, i := range ask {
 		keys[j] = items[i].Key
 	}
+	keyArray, err := pq.Array(keys).Value() // encoded once, sent up to twice
+	if err != nil {
+		return nil, err
+	}
 	var blockOf []int64 // by item: its new block; 0: none
 	var own []int       // items now held by a claims row of this run
-	err := r.inTx(ctx, func(tx *sql.Tx) error {
+	err = r.inTx(ctx, func(tx *sql.Tx) error {
 		own = own[:0]
 		// The lock, and the plan of the look-up (see holders) for this
 		// transaction only.
@@ -309,7 +313,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 			set_config('jit', 'off', true)`, int64(db.ClaimLockKey)); err != nil {
 			return fmt.Errorf("claim lock: %w", err)
 		}
-		holders, err := r.holders(ctx, tx, keys)
+		holders, err := r.holders(ctx, tx, keyArray)
 		if err != nil {
 			return err
 		}
@@ -360,7 +364,13 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 		for _, t := range take {
 			own = append(own, t.item)
 		}
-		blockOf, err = r.insertBlocks(ctx, tx, items, fresh)
+		if len(fresh) == len(keys) {
+			// Every key is new (the common case): the block's keys are the
+			// array already encoded for the look-up.
+			blockOf, err = r.insertBlocks(ctx, tx, items, fresh, keyArray)
+		} else {
+			blockOf, err = r.insertBlocks(ctx, tx, items, fresh, nil)
+		}
 		return err
 	})
 	if err != nil {
@@ -405,8 +415,8 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 // The keys are joined with unnest($1) rather than matched with
 // "= ANY($1)", which the planner estimates key by key: with 1000 keys that
 // took longer than running the query.
-func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys []string) (map[string]holder, error) {
-	rows, err := tx.QueryContext(ctx, lookupQuery, pq.Array(keys), r.id)
+func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[string]holder, error) {
+	rows, err := tx.QueryContext(ctx, lookupQuery, keys, r.id)
 	if err != nil {
 		return nil, fmt.Errorf("look up keys: %w", err)
 	}
@@ -480,13 +490,15 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 }
 
 // insertBlocks claims the fresh items with one claim_blocks row per file.
-func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh []int) ([]int64, error) {
+// encoded, when not nil, is the text array of the keys of fresh.
+func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh []int, encoded driver.Value) ([]int64, error) {
 	blockOf := make([]int64, len(items))
 	for len(fresh) > 0 {
 		file := items[fresh[0]].File
-		var keys []string
-		var lines []int64
-		var idx, rest []int
+		keys := make([]string, 0, len(fresh))
+		lines := make([]int64, 0, len(fresh))
+		idx := make([]int, 0, len(fresh))
+		var rest []int
 		for _, i := range fresh {
 			if items[i].File != file {
 				rest = append(rest, i)
@@ -496,10 +508,14 @@ func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh 
 			keys = append(keys, items[i].Key)
 			lines = append(lines, items[i].Line)
 		}
+		var keyParam any = pq.Array(keys)
+		if encoded != nil && len(rest) == 0 && len(idx) == len(fresh) {
+			keyParam = encoded
+		}
 		var id int64
 		if err := tx.QueryRowContext(ctx,
 			`INSERT INTO claim_blocks (run_id, source_file, keys, lines) VALUES ($1, $2, $3, $4) RETURNING id`,
-			r.id, file, pq.Array(keys), pq.Array(lines)).Scan(&id); err != nil {
+			r.id, file, keyParam, pq.Array(lines)).Scan(&id); err != nil {
 			return nil, fmt.Errorf("claim block: %w", err)
 		}
 		for _, i := range idx {

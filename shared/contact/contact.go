@@ -10,7 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -118,7 +118,7 @@ func (c *Contact) Fingerprint() string {
 		for k := range c.Attributes {
 			keys = append(keys, k)
 		}
-		sort.Strings(keys)
+		slices.Sort(keys) // not sort.Strings: its interface would move keyStack to the heap
 		for _, k := range keys {
 			b = appendField(appendField(b, k), c.Attributes[k])
 		}
