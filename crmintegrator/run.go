@@ -139,6 +139,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e.int(&c.MaxFieldBytes, "max-field-bytes", "INTEGRATOR_MAX_FIELD_BYTES", 4096, "longest field, in bytes, a record may carry")
 	e.dur(&c.CallBudget, "call-budget", "INTEGRATOR_CALL_BUDGET", 20*time.Second, "time one call may spend on internal retries before answering Retry")
 	e.int(&c.MaxAttempts, "max-attempts", "INTEGRATOR_MAX_ATTEMPTS", 4, "rounds (resends, lookups) per batch within one call")
+	e.dur(&c.MaxCallWait, "max-call-wait", "INTEGRATOR_MAX_CALL_WAIT", 300*time.Millisecond, "longest wait a call sleeps before another round; longer waits are answered Retry at once (negative: only -call-budget limits them)")
 	e.int(&c.BreakerThreshold, "breaker-threshold", "INTEGRATOR_BREAKER_THRESHOLD", 20, "consecutive CRM failures (5xx, timeouts) that open the circuit breaker")
 	e.dur(&c.BreakerCooldown, "breaker-cooldown", "INTEGRATOR_BREAKER_COOLDOWN", 10*time.Second, "how long the open breaker refuses requests before a probe")
 	e.secret(&o.rpcToken, "rpc-token", "INTEGRATOR_RPC_TOKEN", "shared `token` readers must present; empty: none")
@@ -206,7 +207,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return usageError{err}
 	}
-	runtimecfg.SetGC(getenv)
+	runtimecfg.SetGC(getenv, 0)
 	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
 	if err != nil {
 		return err

@@ -195,10 +195,13 @@ func (s *Server) roundFits(done int, wait time.Duration, deadline time.Time) boo
 	return done < s.cfg.MaxAttempts && !time.Now().Add(wait).After(deadline) && !s.closing.Load()
 }
 
-// pause decides whether one more round fits into the call: the attempt
-// budget, the time budget, and the daemon not shutting down. If so it waits
-// and returns true.
+// pause decides whether one more round fits into the call: a wait no longer
+// than MaxCallWait, the attempt budget, the time budget, and the daemon not
+// shutting down. If so it waits and returns true.
 func (d *delivery) pause(attempts *int, wait time.Duration, reason string) bool {
+	if mw := d.s.cfg.MaxCallWait; mw > 0 && wait > mw {
+		return false // the caller waits, not the call
+	}
 	if !d.s.roundFits(*attempts+1, wait, d.deadline) {
 		return false
 	}

@@ -416,6 +416,7 @@ func TestOutcomeTable(t *testing.T) {
 			cfg.CRMTimeout = 150 * time.Millisecond
 			cfg.CallBudget = 3 * time.Second
 			cfg.MaxAttempts = 3
+			cfg.MaxCallWait = -1 // the table pins the rounds; TestMaxCallWait the cut-off
 			cfg.Idempotency = tc.idempotency
 			_, addr := startDaemon(t, cfg)
 			c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
@@ -465,5 +466,57 @@ func TestIdleConnectionsClosed(t *testing.T) {
 	start := time.Now()
 	if _, err := conn.Read(make([]byte, 1)); err == nil || time.Since(start) > 2*time.Second {
 		t.Fatalf("idle connection: got %v after %v, want closed after ~150ms", err, time.Since(start))
+	}
+}
+
+// A wait longer than MaxCallWait is the caller's: the call answers Retry
+// with the CRM's Retry-After at once instead of sleeping through it.
+func TestMaxCallWait(t *testing.T) {
+	tests := []struct {
+		name      string
+		maxWait   time.Duration
+		wantPosts int
+		quick     bool
+	}{
+		{"default: answered at once", 0, 1, true},
+		{"no limit: retried inside the call", -1, 3, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var posts atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost {
+					posts.Add(1)
+				}
+				w.Header().Set("Retry-After", "1")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				w.Write([]byte(`{"error":{"code":"unavailable","message":"busy"}}`))
+			}))
+			defer srv.Close()
+			cfg := testConfig(srv.URL)
+			cfg.CallBudget = 5 * time.Second
+			cfg.MaxAttempts = 3
+			cfg.MaxCallWait = tc.maxWait
+			_, addr := startDaemon(t, cfg)
+			c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+			start := time.Now()
+			vs, err := c.Deliver(context.Background(), makeRecords("w", 3))
+			took := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range vs {
+				if v.Outcome != crmrpc.Retry || v.RetryAfter != time.Second || v.Ambiguous {
+					t.Fatalf("verdict %+v, want Retry after 1s, not ambiguous", v)
+				}
+			}
+			if n := int(posts.Load()); n != tc.wantPosts {
+				t.Errorf("%d POSTs, want %d", n, tc.wantPosts)
+			}
+			if quick := took < 900*time.Millisecond; quick != tc.quick {
+				t.Errorf("the call took %v; want it answered at once: %v", took, tc.quick)
+			}
+		})
 	}
 }

@@ -57,6 +57,13 @@ type Config struct {
 	// MaxAttempts bounds the rounds (resends, lookups) per batch inside
 	// one call. Default 4.
 	MaxAttempts int
+	// MaxCallWait is the longest a Deliver call sleeps before another round
+	// of a batch (a 503's Retry-After, a backoff, a 429's pause). A longer
+	// wait is answered Retry with that RetryAfter at once: the caller's
+	// worker then sends other blocks meanwhile instead of holding a whole
+	// block for one batch's wait. Default 300ms; negative: no limit but
+	// CallBudget.
+	MaxCallWait time.Duration
 
 	BreakerThreshold int           // consecutive failures that open the breaker; default 20
 	BreakerCooldown  time.Duration // how long it stays open; default 10s
@@ -84,6 +91,7 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.CRMTimeout, 10*time.Second)
 	def(&c.CallBudget, 20*time.Second)
+	def(&c.MaxCallWait, 300*time.Millisecond)
 	def(&c.BreakerCooldown, 10*time.Second)
 	def(&c.IdleTimeout, 5*time.Minute)
 	defInt(&c.CRMConcurrency, 8)
