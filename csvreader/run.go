@@ -251,7 +251,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &exitError{exitUsage, err}
 	}
 	delim, _ := parseDelimiter(o.delimiter)
-	runtimecfg.SetGC(getenv)
+	// A soft memory limit of a fixed allowance plus ~1 KiB per record the
+	// pipeline may hold in flight (workers × block size × 2).
+	runtimecfg.SetGC(getenv, 48<<20+int64(o.workers)*int64(o.blockSize)*2<<10)
 	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
 	if err != nil {
 		return err

@@ -1,34 +1,37 @@
 package runtimecfg
 
 import (
+	"math"
 	"runtime/debug"
 	"testing"
 )
 
 func TestSetGC(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
 	tests := []struct {
-		env     string
-		want    string
-		percent int
+		name      string
+		env       map[string]string
+		limit     int64
+		wantGC    int
+		wantLimit int64
 	}{
-		{"", "200", DefaultGCPercent},
-		{"50", "50", 100}, // left to the runtime, which read GOGC at start (100 here)
-		{"off", "off", 100},
+		{"defaults", nil, 64 << 20, DefaultGCPercent, 64 << 20},
+		{"no limit asked", nil, 0, DefaultGCPercent, math.MaxInt64},
+		{"GOGC set: left to the runtime", map[string]string{"GOGC": "50"}, 64 << 20, 100, 64 << 20},
+		{"GOMEMLIMIT set: left to the runtime", map[string]string{"GOMEMLIMIT": "1GiB"}, 64 << 20, DefaultGCPercent, math.MaxInt64},
 	}
 	for _, tc := range tests {
-		debug.SetGCPercent(100)
-		got := SetGC(func(k string) string {
-			if k == "GOGC" {
-				return tc.env
+		t.Run(tc.name, func(t *testing.T) {
+			debug.SetGCPercent(100)
+			debug.SetMemoryLimit(math.MaxInt64)
+			SetGC(func(k string) string { return tc.env[k] }, tc.limit)
+			if p := debug.SetGCPercent(100); p != tc.wantGC {
+				t.Errorf("GC percent %d, want %d", p, tc.wantGC)
 			}
-			return ""
+			if l := debug.SetMemoryLimit(-1); l != tc.wantLimit {
+				t.Errorf("memory limit %d, want %d", l, tc.wantLimit)
+			}
 		})
-		if got != tc.want {
-			t.Errorf("GOGC=%q: SetGC = %q, want %q", tc.env, got, tc.want)
-		}
-		if p := debug.SetGCPercent(100); p != tc.percent {
-			t.Errorf("GOGC=%q: GC percent %d, want %d", tc.env, p, tc.percent)
-		}
 	}
 }
