@@ -174,8 +174,12 @@ func (r *Run) Close(ctx context.Context, status string, report any) error {
 		errs = append(errs, fmt.Errorf("record run end: %w", err))
 	}
 	// Rejected claims only served in-file deduplication during the run.
-	if _, err := r.db.ExecContext(ctx,
-		`DELETE FROM claims WHERE run_id = $1 AND state = 'rejected'`, r.id); err != nil {
+	// Claims rows of keys now in customers are left over when another run
+	// took this run for dead (its lock lost for a while) and turned its
+	// blocks into claims rows that this run then confirmed.
+	if _, err := r.db.ExecContext(ctx, `
+		DELETE FROM claims c WHERE c.run_id = $1
+		AND (c.state = 'rejected' OR EXISTS (SELECT FROM customers u WHERE u.external_id = c.external_id))`, r.id); err != nil {
 		errs = append(errs, fmt.Errorf("release rejected claims: %w", err))
 	}
 	// Every block but those with unsettled keys: this includes a block whose

@@ -443,3 +443,28 @@ func TestConfirmManyChunks(t *testing.T) {
 		t.Errorf("customers holds %d rows (want %d), %d of them altered", total, n, bad)
 	}
 }
+
+// A run taken for dead while it lives (its lock lost for a while) has its
+// blocks turned into claims rows by a run that starts meanwhile; once it
+// confirms those keys, its end clears the rows.
+func TestCloseClearsClaimsOfConfirmedKeys(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	a := must(ledger.Start(ctx, d, nil))
+	must(a.Claim(ctx, items("K")))
+	ledger.KillLock(t, a)
+	b := must(ledger.Start(ctx, d, nil))
+	defer b.Close(ctx, "done", nil)
+	if n := count(t, d, `SELECT count(*) FROM claims WHERE external_id = 'K'`); n != 1 {
+		t.Fatalf("K's block not turned into a claims row (%d rows)", n)
+	}
+	if err := a.Confirm(ctx, []ledger.Delivery{delivery("K")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(ctx, "done", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, d, `SELECT count(*) FROM claims`); n != 0 {
+		t.Errorf("%d claims rows left for a key in customers", n)
+	}
+}
