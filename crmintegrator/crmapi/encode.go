@@ -3,9 +3,9 @@ package crmapi
 import (
 	"slices"
 	"strings"
-	"unicode/utf8"
 
 	"crmsync/shared/contact"
+	"crmsync/shared/jsontext"
 )
 
 // The batch bodies are the hot path of both the integrator and fakecrm, and
@@ -53,20 +53,20 @@ type attr struct{ key, value string }
 
 func appendContact(dst []byte, c *contact.Contact) []byte {
 	dst = append(dst, `{"external_id":`...)
-	dst = appendString(dst, c.ExternalID)
+	dst = jsontext.AppendString(dst, c.ExternalID)
 	dst = append(dst, `,"email":`...)
-	dst = appendString(dst, c.Email)
+	dst = jsontext.AppendString(dst, c.Email)
 	if c.FirstName != "" {
 		dst = append(dst, `,"first_name":`...)
-		dst = appendString(dst, c.FirstName)
+		dst = jsontext.AppendString(dst, c.FirstName)
 	}
 	if c.LastName != "" {
 		dst = append(dst, `,"last_name":`...)
-		dst = appendString(dst, c.LastName)
+		dst = jsontext.AppendString(dst, c.LastName)
 	}
 	if c.Phone != "" {
 		dst = append(dst, `,"phone":`...)
-		dst = appendString(dst, c.Phone)
+		dst = jsontext.AppendString(dst, c.Phone)
 	}
 	if len(c.Attributes) > 0 {
 		// encoding/json sorts map keys by their Go string, bytewise. A
@@ -82,9 +82,9 @@ func appendContact(dst []byte, c *contact.Contact) []byte {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendString(dst, a.key)
+			dst = jsontext.AppendString(dst, a.key)
 			dst = append(dst, ':')
-			dst = appendString(dst, a.value)
+			dst = jsontext.AppendString(dst, a.value)
 		}
 		dst = append(dst, '}')
 	}
@@ -107,18 +107,18 @@ func AppendBatchResponse(dst []byte, resp BatchResponse) []byte {
 			dst = append(dst, ',')
 		}
 		dst = append(dst, `{"external_id":`...)
-		dst = appendString(dst, r.ExternalID)
+		dst = jsontext.AppendString(dst, r.ExternalID)
 		dst = append(dst, `,"status":`...)
-		dst = appendString(dst, r.Status)
+		dst = jsontext.AppendString(dst, r.Status)
 		if r.ID != "" {
 			dst = append(dst, `,"id":`...)
-			dst = appendString(dst, r.ID)
+			dst = jsontext.AppendString(dst, r.ID)
 		}
 		if r.Error != nil {
 			dst = append(dst, `,"error":{"code":`...)
-			dst = appendString(dst, r.Error.Code)
+			dst = jsontext.AppendString(dst, r.Error.Code)
 			dst = append(dst, `,"message":`...)
-			dst = appendString(dst, r.Error.Message)
+			dst = jsontext.AppendString(dst, r.Error.Message)
 			dst = append(dst, '}')
 		}
 		dst = append(dst, '}')
@@ -138,74 +138,4 @@ func batchResponseSize(resp BatchResponse) int {
 		}
 	}
 	return n
-}
-
-// safe marks the bytes encoding/json writes as they are, with its default
-// HTML escaping: printable ASCII except ", \, <, > and &. Bytes of
-// multi-byte runes are not marked: they need a look at the whole rune.
-var safe = func() (t [256]bool) {
-	for b := ' '; b < utf8.RuneSelf; b++ {
-		t[b] = true
-	}
-	for _, b := range `"\<>&` {
-		t[b] = false
-	}
-	return t
-}()
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string exactly as encoding/json does
-// (encode.go's appendString with escapeHTML): short escapes for \b \f \n
-// \r \t " \, \u00XX for other control bytes and <, >, &, \u2028 and \u2029
-// escaped, and each byte of invalid UTF-8 replaced by \ufffd.
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		for i < len(s) && safe[s[i]] {
-			i++
-		}
-		if i == len(s) {
-			break
-		}
-		if b := s[i]; b < utf8.RuneSelf {
-			dst = append(dst, s[start:i]...)
-			switch b {
-			case '\\', '"':
-				dst = append(dst, '\\', b)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		c, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case c == utf8.RuneError && size == 1:
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-		case c == '\u2028' || c == '\u2029':
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[c&0xF])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
