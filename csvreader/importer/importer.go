@@ -161,7 +161,12 @@ type rec struct {
 	attempts  int
 	first     time.Time
 	maybeSent bool
-	last      string // last retry reason
+	// orphan: a call that sent the record may still be running in an
+	// integrator (its call broke, or its claim came from a crashed run).
+	// Its next send waits CallBound; should the run give it up first, the
+	// ledger keeps the flag for the run that takes it over.
+	orphan bool
+	last   string // last retry reason
 }
 
 // item is a group of records moving between stages.
@@ -514,6 +519,7 @@ func (p *pipeline) claim(it *item) {
 			r.maybeSent = true
 			p.n.recovered.Add(1)
 			if d.Orphaned {
+				r.orphan = true
 				orphans = append(orphans, r)
 			} else {
 				send = append(send, r)
@@ -596,6 +602,7 @@ func (p *pipeline) deliver(it *item) {
 	now := time.Now()
 	for i, r := range it.recs {
 		recs[i] = crmrpc.Record{Contact: r.c, MaybeSent: r.maybeSent}
+		r.orphan = false // sent only once CallBound has passed since it became one
 		r.attempts++
 		if r.first.IsZero() {
 			r.first = now
@@ -620,6 +627,10 @@ func (p *pipeline) deliver(it *item) {
 		wait := p.cfg.CallBound
 		if ce != nil { // the daemon refused the call: nothing of it runs
 			wait = max(ce.RetryAfter, time.Second)
+		} else {
+			for _, r := range it.recs {
+				r.orphan = true
+			}
 		}
 		p.log.Warn("integrator call failed; will resend its records", "records", len(recs), "err", err)
 		verdicts = make([]crmrpc.Verdict, len(recs))
@@ -733,7 +744,7 @@ func (p *pipeline) finishAs(recs []*rec, keys, reasons []string, state string, n
 	if len(recs) == 0 {
 		return
 	}
-	if err := p.retryDB("mark "+state, func(ctx context.Context) error { return p.run.Mark(ctx, state, keys, reasons) }); err != nil {
+	if err := p.retryDB("mark "+state, func(ctx context.Context) error { return p.run.Mark(ctx, state, keys, reasons, orphans(recs)) }); err != nil {
 		p.fatal(err)
 		return
 	}
@@ -750,6 +761,14 @@ func (p *pipeline) finishAs(recs []*rec, keys, reasons []string, state string, n
 	}
 }
 
+func orphans(recs []*rec) []bool {
+	o := make([]bool, len(recs))
+	for i, r := range recs {
+		o[i] = r.orphan
+	}
+	return o
+}
+
 // leave hands claimed records to the next run after an interrupt: their
 // claims stay, marked as failed ("maybe sent"), so the next run looks them
 // up before sending.
@@ -759,7 +778,7 @@ func (p *pipeline) leave(recs []*rec) {
 	for i, r := range recs {
 		keys[i], reasons[i] = r.c.ExternalID, "interrupted: "+r.last
 	}
-	if err := p.retryDB("mark interrupted", func(ctx context.Context) error { return p.run.Mark(ctx, "failed", keys, reasons) }); err != nil {
+	if err := p.retryDB("mark interrupted", func(ctx context.Context) error { return p.run.Mark(ctx, "failed", keys, reasons, orphans(recs)) }); err != nil {
 		p.log.Error("could not mark interrupted records; the next run resolves them anyway", "err", err)
 	}
 	p.abandon(recs)
@@ -770,8 +789,12 @@ func (p *pipeline) leave(recs []*rec) {
 func (p *pipeline) retryDB(what string, fn func(context.Context) error) error {
 	b := backoff.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	deadline := time.Now().Add(p.cfg.DBRetryTime)
+	// The deadline bounds each attempt too: a claim waits for the run's
+	// lock, which it may not get back while PostgreSQL is away.
+	ctx, cancel := context.WithDeadline(p.workCtx, deadline)
+	defer cancel()
 	for {
-		err := fn(p.workCtx)
+		err := fn(ctx)
 		if err == nil || p.workCtx.Err() != nil {
 			if err != nil {
 				return fmt.Errorf("%s: %w", what, err)

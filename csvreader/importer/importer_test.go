@@ -305,3 +305,25 @@ func TestDryRunCounts(t *testing.T) {
 		t.Errorf("dry run left %d claims", claims)
 	}
 }
+
+// A record given up on after its call broke may still be created by that
+// call: its claim says so, for the run that takes it over.
+func TestRunMarksGivenUpBrokenCallsOrphan(t *testing.T) {
+	d := pgtest.New(t)
+	broken := delivererFunc(func(context.Context, []crmrpc.Record) ([]crmrpc.Verdict, error) {
+		return nil, &crmrpc.ConnError{Err: fmt.Errorf("connection reset")}
+	})
+	cfg := config(t, writeCSV(t, genRows(5)...))
+	cfg.MaxAttempts = 1
+	rep, err := importer.Run(context.Background(), cfg, d, broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var orphans int
+	if err := d.QueryRow(`SELECT count(*) FROM claims WHERE state = 'failed' AND orphan`).Scan(&orphans); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failed != 5 || orphans != 5 {
+		t.Errorf("failed %d, claims marked orphan %d; want 5 and 5", rep.Failed, orphans)
+	}
+}

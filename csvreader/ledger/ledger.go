@@ -262,11 +262,12 @@ const (
 
 // holder is what the ledger holds for a key.
 type holder struct {
-	src   int
-	run   int64
-	state string
-	file  string
-	line  int64
+	src    int
+	run    int64
+	state  string
+	file   string
+	line   int64
+	orphan bool // a call that sent the key may still be running (claims.orphan; any block)
 }
 
 // Claim decides, for each item, whether this run may send it, and claims
@@ -288,9 +289,9 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 		switch {
 		case !ok:
 			ask = append(ask, i)
-		case c.file == it.File && c.line == it.Line:
-			out[i] = Decision{Status: TakenOver} // the very record again: look it up first
 		default:
+			// Even the very same record (a file given twice): it is
+			// being sent already.
 			out[i] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("same key as %s line %d", c.file, c.line)}
 		}
 	}
@@ -343,12 +344,13 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 				out[i] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("delivered earlier in this run from %s line %d", h.file, h.line)}
 			case h.src == inCustomers:
 				out[i] = Decision{Status: AlreadyDelivered, Why: fmt.Sprintf("delivered by run %d from %s line %d", h.run, h.file, h.line)}
-			case h.run == r.id && h.file == it.File && h.line == it.Line:
-				// Our own claim on this very record: an earlier attempt of
-				// this Claim committed, but the answer was lost with the
-				// connection. That attempt may have taken the key over from
-				// a dead run, so have it looked up before it is created.
-				out[i] = Decision{Status: TakenOver}
+			case h.run == r.id && h.state == "sending" && h.file == it.File && h.line == it.Line:
+				// Our own claim on this very record, not yet settled: an
+				// earlier attempt of this Claim committed, but the answer
+				// was lost with the connection. That attempt took the key
+				// over from a dead run, whose calls may still be running:
+				// look it up, and only once they must be over.
+				out[i] = Decision{Status: TakenOver, Orphaned: true}
 				own = append(own, i)
 			case h.run == r.id:
 				why := fmt.Sprintf("same key as %s line %d", h.file, h.line)
@@ -359,7 +361,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 			case live[h.run]:
 				out[i] = Decision{Status: Busy, Why: fmt.Sprintf("being delivered by run %d (%s line %d)", h.run, h.file, h.line)}
 			default:
-				take = append(take, takeover{i, h.state, h.run})
+				take = append(take, takeover{i, h.state, h.run, h.orphan})
 			}
 		}
 		if err := r.takeOver(ctx, tx, items, take, out); err != nil {
@@ -429,7 +431,7 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[s
 	for rows.Next() {
 		var h holder
 		var key string
-		if err := rows.Scan(&h.src, &key, &h.run, &h.state, &h.file, &h.line); err != nil {
+		if err := rows.Scan(&h.src, &key, &h.run, &h.state, &h.file, &h.line, &h.orphan); err != nil {
 			return nil, err
 		}
 		if prev, ok := out[key]; !ok || h.src < prev.src {
@@ -440,21 +442,22 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[s
 }
 
 const lookupQuery = `
-	SELECT 0, c.external_id, c.run_id, '', c.source_file, c.source_line
+	SELECT 0, c.external_id, c.run_id, '', c.source_file, c.source_line, false
 	FROM unnest($1::text[]) AS k(key) JOIN customers c ON c.external_id = k.key
 	UNION ALL
-	SELECT 1, c.external_id, c.run_id, c.state, c.source_file, c.source_line
+	SELECT 1, c.external_id, c.run_id, c.state, c.source_file, c.source_line, c.orphan
 	FROM unnest($1::text[]) AS k(key) JOIN claims c ON c.external_id = k.key
 	UNION ALL
-	SELECT 2, u.k, b.run_id, 'sending', b.source_file, u.l
+	SELECT 2, u.k, b.run_id, 'sending', b.source_file, u.l, true
 	FROM claim_blocks b, unnest(b.keys, b.lines) AS u(k, l)
 	WHERE b.run_id <> $2 AND u.k = ANY($1)`
 
 // takeover is a claim of a dead run about to become this run's.
 type takeover struct {
-	item int    // index in Claim's items
-	prev string // its state
-	run  int64  // its owner
+	item   int    // index in Claim's items
+	prev   string // its state
+	run    int64  // its owner
+	orphan bool   // a call that sent it may still be running
 }
 
 // takeOver makes dead runs' claims on items this run's, as claims rows.
@@ -479,7 +482,7 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 		SELECT k, $5, 'sending', f, s, l FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(k, f, s, l)
 		ON CONFLICT (external_id) DO UPDATE SET run_id = excluded.run_id, state = 'sending',
 		       fingerprint = excluded.fingerprint, source_file = excluded.source_file,
-		       source_line = excluded.source_line, claimed_at = now(), reason = ''`,
+		       source_line = excluded.source_line, claimed_at = now(), reason = '', orphan = false`,
 		pq.Array(keys), pq.Array(fps), pq.Array(files), pq.Array(lines), r.id); err != nil {
 		return fmt.Errorf("take over claims: %w", err)
 	}
@@ -487,7 +490,9 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 		if t.prev == "rejected" {
 			out[t.item] = Decision{Status: Resend}
 		} else {
-			out[t.item] = Decision{Status: TakenOver, Orphaned: !clean[t.run]}
+			// A run that ended cleanly had its calls answered, except
+			// those its records remember (t.orphan).
+			out[t.item] = Decision{Status: TakenOver, Orphaned: !clean[t.run] || t.orphan}
 		}
 	}
 	return nil
@@ -546,8 +551,8 @@ func (r *Run) explodeDeadBlocks(ctx context.Context, tx *sql.Tx) error {
 		ids = append(ids, id)
 	}
 	if _, err := tx.ExecContext(ctx, `
-		INSERT INTO claims (external_id, run_id, state, source_file, source_line, claimed_at)
-		SELECT DISTINCT ON (u.k) u.k, b.run_id, 'sending', b.source_file, u.l, b.claimed_at
+		INSERT INTO claims (external_id, run_id, state, source_file, source_line, claimed_at, orphan)
+		SELECT DISTINCT ON (u.k) u.k, b.run_id, 'sending', b.source_file, u.l, b.claimed_at, true
 		FROM claim_blocks b, unnest(b.keys, b.lines) AS u(k, l)
 		WHERE b.run_id <> ALL($1) AND NOT EXISTS (SELECT FROM customers c WHERE c.external_id = u.k)
 		ON CONFLICT (external_id) DO NOTHING`, pq.Array(ids)); err != nil {
@@ -747,13 +752,16 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery) 
 
 // Mark records, for keys this run holds, that the CRM rejected them
 // ("rejected") or that this run gave up on them ("failed"), with reasons: a
-// claims row each, which outlives the key's block.
-func (r *Run) Mark(ctx context.Context, state string, keys, reasons []string) error {
+// claims row each, which outlives the key's block. orphans (nil: none) says
+// which keys a call that may still be running has sent: one that broke, or
+// a dead run's whose end this run did not wait out.
+func (r *Run) Mark(ctx context.Context, state string, keys, reasons []string, orphans []bool) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	var ks, rs, files, fps []string
 	var lines []int64
+	var orph []bool
 	r.kmu.Lock()
 	for i, k := range keys {
 		c, ok := r.inflight[k]
@@ -761,17 +769,18 @@ func (r *Run) Mark(ctx context.Context, state string, keys, reasons []string) er
 			continue // not this run's to mark
 		}
 		ks, rs, files, fps, lines = append(ks, k), append(rs, reasons[i]), append(files, c.file), append(fps, c.fp), append(lines, c.line)
+		orph = append(orph, orphans != nil && orphans[i])
 	}
 	r.kmu.Unlock()
 	done, putBack := r.takeFinished()
 	err := r.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO claims (external_id, run_id, state, reason, source_file, fingerprint, source_line)
-			SELECT k, $6, $7, reason, s, f, l
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS u(k, reason, s, f, l)
-			ON CONFLICT (external_id) DO UPDATE SET state = excluded.state, reason = excluded.reason
+			INSERT INTO claims (external_id, run_id, state, reason, source_file, fingerprint, source_line, orphan)
+			SELECT k, $7, $8, reason, s, f, l, o
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bool[]) AS u(k, reason, s, f, l, o)
+			ON CONFLICT (external_id) DO UPDATE SET state = excluded.state, reason = excluded.reason, orphan = excluded.orphan
 			WHERE claims.run_id = excluded.run_id`,
-			pq.Array(ks), pq.Array(rs), pq.Array(files), pq.Array(fps), pq.Array(lines), r.id, state); err != nil {
+			pq.Array(ks), pq.Array(rs), pq.Array(files), pq.Array(fps), pq.Array(lines), pq.Array(orph), r.id, state); err != nil {
 			return fmt.Errorf("mark claims %s: %w", state, err)
 		}
 		if len(done) > 0 {

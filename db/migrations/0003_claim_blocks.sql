@@ -15,3 +15,9 @@ CREATE TABLE claim_blocks (
 );
 -- Claims made from a dead run's block carry no fingerprint: nothing reads it.
 ALTER TABLE claims ALTER COLUMN fingerprint SET DEFAULT '';
+-- orphan: an integrator call that sent this key may still be running (its
+-- run crashed, or the call broke and the run gave up or was interrupted
+-- before waiting it out). The run that takes the claim over waits the
+-- daemon's call bound before looking the key up, whatever its owner's
+-- status says.
+ALTER TABLE claims ADD COLUMN orphan boolean NOT NULL DEFAULT false;
