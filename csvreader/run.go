@@ -252,8 +252,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	delim, _ := parseDelimiter(o.delimiter)
 	// A soft memory limit of a fixed allowance plus ~1 KiB per record the
-	// pipeline may hold in flight (workers × block size × 2).
-	runtimecfg.SetGC(getenv, 48<<20+int64(o.workers)*int64(o.blockSize)*2<<10)
+	// pipeline may hold in flight.
+	runtimecfg.SetGC(getenv, 48<<20+int64(importer.MaxInFlight(o.workers, o.blockSize))<<10)
 	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
 	if err != nil {
 		return err

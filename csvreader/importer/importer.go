@@ -105,6 +105,11 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// MaxInFlight is how many records a run holds at most between reading them
+// and settling them: enough for every worker to have a block out and the
+// next one ready.
+func MaxInFlight(workers, blockSize int) int { return workers * blockSize * 2 }
+
 // DefaultRejectsPath is where rejects of file go when no path is given: in
 // the current directory, named after the file.
 func DefaultRejectsPath(file string) string {
@@ -224,7 +229,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	}
 	p := &pipeline{cfg: cfg, crm: crm, log: cfg.Logger,
 		blocks: make(chan *item, 1), send: make(chan *item, cfg.Workers),
-		reclaim: make(chan *item, 1), confirm: make(chan []ledger.Delivery, cfg.Workers), room: make(chan struct{}, cfg.Workers*cfg.BlockSize*2),
+		reclaim: make(chan *item, 1), confirm: make(chan []ledger.Delivery, cfg.Workers), room: make(chan struct{}, MaxInFlight(cfg.Workers, cfg.BlockSize)),
 		stop: make(chan struct{})}
 	p.readCtx = ctx
 	var cancel context.CancelCauseFunc

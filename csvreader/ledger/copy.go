@@ -15,7 +15,7 @@ import (
 // rawConn is one connection inside a driver-level transaction. It exists for
 // COPY: through database/sql, lib/pq takes a COPY row per Exec call, with
 // argument conversion and escaping for each value; here the rows are built
-// in one buffer and written with one CopyData call.
+// in chunks of text and written with a CopyData call each.
 type rawConn struct {
 	ctx context.Context
 	dc  any // the driver's connection
@@ -70,11 +70,10 @@ func (c *rawConn) exec(query string, args ...any) error {
 // it stays in the CPU's cache, and lib/pq sends a message per 64 KiB anyway.
 const copyChunk = 60 << 10
 
-// copyIn writes rows into table's columns with COPY. rows appends its rows,
-// in COPY's text format and each ending in a newline, with emit called
-// whenever the buffer holds copyChunk bytes or more; emit returns the
-// buffer to go on with.
-func (c *rawConn) copyIn(table string, columns []string, rows func(emit func([]byte) ([]byte, error)) error) error {
+// copyIn writes rows into table's columns with COPY. rows hands emit the
+// rows a chunk at a time, in COPY's text format, each row ending in a
+// newline; the chunk may be reused once emit returns.
+func (c *rawConn) copyIn(table string, columns []string, rows func(emit func(chunk []byte) error) error) error {
 	p, ok := c.dc.(driver.ConnPrepareContext)
 	if !ok {
 		return fmt.Errorf("driver %T cannot prepare with a context", c.dc)
@@ -90,16 +89,15 @@ func (c *rawConn) copyIn(table string, columns []string, rows func(emit func([]b
 	if !ok {
 		return fmt.Errorf("driver statement %T cannot take raw COPY data", stmt)
 	}
-	emit := func(b []byte) ([]byte, error) {
+	emit := func(b []byte) error {
 		if len(b) == 0 {
-			return b, nil
+			return nil
 		}
 		// CopyData appends its argument and a newline to its own buffer
 		// before returning and keeps no reference to it, so the string may
-		// share b's bytes; without the copy the bytes of a million rows are
-		// not copied twice.
+		// share b's bytes instead of copying them once more.
 		_, err := cd.CopyData(c.ctx, unsafe.String(&b[0], len(b)-1))
-		return b[:0], err
+		return err
 	}
 	if err := rows(emit); err != nil {
 		return err
@@ -110,21 +108,20 @@ func (c *rawConn) copyIn(table string, columns []string, rows func(emit func([]b
 
 // copyRows writes the customers rows of ds in COPY's text format, in the
 // order of customerColumns, a chunk at a time.
-func copyRows(run int64, ds []Delivery) func(emit func([]byte) ([]byte, error)) error {
-	return func(emit func([]byte) ([]byte, error)) error {
+func copyRows(run int64, ds []Delivery) func(emit func([]byte) error) error {
+	return func(emit func([]byte) error) error {
 		b := make([]byte, 0, copyChunk+4<<10)
 		var scratch []byte
 		for i := range ds {
 			b, scratch = appendCopyRow(b, scratch, run, &ds[i])
 			if len(b) >= copyChunk {
-				var err error
-				if b, err = emit(b); err != nil {
+				if err := emit(b); err != nil {
 					return err
 				}
+				b = b[:0]
 			}
 		}
-		_, err := emit(b)
-		return err
+		return emit(b)
 	}
 }
 

@@ -285,14 +285,11 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	var ask []int
 	r.kmu.Lock()
 	for i, it := range items {
-		c, ok := r.inflight[it.Key]
-		switch {
-		case !ok:
-			ask = append(ask, i)
-		default:
-			// Even the very same record (a file given twice): it is
-			// being sent already.
+		// Even the very same record (a file given twice): it is being sent.
+		if c, ok := r.inflight[it.Key]; ok {
 			out[i] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("same key as %s line %d", c.file, c.line)}
+		} else {
+			ask = append(ask, i)
 		}
 	}
 	r.kmu.Unlock()
@@ -370,13 +367,11 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 		for _, t := range take {
 			own = append(own, t.item)
 		}
+		var encoded driver.Value
 		if len(fresh) == len(keys) {
-			// Every key is new (the common case): the block's keys are the
-			// array already encoded for the look-up.
-			blockOf, err = r.insertBlocks(ctx, tx, items, fresh, keyArray)
-		} else {
-			blockOf, err = r.insertBlocks(ctx, tx, items, fresh, nil)
+			encoded = keyArray // every key is new, the common case
 		}
+		blockOf, err = r.insertBlocks(ctx, tx, items, fresh, encoded)
 		return err
 	})
 	if err != nil {
@@ -391,12 +386,10 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 		r.inflight[it.Key] = claim{block: id, file: it.File, line: it.Line, fp: it.Fingerprint}
 		r.open[id]++
 	}
-	for _, i := range own {
+	for _, i := range own { // keys of ask: not in inflight before
 		it := items[i]
-		if c, ok := r.inflight[it.Key]; !ok || c.block != 0 {
-			r.ownRows++
-		}
 		r.inflight[it.Key] = claim{file: it.File, line: it.Line, fp: it.Fingerprint}
+		r.ownRows++
 	}
 	r.kmu.Unlock()
 	return out, nil
@@ -405,8 +398,8 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 // holders reads, in one statement and so in one snapshot, what the ledger
 // holds for keys: a customers row, a claims row, or another run's block.
 // The claim lock keeps other runs from claiming meanwhile; a run confirming
-// meanwhile changes customers and its block in one transaction, which the
-// single snapshot sees whole or not at all.
+// meanwhile writes customers in one transaction and deletes the key's block
+// only in a later one, so the snapshot finds the key in one place or both.
 //
 // The right plan is an index probe per key, whatever the size of
 // customers and its statistics; Claim's transaction disables hash and merge
@@ -499,7 +492,8 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 }
 
 // insertBlocks claims the fresh items with one claim_blocks row per file.
-// encoded, when not nil, is the text array of the keys of fresh.
+// encoded, when not nil, is the text array of the keys of fresh, usable
+// when they all come from one file.
 func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh []int, encoded driver.Value) ([]int64, error) {
 	blockOf := make([]int64, len(items))
 	for len(fresh) > 0 {
@@ -518,9 +512,10 @@ func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh 
 			lines = append(lines, items[i].Line)
 		}
 		var keyParam any = pq.Array(keys)
-		if encoded != nil && len(rest) == 0 && len(idx) == len(fresh) {
+		if encoded != nil && len(rest) == 0 {
 			keyParam = encoded
 		}
+		encoded = nil // it holds every file's keys: the first row's only if there is one file
 		var id int64
 		if err := tx.QueryRowContext(ctx,
 			`INSERT INTO claim_blocks (run_id, source_file, keys, lines) VALUES ($1, $2, $3, $4) RETURNING id`,
@@ -689,18 +684,13 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 	}
 	own := r.ownKeys(keys)
 	done, putBack := r.takeFinished()
-	cleanup := func(exec func(string, ...any) error) error {
+	cleanup := func(exec execFunc) error {
 		if len(own) > 0 {
 			if err := exec(`DELETE FROM claims WHERE external_id = ANY($1) AND run_id = $2`, pq.Array(own), r.id); err != nil {
 				return fmt.Errorf("drop claims: %w", err)
 			}
 		}
-		if len(done) > 0 {
-			if err := exec(`DELETE FROM claim_blocks WHERE id = ANY($1)`, pq.Array(done)); err != nil {
-				return fmt.Errorf("drop finished blocks: %w", err)
-			}
-		}
-		return nil
+		return dropBlocks(exec, done)
 	}
 	err := r.rawTx(ctx, func(c *rawConn) error {
 		if err := c.copyIn("customers", customerColumns, copyRows(r.id, ds)); err != nil {
@@ -714,7 +704,7 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 			if err := insertCustomers(ctx, tx, r.id, ds); err != nil {
 				return err
 			}
-			return cleanup(func(q string, args ...any) error { _, err := tx.ExecContext(ctx, q, args...); return err })
+			return cleanup(txExec(ctx, tx))
 		})
 	}
 	if err != nil {
@@ -722,6 +712,28 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 		return fmt.Errorf("record deliveries: %w", err)
 	}
 	r.settle(keys)
+	return nil
+}
+
+// execFunc runs a statement: on a database/sql transaction (txExec) or on
+// rawTx's connection.
+type execFunc func(query string, args ...any) error
+
+func txExec(ctx context.Context, tx *sql.Tx) execFunc {
+	return func(query string, args ...any) error {
+		_, err := tx.ExecContext(ctx, query, args...)
+		return err
+	}
+}
+
+// dropBlocks deletes the blocks whose keys earlier commits all settled.
+func dropBlocks(exec execFunc, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := exec(`DELETE FROM claim_blocks WHERE id = ANY($1)`, pq.Array(ids)); err != nil {
+		return fmt.Errorf("drop finished blocks: %w", err)
+	}
 	return nil
 }
 
@@ -783,12 +795,7 @@ func (r *Run) Mark(ctx context.Context, state string, keys, reasons []string, or
 			pq.Array(ks), pq.Array(rs), pq.Array(files), pq.Array(fps), pq.Array(lines), pq.Array(orph), r.id, state); err != nil {
 			return fmt.Errorf("mark claims %s: %w", state, err)
 		}
-		if len(done) > 0 {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM claim_blocks WHERE id = ANY($1)`, pq.Array(done)); err != nil {
-				return fmt.Errorf("drop finished blocks: %w", err)
-			}
-		}
-		return nil
+		return dropBlocks(txExec(ctx, tx), done)
 	})
 	if err != nil {
 		putBack()

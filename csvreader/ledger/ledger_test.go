@@ -476,3 +476,29 @@ func TestCloseClearsClaimsOfConfirmedKeys(t *testing.T) {
 		t.Errorf("%d claims rows left for a key in customers", n)
 	}
 }
+
+// Items of several files claimed at once get a block per file, each holding
+// only its own file's keys.
+func TestClaimBlockPerFile(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	r := must(ledger.Start(ctx, d, nil))
+	defer r.Close(ctx, "done", nil)
+	its := items("A1", "B1", "A2")
+	its[1].File = "b.csv"
+	must(r.Claim(ctx, its))
+	rows, err := d.Query(`SELECT source_file || ':' || array_to_string(keys, ',') FROM claim_blocks ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var s string
+		rows.Scan(&s)
+		got = append(got, s)
+	}
+	if fmt.Sprint(got) != "[b.csv:B1 f.csv:A1,A2]" {
+		t.Errorf("blocks = %v, want [b.csv:B1 f.csv:A1,A2]", got)
+	}
+}
