@@ -208,6 +208,39 @@ func (c *Client) Lookup(ctx context.Context, externalID string) ([]StoredContact
 	return c.lookup(ctx, "lookup", externalID)
 }
 
+// LookupBatch returns, for each external id (at most MaxBatch), the
+// contacts holding it (POST /v1/contacts/lookup), in the order of ids.
+// Errors are *Error; an answer with another number of results is
+// ClassUnexpected, never read as "not found".
+func (c *Client) LookupBatch(ctx context.Context, ids []string) ([]LookupResult, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	body, err := json.Marshal(LookupRequest{ExternalIDs: ids})
+	if err != nil {
+		return nil, &Error{Class: ClassUnexpected, Message: "encode lookup", Err: err}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+PathLookup, bytes.NewReader(body))
+	if err != nil {
+		return nil, &Error{Class: ClassUnexpected, Message: "build request", Err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	var out LookupResponse
+	if _, err := c.do(req, "lookup", &out); err != nil {
+		return nil, err
+	}
+	if len(out.Results) != len(ids) {
+		return nil, &Error{Class: ClassUnexpected, Status: http.StatusOK,
+			Message: fmt.Sprintf("lookup answered %d results for %d external ids", len(out.Results), len(ids))}
+	}
+	for i := range ids {
+		if out.Results[i].ExternalID != ids[i] {
+			return nil, &Error{Class: ClassUnexpected, Status: http.StatusOK,
+				Message: fmt.Sprintf("lookup result %d is for %q, not the requested id", i, out.Results[i].ExternalID)}
+		}
+	}
+	return out.Results, nil
+}
+
 // Ping checks that the CRM answers and accepts the token with a lookup of
 // an external id that does not exist.
 func (c *Client) Ping(ctx context.Context) error {

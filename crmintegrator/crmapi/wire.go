@@ -9,6 +9,7 @@ import "crmsync/shared/contact"
 const (
 	PathContacts = "/v1/contacts"
 	PathBatch    = "/v1/contacts/batch"
+	PathLookup   = "/v1/contacts/lookup"
 )
 
 // Header names of the contract.
@@ -62,6 +63,25 @@ type StoredContact struct {
 // ListResponse is the answer of GET /v1/contacts?external_id=X.
 type ListResponse struct {
 	Contacts []StoredContact `json:"contacts"`
+}
+
+// LookupRequest is the body of POST /v1/contacts/lookup: 1..MaxBatch
+// external ids.
+type LookupRequest struct {
+	ExternalIDs []string `json:"external_ids"`
+}
+
+// LookupResponse is its 200 answer: one result per requested id, in
+// request order.
+type LookupResponse struct {
+	Results []LookupResult `json:"results"`
+}
+
+// LookupResult lists the contacts holding one external id, oldest first;
+// empty (never null) when the CRM holds none.
+type LookupResult struct {
+	ExternalID string          `json:"external_id"`
+	Contacts   []StoredContact `json:"contacts"`
 }
 
 // ErrorDetail is a machine code and a human message.

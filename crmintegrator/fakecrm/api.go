@@ -3,6 +3,7 @@ package fakecrm
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -58,6 +59,7 @@ const (
 	opCreate
 	opBatch
 	opList
+	opLookup
 )
 
 // route maps a /v1 request to its op; for a known path with the wrong
@@ -75,6 +77,11 @@ func route(r *http.Request) (o op, allow string) {
 	case crmapi.PathBatch:
 		if r.Method == http.MethodPost {
 			return opBatch, ""
+		}
+		return opNone, "POST"
+	case crmapi.PathLookup:
+		if r.Method == http.MethodPost {
+			return opLookup, ""
 		}
 		return opNone, "POST"
 	}
@@ -121,7 +128,7 @@ func (s *Server) serveV1(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var d decision
-	if o == opList {
+	if o == opList || o == opLookup {
 		c.delay = jitter(c.f)
 	} else {
 		d = decide(s.seed, s.postSeq.Add(1), c.f)
@@ -147,8 +154,12 @@ func (s *Server) serveV1(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if o == opList {
+	switch o {
+	case opList:
 		s.list(c)
+		return
+	case opLookup:
+		s.lookupBatch(c)
 		return
 	}
 	s.post(c, o, d)
@@ -162,6 +173,38 @@ func (s *Server) list(c *call) {
 		return
 	}
 	c.reply(http.StatusOK, marshal(crmapi.ListResponse{Contacts: s.store.lookup(ext)}))
+}
+
+// lookupBatch answers POST /v1/contacts/lookup: the contacts of up to
+// max-batch external ids in one request, as a real CRM's batch read does.
+func (s *Server) lookupBatch(c *call) {
+	body, err := readBody(c.w, c.r)
+	if err != nil {
+		c.fail(http.StatusRequestEntityTooLarge, crmapi.CodeBodyTooLarge, "the body exceeds the size limit")
+		return
+	}
+	var req crmapi.LookupRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		c.fail(http.StatusBadRequest, crmapi.CodeMalformed, "the body is not a lookup request: "+err.Error())
+		return
+	}
+	switch n := len(req.ExternalIDs); {
+	case n == 0:
+		c.fail(http.StatusBadRequest, crmapi.CodeEmptyBatch, "external_ids is empty or absent")
+		return
+	case n > s.maxBatch:
+		c.fail(http.StatusRequestEntityTooLarge, crmapi.CodeBatchTooLarge, fmt.Sprintf("%d external ids, at most %d per lookup", n, s.maxBatch))
+		return
+	}
+	out := crmapi.LookupResponse{Results: make([]crmapi.LookupResult, len(req.ExternalIDs))}
+	for i, id := range req.ExternalIDs {
+		if id == "" {
+			c.fail(http.StatusBadRequest, crmapi.CodeMalformed, fmt.Sprintf("external_ids[%d] is empty", i))
+			return
+		}
+		out.Results[i] = crmapi.LookupResult{ExternalID: id, Contacts: s.store.lookup(id)}
+	}
+	c.reply(http.StatusOK, marshal(out))
 }
 
 // post answers both creating endpoints: faults first, then the

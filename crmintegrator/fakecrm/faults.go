@@ -29,6 +29,10 @@ type Faults struct {
 	// [0, Jitter).
 	Latency time.Duration `json:"latency"`
 	Jitter  time.Duration `json:"jitter"`
+	// LookupLatency is added to every lookup (GET /v1/contacts and POST
+	// /v1/contacts/lookup) on top of Latency: real CRMs' read and search
+	// endpoints are often slower than their writes.
+	LookupLatency time.Duration `json:"lookup_latency"`
 	// Hang is how long a "hang" answer holds the connection before dropping
 	// it without a response; 0 drops it at once.
 	Hang time.Duration `json:"hang"`
@@ -124,8 +128,8 @@ func (f Faults) validate() error {
 		return fmt.Errorf("fail_rate %v is outside [0, 1]", f.FailRate)
 	case f.AmbiguousRate < 0 || f.AmbiguousRate > 1:
 		return fmt.Errorf("ambiguous_rate %v is outside [0, 1]", f.AmbiguousRate)
-	case f.Latency < 0 || f.Jitter < 0 || f.Hang < 0:
-		return fmt.Errorf("latency, jitter and hang must not be negative")
+	case f.Latency < 0 || f.Jitter < 0 || f.Hang < 0 || f.LookupLatency < 0:
+		return fmt.Errorf("latency, lookup_latency, jitter and hang must not be negative")
 	case f.Rate < 0:
 		return fmt.Errorf("rate %v is negative", f.Rate)
 	case f.Burst < 0:
@@ -143,6 +147,7 @@ func (f Faults) clamped() Faults {
 	f.FailRate = min(max(f.FailRate, 0), 1)
 	f.AmbiguousRate = min(max(f.AmbiguousRate, 0), 1)
 	f.Latency, f.Jitter, f.Hang = max(f.Latency, 0), max(f.Jitter, 0), max(f.Hang, 0)
+	f.LookupLatency = max(f.LookupLatency, 0)
 	f.Rate, f.Burst = max(f.Rate, 0), max(f.Burst, 0)
 	if _, err := parseModes(f.AmbiguousModes); err != nil {
 		f.AmbiguousModes = ""
@@ -230,6 +235,7 @@ type faultsJSON struct {
 	AmbiguousRate  float64  `json:"ambiguous_rate"`
 	Latency        duration `json:"latency"`
 	Jitter         duration `json:"jitter"`
+	LookupLatency  duration `json:"lookup_latency"`
 	Hang           duration `json:"hang"`
 	Rate           float64  `json:"rate"`
 	Burst          int      `json:"burst"`
@@ -244,7 +250,8 @@ func (f Faults) wire() faultsJSON {
 	return faultsJSON{
 		FailRate: f.FailRate, AmbiguousRate: f.AmbiguousRate,
 		Latency: duration(f.Latency), Jitter: duration(f.Jitter), Hang: duration(f.Hang),
-		Rate: f.Rate, Burst: f.Burst, Down: f.Down,
+		LookupLatency: duration(f.LookupLatency),
+		Rate:          f.Rate, Burst: f.Burst, Down: f.Down,
 		AmbiguousModes: f.AmbiguousModes, BlockedDomains: f.BlockedDomains,
 	}
 }
@@ -253,7 +260,8 @@ func (j faultsJSON) faults() Faults {
 	return Faults{
 		FailRate: j.FailRate, AmbiguousRate: j.AmbiguousRate,
 		Latency: time.Duration(j.Latency), Jitter: time.Duration(j.Jitter), Hang: time.Duration(j.Hang),
-		Rate: j.Rate, Burst: j.Burst, Down: j.Down,
+		LookupLatency: time.Duration(j.LookupLatency),
+		Rate:          j.Rate, Burst: j.Burst, Down: j.Down,
 		AmbiguousModes: j.AmbiguousModes, BlockedDomains: j.BlockedDomains,
 	}
 }

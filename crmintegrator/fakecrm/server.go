@@ -235,9 +235,9 @@ func (s *Server) pause(d time.Duration) {
 	}
 }
 
-// jitter is the extra latency of a GET, whose faults need not repeat.
+// jitter is the latency of a lookup, whose faults need not repeat.
 func jitter(f *faultState) time.Duration {
-	d := f.Latency
+	d := f.Latency + f.LookupLatency
 	if f.Jitter > 0 {
 		d += rand.N(f.Jitter)
 	}

@@ -51,12 +51,12 @@ func BenchmarkDeliverCodec(b *testing.B) {
 			for i := range ids {
 				ids[i] = fmt.Sprintf("ct_%016x", i*7919)
 			}
-			s.deliver = func(_ context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, *crmrpc.Error) {
+			s.deliver = func(_ context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error) {
 				vs := make([]crmrpc.Verdict, len(recs))
 				for i := range vs {
 					vs[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: ids[i%len(ids)]}
 				}
-				return vs, nil
+				return vs, 0, nil
 			}
 			block := freshBlocks()() // the same records every call: generating them is not measured
 			benchDeliver(b, s, 1, func() []crmrpc.Record { return block })

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"crmsync/crmintegrator/crmapi"
@@ -25,6 +26,13 @@ const (
 	CodeUnexpected      = "crm_unexpected_answer"
 	CodeContactTooLarge = "contact_too_large"
 	CodeShuttingDown    = "shutting_down"
+	// CodeNoTime: the call's bound ran out before these records' turn (a
+	// CRM slot, the rate limit, a lookup); they are answered Retry rather
+	// than keep the caller waiting past the bound Hello advertises.
+	CodeNoTime = "call_budget_spent"
+	// CodeInFlight: another call of this daemon is still working on the
+	// record; Retry after that call's bound.
+	CodeInFlight = "record_in_flight"
 )
 
 // errCircuitOpen is what crmDo returns when the breaker refuses a request.
@@ -34,25 +42,64 @@ func (e *errCircuitOpen) Error() string {
 	return fmt.Sprintf("crm circuit breaker open for %v", e.wait.Round(time.Millisecond))
 }
 
-// crmDo runs one CRM request through the breaker, the rate limiter and the
-// in-flight limit, and feeds its outcome back to them.
-func (s *Server) crmDo(ctx context.Context, fn func(context.Context) error) error {
-	ok, probe, wait := s.breaker.Allow()
-	if !ok {
-		return &errCircuitOpen{wait}
+// errNoTime is what crmDo returns when a request could not start before its
+// call's cutoff: waiting for a slot or for the rate limiter would have run
+// past it. Nothing was sent; wait is the best guess of how long until it
+// could be.
+type errNoTime struct {
+	wait time.Duration
+	why  string
+}
+
+func (e *errNoTime) Error() string {
+	return fmt.Sprintf("the call's time ran out before a CRM request could start (%s)", e.why)
+}
+
+// crmDo runs one CRM request through the in-flight limit, the rate limiter
+// and the breaker, and feeds its outcome back to them. The request starts
+// only before cutoff, and every wait before it ends by then: the request
+// then ends, by the CRM client's own timeout, within the call's bound.
+func (s *Server) crmDo(ctx context.Context, cutoff time.Time, fn func(context.Context) error) error {
+	if open, wait := s.breaker.Open(); open {
+		return &errCircuitOpen{wait} // fail fast rather than queue for a slot
 	}
-	result := ResultIgnore
-	defer func() { s.breaker.Done(probe, result) }()
+	wctx, cancel := context.WithDeadline(ctx, cutoff)
+	defer cancel()
 	// The in-flight slot first, then the pace: a request that got its pace
 	// slot before a 429 paused everything must not go out after it.
 	select {
 	case s.sem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	case <-wctx.Done():
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &errNoTime{wait: s.cfg.CRMTimeout / 4, why: "every CRM slot was busy"}
 	}
 	defer func() { <-s.sem }()
-	if err := s.limiter.Wait(ctx); err != nil {
-		return err
+	if err := s.limiter.WaitUntil(wctx, cutoff); err != nil {
+		var we *WaitError
+		if errors.As(err, &we) {
+			return &errNoTime{wait: we.Wait, why: "the rate limit's next slot"}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &errNoTime{wait: time.Second, why: "the rate limit's next slot"}
+	}
+	// Admission now, after the waits: a request queued while the breaker
+	// tripped must not go out, and its ticket is of the generation it is
+	// really sent in.
+	ok, ticket, wait := s.breaker.Allow()
+	if !ok {
+		return &errCircuitOpen{wait}
+	}
+	result := ResultIgnore
+	defer func() { s.breaker.Done(ticket, result) }()
+	if err := ctx.Err(); err != nil {
+		return err // abandoned while waiting: send nothing
+	}
+	if !time.Now().Before(cutoff) {
+		return &errNoTime{wait: 100 * time.Millisecond, why: "the call's cutoff passed"}
 	}
 	start := time.Now()
 	s.met.inflight.Add(1)
@@ -82,15 +129,25 @@ func (s *Server) crmDo(ctx context.Context, fn func(context.Context) error) erro
 	return err
 }
 
+// The bound of a call. A call starts CRM requests until its cutoff,
+// CallBudget after it arrived; each request ends within CRMTimeout; so the
+// call answers within CallBudget + CRMTimeout. Hello advertises one more
+// CRMTimeout as the margin for the answer's way back: CallTimeout.
+func (s *Server) callTimeout() time.Duration { return s.cfg.CallBudget + 2*s.cfg.CRMTimeout }
+
 // delivery is the state of one Deliver call.
 type delivery struct {
 	s        *Server
-	ctx      context.Context
+	ctx      context.Context // ends at the call's hard end, or when it fails as a whole
 	cancel   context.CancelFunc
+	cutoff   time.Time // no CRM request starts, and no wait ends, after this
 	recs     []crmrpc.Record
 	verdicts []crmrpc.Verdict
 	maybe    []bool // the CRM may hold this record already: look it up first
-	deadline time.Time
+	sent     []bool // a create carrying this record got an answer other than 429 in this call
+	backlog  []bool // counted in the recovery backlog gauge, not yet resolved
+
+	lookups atomic.Int64 // external ids looked up for this call
 
 	failOnce sync.Once
 	fail     *crmrpc.Error
@@ -98,15 +155,25 @@ type delivery struct {
 
 // Deliver creates the records in the CRM and returns one verdict per
 // record, in order, or a call-level error. It is what the Deliver RPC runs.
+// It answers within the call's bound (callTimeout) whatever the CRM does:
+// records it could not settle in time are answered Retry.
 func (s *Server) Deliver(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, *crmrpc.Error) {
+	v, _, err := s.deliverCall(ctx, recs)
+	return v, err
+}
+
+// deliverCall is Deliver, also reporting how many external ids it looked
+// up.
+func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error) {
+	arrived := time.Now()
 	if len(recs) > s.cfg.MaxRecords {
-		return nil, &crmrpc.Error{Code: crmrpc.CodeTooManyRecords,
+		return nil, 0, &crmrpc.Error{Code: crmrpc.CodeTooManyRecords,
 			Message: fmt.Sprintf("%d records in one call, at most %d allowed: send smaller blocks", len(recs), s.cfg.MaxRecords)}
 	}
 	for i := range recs {
 		if longestFieldLen(&recs[i].Contact) > s.cfg.MaxFieldBytes {
 			field, n := longestField(&recs[i].Contact) // named only on the error path
-			return nil, &crmrpc.Error{Code: crmrpc.CodeFieldTooLarge,
+			return nil, 0, &crmrpc.Error{Code: crmrpc.CodeFieldTooLarge,
 				Message: fmt.Sprintf("record %d: field %s has %d bytes, at most %d allowed", i, field, n, s.cfg.MaxFieldBytes)}
 		}
 	}
@@ -115,9 +182,12 @@ func (s *Server) Deliver(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Ve
 		recs:     recs,
 		verdicts: make([]crmrpc.Verdict, len(recs)),
 		maybe:    make([]bool, len(recs)),
-		deadline: time.Now().Add(s.cfg.CallBudget),
+		sent:     make([]bool, len(recs)),
+		backlog:  make([]bool, len(recs)),
+		cutoff:   arrived.Add(s.cfg.CallBudget),
 	}
-	d.ctx, d.cancel = context.WithCancel(ctx)
+	end := d.cutoff.Add(s.cfg.CRMTimeout)
+	d.ctx, d.cancel = context.WithDeadline(ctx, end)
 	defer d.cancel()
 
 	todo := make([]int, 0, len(recs))
@@ -126,26 +196,62 @@ func (s *Server) Deliver(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Ve
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: p.Code, Message: p.Message}
 			continue
 		}
-		d.maybe[i] = recs[i].MaybeSent
 		todo = append(todo, i)
 	}
+	// Keys another live call of this process is working on wait for it.
+	keys := make([]string, len(recs))
+	for i := range recs {
+		keys[i] = recs[i].Contact.ExternalID
+	}
+	hold := &callHold{until: end}
+	todo, busy := s.holders.hold(hold, keys, todo)
+	defer s.holders.release(hold, keys, todo)
+	if len(busy) > 0 {
+		s.met.overlapping.Add(int64(len(busy)))
+		s.log.Warn("records arrived while another call of this daemon still holds them; answering retry", "records", len(busy))
+		for i, until := range busy {
+			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: max(time.Until(until), 100*time.Millisecond),
+				Ambiguous: true, NotAttempted: true, Code: CodeInFlight, Message: "another call of this daemon is still working on this record"}
+		}
+	}
+	var backlog int64
+	for _, i := range todo {
+		if recs[i].MaybeSent {
+			d.maybe[i], d.backlog[i] = true, true
+			backlog++
+		}
+	}
+	s.met.backlog.Add(backlog)
+	defer d.clearBacklog()
+
 	var wg sync.WaitGroup
-	for len(todo) > 0 {
-		n := min(len(todo), s.cfg.MaxBatch)
-		chunk := todo[:n:n]
-		todo = todo[n:]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d.runChunk(chunk)
-		}()
+	for rest := todo; len(rest) > 0; {
+		n := min(len(rest), s.cfg.MaxBatch)
+		chunk := rest[:n:n]
+		rest = rest[n:]
+		wg.Go(func() { d.runChunk(chunk) })
 	}
 	wg.Wait()
+	lookups := int(d.lookups.Load())
 	if d.fail != nil {
-		return nil, d.fail
+		return nil, lookups, d.fail
 	}
 	s.met.countVerdicts(d.verdicts)
-	return d.verdicts, nil
+	return d.verdicts, lookups, nil
+}
+
+// resolved takes record i out of the recovery backlog.
+func (d *delivery) resolved(i int) {
+	if d.backlog[i] {
+		d.backlog[i] = false
+		d.s.met.backlog.Add(-1)
+	}
+}
+
+func (d *delivery) clearBacklog() {
+	for i := range d.backlog {
+		d.resolved(i)
+	}
 }
 
 // longestFieldLen is the length in bytes of c's longest field, attribute
@@ -189,10 +295,10 @@ func (d *delivery) failCall(e *crmrpc.Error) {
 }
 
 // roundFits tells whether another round of CRM requests may start, after
-// done rounds and a wait, within a call's deadline: the one budget rule of
+// done rounds and a wait, before a call's cutoff: the one budget rule of
 // Deliver and Lookup.
-func (s *Server) roundFits(done int, wait time.Duration, deadline time.Time) bool {
-	return done < s.cfg.MaxAttempts && !time.Now().Add(wait).After(deadline) && !s.closing.Load()
+func (s *Server) roundFits(done int, wait time.Duration, cutoff time.Time) bool {
+	return done < s.cfg.MaxAttempts && !time.Now().Add(wait).After(cutoff) && !s.closing.Load()
 }
 
 // pause decides whether one more round fits into the call: a wait no longer
@@ -202,7 +308,7 @@ func (d *delivery) pause(attempts *int, wait time.Duration, reason string) bool 
 	if mw := d.s.cfg.MaxCallWait; mw > 0 && wait > mw {
 		return false // the caller waits, not the call
 	}
-	if !d.s.roundFits(*attempts+1, wait, d.deadline) {
+	if !d.s.roundFits(*attempts+1, wait, d.cutoff) {
 		return false
 	}
 	*attempts++
@@ -211,15 +317,24 @@ func (d *delivery) pause(attempts *int, wait time.Duration, reason string) bool 
 }
 
 // retryLater answers Retry for the records; those that may be in the CRM
-// already are marked Ambiguous.
+// already are marked Ambiguous, and those no create reached the CRM for in
+// this call NotAttempted.
 func (d *delivery) retryLater(idx []int, wait time.Duration, code, msg string) {
 	wait = max(wait, 100*time.Millisecond)
 	if d.s.closing.Load() && code != CodeCircuitOpen {
 		code, msg = CodeShuttingDown, "the daemon is shutting down"
 	}
 	for _, i := range idx {
-		d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: wait, Ambiguous: d.maybe[i], Code: code, Message: msg}
+		d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: wait, Ambiguous: d.maybe[i],
+			NotAttempted: !d.sent[i], Code: code, Message: msg}
 	}
+}
+
+// outOfTime answers Retry for records whose turn the call's bound did not
+// reach: nothing more was sent for them.
+func (d *delivery) outOfTime(idx []int, err *errNoTime) {
+	d.s.met.retry("no_time")
+	d.retryLater(idx, err.wait, CodeNoTime, err.Error())
 }
 
 func newBackoff() backoff.Backoff {
@@ -239,11 +354,19 @@ func (d *delivery) runChunk(idx []int) {
 			return
 		}
 		// Resolve records that may already exist.
-		var unresolved bool
-		var wait time.Duration
-		var code, msg string
-		idx, unresolved, wait, code, msg = d.resolve(idx)
-		if unresolved {
+		rest, failed := d.resolve(idx)
+		idx = rest
+		if failed != nil {
+			var nt *errNoTime
+			if errors.As(failed, &nt) {
+				d.outOfTime(idx, nt)
+				return
+			}
+			wait, code, msg := d.s.lookupFailure(failed)
+			if code == crmrpc.CodeCRMUnauthorized {
+				d.failCall(&crmrpc.Error{Code: code, Message: msg})
+				return
+			}
 			wait = max(wait, bo.Next())
 			if !d.pause(&attempts, wait, "lookup") {
 				d.retryLater(idx, wait, code, msg)
@@ -283,8 +406,13 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 	key := crmapi.IdempotencyKey(body)
 	for {
 		var resp *crmapi.BatchResponse
-		err := s.crmDo(d.ctx, func(ctx context.Context) (err error) {
+		err := s.crmDo(d.ctx, d.cutoff, func(ctx context.Context) (err error) {
 			resp, _, err = s.crm.CreateBatch(ctx, body, key)
+			if crmapi.ClassOf(err) != crmapi.ClassRateLimited {
+				for _, i := range idx {
+					d.sent[i] = true
+				}
+			}
 			return err
 		})
 		if err == nil {
@@ -296,10 +424,21 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 			d.retryLater(idx, open.wait, CodeCircuitOpen, "the CRM is failing; the daemon pauses calling it")
 			return false, false
 		}
+		var nt *errNoTime
+		if errors.As(err, &nt) {
+			d.outOfTime(idx, nt)
+			return false, false
+		}
 		var ce *crmapi.Error
 		if !errors.As(err, &ce) { // our context: the call was abandoned
 			// An earlier ambiguous answer has already marked idx maybe-sent.
 			d.retryLater(idx, bo.Next(), CodeShuttingDown, "call abandoned")
+			return false, false
+		}
+		if d.ctx.Err() != nil {
+			// The request was cut by the call's end: what it did is unknown.
+			d.markMaybe(idx)
+			d.retryLater(idx, bo.Next(), CodeAmbiguous, "the call's bound cut a CRM request short; resend with MaybeSent")
 			return false, false
 		}
 		var wait time.Duration
@@ -309,11 +448,13 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 			s.log.Warn("crm rejected a batch", "status", ce.Status, "code", ce.Code, "message", ce.Message, "contacts", len(idx))
 			for _, i := range idx {
 				d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: cmp.Or(ce.Code, "crm_status_"+fmt.Sprint(ce.Status)), Message: ce.Message}
+				d.resolved(i)
 			}
 			return false, false
 		case crmapi.ClassTooLarge:
 			if len(idx) == 1 {
 				d.verdicts[idx[0]] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: CodeContactTooLarge, Message: "the CRM refuses this contact as too large: " + ce.Message}
+				d.resolved(idx[0])
 				return false, false
 			}
 			s.met.retry("split")
@@ -383,50 +524,59 @@ func (d *delivery) apply(idx []int, resp *crmapi.BatchResponse) {
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: time.Second, Ambiguous: true, Code: CodeUnexpected, Message: "the CRM's answer does not match the batch"}
 		case r.Status == crmapi.StatusCreated:
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: r.ID}
+			d.s.fates.remember(d.recs[i].Contact.ExternalID, r.ID)
+			d.resolved(i)
 		case r.Status == crmapi.StatusRejected:
 			v := crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "rejected"}
 			if r.Error != nil {
 				v.Code, v.Message = r.Error.Code, r.Error.Message
 			}
 			d.verdicts[i] = v
+			d.resolved(i)
 		default:
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: time.Second, Ambiguous: true, Code: CodeUnexpected, Message: "unknown result status " + r.Status}
 		}
 	}
 }
 
-// resolve looks up the records of idx that may already be in the CRM.
-// Found ones are Delivered with the first CRM id; not found ones lose the
-// mark. It returns the records still to create, and whether some lookups
-// failed (those records keep the mark; nothing of idx may be created then
-// in this round, to keep one request per batch).
-func (d *delivery) resolve(idx []int) (rest []int, unresolved bool, wait time.Duration, code, msg string) {
+// resolve settles the records of idx that may already be in the CRM: from
+// what this process already knows, else with one batch lookup (idx holds at
+// most MaxBatch records). Found ones are Delivered with the first CRM id;
+// not found ones lose the mark. It returns the records still to create, and
+// the lookup's error, if it failed: those records keep the mark, and
+// nothing of idx may be created in this round, to keep one request per
+// batch.
+func (d *delivery) resolve(idx []int) (rest []int, err error) {
 	var look []int
 	for _, i := range idx {
-		if d.maybe[i] {
-			look = append(look, i)
+		if !d.maybe[i] {
+			continue
 		}
+		if id, ok := d.s.fates.known(d.recs[i].Contact.ExternalID); ok {
+			d.deliveredFound(i, id)
+			d.s.met.lookupsSaved.Add(1)
+			continue
+		}
+		look = append(look, i)
 	}
-	if len(look) == 0 {
-		return idx, false, 0, "", ""
-	}
-	ids := make([]string, len(look))
-	for j, i := range look {
-		ids[j] = d.recs[i].Contact.ExternalID
-	}
-	found, errs := d.s.lookupMany(d.ctx, ids)
-	var firstErr error
-	for j, i := range look {
-		switch {
-		case errs[j] != nil:
-			if firstErr == nil {
-				firstErr = errs[j]
+	if len(look) > 0 {
+		ids := make([]string, len(look))
+		for j, i := range look {
+			ids[j] = d.recs[i].Contact.ExternalID
+		}
+		var found [][]string
+		found, err = d.s.lookupBatch(d.ctx, d.cutoff, ids)
+		if err == nil {
+			d.lookups.Add(int64(len(ids)))
+			for j, i := range look {
+				if len(found[j]) > 0 {
+					d.deliveredFound(i, found[j][0])
+					d.s.fates.remember(ids[j], found[j][0])
+				} else {
+					d.maybe[i] = false
+					d.resolved(i)
+				}
 			}
-		case len(found[j]) > 0:
-			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: found[j][0]}
-			d.maybe[i] = false
-		default:
-			d.maybe[i] = false
 		}
 	}
 	rest = idx[:0:0]
@@ -435,14 +585,13 @@ func (d *delivery) resolve(idx []int) (rest []int, unresolved bool, wait time.Du
 			rest = append(rest, i)
 		}
 	}
-	if firstErr == nil {
-		return rest, false, 0, "", ""
-	}
-	wait, code, msg = d.s.lookupFailure(firstErr)
-	if code == crmrpc.CodeCRMUnauthorized {
-		d.failCall(&crmrpc.Error{Code: code, Message: msg})
-	}
-	return rest, true, wait, code, msg
+	return rest, err
+}
+
+func (d *delivery) deliveredFound(i int, crmID string) {
+	d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: crmID}
+	d.maybe[i] = false
+	d.resolved(i)
 }
 
 // lookupFailure turns a failed lookup into a wait, a code and a message.
@@ -450,6 +599,10 @@ func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 	var open *errCircuitOpen
 	if errors.As(err, &open) {
 		return open.wait, CodeCircuitOpen, "the CRM is failing; the daemon pauses calling it"
+	}
+	var nt *errNoTime
+	if errors.As(err, &nt) {
+		return nt.wait, CodeNoTime, nt.Error()
 	}
 	var ce *crmapi.Error
 	if !errors.As(err, &ce) {
@@ -467,41 +620,34 @@ func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 	return time.Second, CodeUnavailable, "lookup failed: " + ce.Error()
 }
 
-// lookupMany looks the external ids up with bounded concurrency. found[j]
-// lists the CRM ids of ids[j]; errs[j] is set when its lookup failed.
-func (s *Server) lookupMany(ctx context.Context, ids []string) (found [][]string, errs []error) {
-	found = make([][]string, len(ids))
-	errs = make([]error, len(ids))
-	workers := min(len(ids), s.cfg.CRMConcurrency)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range next {
-				errs[j] = s.crmDo(ctx, func(ctx context.Context) error {
-					cs, err := s.crm.Lookup(ctx, ids[j])
-					for _, c := range cs {
-						found[j] = append(found[j], c.ID)
-					}
-					return err
-				})
+// lookupBatch looks up to MaxBatch external ids up in one CRM request.
+// found[j] lists the CRM ids of ids[j].
+func (s *Server) lookupBatch(ctx context.Context, cutoff time.Time, ids []string) (found [][]string, err error) {
+	err = s.crmDo(ctx, cutoff, func(ctx context.Context) error {
+		res, err := s.crm.LookupBatch(ctx, ids)
+		if err != nil {
+			return err
+		}
+		found = make([][]string, len(ids))
+		for j := range res {
+			for _, c := range res[j].Contacts {
+				found[j] = append(found[j], c.ID)
 			}
-		}()
+		}
+		return nil
+	})
+	if err == nil {
+		s.met.lookups.Add(int64(len(ids)))
 	}
-	for j := range ids {
-		next <- j
-	}
-	close(next)
-	wg.Wait()
-	return found, errs
+	return found, err
 }
 
-// Lookup answers which CRM ids hold each external id. It retries failed
-// lookups within the call budget and otherwise fails the call with
-// CodeCRMUnavailable and a RetryAfter.
+// Lookup answers which CRM ids hold each external id, in batches of
+// MaxBatch sent concurrently. It retries failed batches within the call's
+// bound and otherwise fails the call with CodeCRMUnavailable and a
+// RetryAfter.
 func (s *Server) Lookup(ctx context.Context, ids []string) ([]crmrpc.LookupResult, *crmrpc.Error) {
+	cutoff := time.Now().Add(s.cfg.CallBudget)
 	if len(ids) > s.cfg.MaxRecords {
 		return nil, &crmrpc.Error{Code: crmrpc.CodeTooManyRecords,
 			Message: fmt.Sprintf("%d external ids in one call, at most %d allowed", len(ids), s.cfg.MaxRecords)}
@@ -512,31 +658,38 @@ func (s *Server) Lookup(ctx context.Context, ids []string) ([]crmrpc.LookupResul
 				Message: fmt.Sprintf("external id %d has %d bytes, at most %d allowed", i, len(id), s.cfg.MaxFieldBytes)}
 		}
 	}
+	ctx, cancel := context.WithDeadline(ctx, cutoff.Add(s.cfg.CRMTimeout))
+	defer cancel()
 	out := make([]crmrpc.LookupResult, len(ids))
 	for i, id := range ids {
 		out[i].ExternalID = id
 	}
-	deadline := time.Now().Add(s.cfg.CallBudget)
-	bo := newBackoff()
-	todo := make([]int, len(ids))
-	for i := range todo {
-		todo[i] = i
+	type batch struct{ lo, hi int }
+	var todo []batch
+	for lo := 0; lo < len(ids); lo += s.cfg.MaxBatch {
+		todo = append(todo, batch{lo, min(lo+s.cfg.MaxBatch, len(ids))})
 	}
+	bo := newBackoff()
 	for attempt := 1; ; attempt++ {
-		sub := make([]string, len(todo))
-		for j, i := range todo {
-			sub[j] = ids[i]
+		errs := make([]error, len(todo))
+		var wg sync.WaitGroup
+		for j, b := range todo {
+			wg.Go(func() {
+				found, err := s.lookupBatch(ctx, cutoff, ids[b.lo:b.hi])
+				errs[j] = err
+				for k := range found {
+					out[b.lo+k].CRMIDs = found[k]
+				}
+			})
 		}
-		found, errs := s.lookupMany(ctx, sub)
-		var failed []int
+		wg.Wait()
+		var failed []batch
 		var firstErr error
-		for j, i := range todo {
+		for j, b := range todo {
 			if errs[j] != nil {
-				failed = append(failed, i)
+				failed = append(failed, b)
 				firstErr = cmp.Or(firstErr, errs[j])
-				continue
 			}
-			out[i].CRMIDs = found[j]
 		}
 		if len(failed) == 0 {
 			return out, nil
@@ -546,9 +699,13 @@ func (s *Server) Lookup(ctx context.Context, ids []string) ([]crmrpc.LookupResul
 			return nil, &crmrpc.Error{Code: code, Message: msg}
 		}
 		wait = max(wait, bo.Next())
-		if !s.roundFits(attempt, wait, deadline) || backoff.Sleep(ctx, nil, wait) != nil {
-			s.log.Log(ctx, slog.LevelWarn, "lookup call failed", "code", code, "failed", len(failed))
-			return nil, &crmrpc.Error{Code: crmrpc.CodeCRMUnavailable, Message: fmt.Sprintf("%d of %d lookups failed: %s", len(failed), len(ids), msg), RetryAfter: wait}
+		if !s.roundFits(attempt, wait, cutoff) || backoff.Sleep(ctx, nil, wait) != nil {
+			n := 0
+			for _, b := range failed {
+				n += b.hi - b.lo
+			}
+			s.log.Log(ctx, slog.LevelWarn, "lookup call failed", "code", code, "failed", n)
+			return nil, &crmrpc.Error{Code: crmrpc.CodeCRMUnavailable, Message: fmt.Sprintf("%d of %d lookups failed: %s", n, len(ids), msg), RetryAfter: wait}
 		}
 		s.met.retry("lookup")
 		todo = failed

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"crmsync/crmintegrator/crmapi"
 	"crmsync/crmintegrator/fakecrm"
 	"crmsync/shared/contact"
 	"crmsync/shared/crmrpc"
@@ -372,7 +373,7 @@ func TestOutcomeTable(t *testing.T) {
 		name        string
 		idempotency bool
 		posts       []answer // answers to successive POSTs; the last repeats
-		lookup      string   // body of GET answers; "" = no contact
+		lookup      string   // contacts a lookup finds, as JSON; "" = none; "fail" = 503
 		want        crmrpc.Verdict
 		wantPosts   int
 	}{
@@ -382,17 +383,17 @@ func TestOutcomeTable(t *testing.T) {
 		}}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "invalid_email", Message: "bad"}, 1},
 		{"400", false, []answer{status(400, "malformed_request", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "malformed_request", Message: "m"}, 1},
 		{"422", false, []answer{status(422, "idempotency_key_reused", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "idempotency_key_reused", Message: "m"}, 1},
-		{"429", false, []answer{status(429, "rate_limited", "7")}, "", crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: 7 * time.Second, Code: CodeRateLimited}, 1},
+		{"429", false, []answer{status(429, "rate_limited", "7")}, "", crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: 7 * time.Second, Code: CodeRateLimited, NotAttempted: true}, 1},
 		{"503 then created", false, []answer{status(503, "unavailable", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
 		{"409 in progress then created", false, []answer{status(409, "request_in_progress", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
-		{"500 then found by lookup", false, []answer{status(500, "internal_error", "")}, `{"contacts":[{"id":"c9"},{"id":"c10"}]}`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c9"}, 1},
+		{"500 then found by lookup", false, []answer{status(500, "internal_error", "")}, `[{"id":"c9"},{"id":"c10"}]`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c9"}, 1},
 		{"502 then not found, created", false, []answer{status(502, "", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
 		{"504 with idempotency resends", true, []answer{status(504, "", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
-		{"reset then found", false, []answer{reset}, `{"contacts":[{"id":"c7"}]}`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c7"}, 1},
+		{"reset then found", false, []answer{reset}, `[{"id":"c7"}]`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c7"}, 1},
 		{"timeout then found", false, []answer{func(w http.ResponseWriter, r *http.Request) {
 			io.Copy(io.Discard, r.Body)
 			time.Sleep(300 * time.Millisecond)
-		}}, `{"contacts":[{"id":"c8"}]}`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c8"}, 1},
+		}}, `[{"id":"c8"}]`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c8"}, 1},
 		{"ambiguous, lookup fails", false, []answer{status(500, "", "")}, "fail", crmrpc.Verdict{Outcome: crmrpc.Retry, Ambiguous: true}, 1},
 		{"always 500 with idempotency", true, []answer{status(500, "", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Retry, Ambiguous: true, Code: CodeAmbiguous}, 3},
 	}
@@ -400,12 +401,13 @@ func TestOutcomeTable(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var posts atomic.Int64 // handlers of timed-out requests may still run
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.Method == http.MethodGet {
+				if r.URL.Path == crmapi.PathLookup {
 					if tc.lookup == "fail" {
 						status(503, "unavailable", "")(w, r)
 						return
 					}
-					io.WriteString(w, cmp.Or(tc.lookup, `{"contacts":[]}`))
+					io.Copy(io.Discard, r.Body)
+					io.WriteString(w, `{"results":[{"external_id":"t-00000","contacts":`+cmp.Or(tc.lookup, `[]`)+`}]}`)
 					return
 				}
 				n := int(posts.Add(1))

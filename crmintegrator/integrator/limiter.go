@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -71,9 +72,27 @@ func NewLimiter(maxRate float64, clock backoff.Clock) *Limiter {
 }
 
 // Wait blocks until a request may start, or ctx is done.
-func (l *Limiter) Wait(ctx context.Context) error {
+func (l *Limiter) Wait(ctx context.Context) error { return l.WaitUntil(ctx, time.Time{}) }
+
+// WaitError is WaitUntil's answer when the request's slot lies past the
+// deadline: nothing was booked, and Wait is how long it would have waited.
+type WaitError struct{ Wait time.Duration }
+
+func (e *WaitError) Error() string {
+	return fmt.Sprintf("crm rate limit: next slot in %v, past the call's deadline", e.Wait.Round(time.Millisecond))
+}
+
+// WaitUntil is Wait for a request that must start by deadline (on the
+// limiter's clock; zero: none). When its slot lies past the deadline it
+// fails at once with a *WaitError, booking nothing, so a call never sleeps
+// through a pause it cannot outlast and its slot goes to a call that can.
+func (l *Limiter) WaitUntil(ctx context.Context, deadline time.Time) error {
 	for {
-		if err := backoff.Sleep(ctx, l.clock, l.reserve()); err != nil {
+		d, ok := l.reserve(deadline)
+		if !ok {
+			return &WaitError{Wait: d}
+		}
+		if err := backoff.Sleep(ctx, l.clock, d); err != nil {
 			return err
 		}
 		// A 429 while we slept pauses everybody, booked or not.
@@ -89,8 +108,9 @@ func (l *Limiter) paused() bool {
 	return l.pausedUntil.After(l.clock.Now())
 }
 
-// reserve books the next slot and returns how long to wait for it.
-func (l *Limiter) reserve() time.Duration {
+// reserve books the next slot and returns how long to wait for it. A slot
+// past deadline (when set) is not booked: ok is false.
+func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
@@ -98,19 +118,25 @@ func (l *Limiter) reserve() time.Duration {
 	if l.pausedUntil.After(at) {
 		at = l.pausedUntil
 	}
+	var interval time.Duration
 	if l.rate > 0 {
-		interval := time.Duration(float64(time.Second) / l.rate)
+		interval = time.Duration(float64(time.Second) / l.rate)
 		tolerance := time.Duration(float64(interval) * (limiterBurst - 1))
 		if earliest := l.tat.Add(-tolerance); earliest.After(at) {
 			at = earliest
 		}
+	}
+	if !deadline.IsZero() && at.After(deadline) {
+		return at.Sub(now), false
+	}
+	if l.rate > 0 {
 		if l.tat.Before(at) {
 			l.tat = at
 		}
 		l.tat = l.tat.Add(interval)
 	}
 	l.sent.add(at)
-	return at.Sub(now)
+	return at.Sub(now), true
 }
 
 // perSecond counts events in the current one-second window and the one

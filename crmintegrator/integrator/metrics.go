@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,10 @@ type metrics struct {
 	recordsReceived atomic.Int64
 	inflight        atomic.Int64
 	rateCuts        atomic.Int64
+	backlog         atomic.Int64 // MaybeSent records of live calls awaiting resolution
+	lookups         atomic.Int64 // external ids looked up
+	lookupsSaved    atomic.Int64 // MaybeSent records settled from what the daemon knew
+	overlapping     atomic.Int64 // records that arrived while another call held them
 
 	breakerState func() BreakerState
 	rate         func() float64
@@ -113,14 +118,14 @@ func (m *metrics) WriteTo(w io.Writer) (int64, error) {
 	p("# HELP crmintegrator_crm_requests_total Requests sent to the CRM by operation and HTTP status (\"error\": no answer).\n")
 	p("# TYPE crmintegrator_crm_requests_total counter\n")
 	for _, kv := range crm {
-		p("crmintegrator_crm_requests_total{op=%q,code=%q} %d\n", kv.k[0], kv.k[1], kv.v)
+		p("crmintegrator_crm_requests_total{op=\"%s\",code=\"%s\"} %d\n", labelValue(kv.k[0]), labelValue(kv.k[1]), kv.v)
 	}
 	p("# HELP crmintegrator_crm_request_duration_seconds Latency of requests to the CRM.\n")
 	p("# TYPE crmintegrator_crm_request_duration_seconds histogram\n")
 	var cum int64
 	for i, le := range latencyBuckets {
 		cum += h.counts[i]
-		p("crmintegrator_crm_request_duration_seconds_bucket{le=%q} %d\n", strconv.FormatFloat(le, 'g', -1, 64), cum)
+		p("crmintegrator_crm_request_duration_seconds_bucket{le=\"%s\"} %d\n", strconv.FormatFloat(le, 'g', -1, 64), cum)
 	}
 	cum += h.counts[len(latencyBuckets)]
 	p("crmintegrator_crm_request_duration_seconds_bucket{le=\"+Inf\"} %d\n", cum)
@@ -143,23 +148,42 @@ func (m *metrics) WriteTo(w io.Writer) (int64, error) {
 	p("# HELP crmintegrator_verdicts_total Verdicts answered, by outcome.\n")
 	p("# TYPE crmintegrator_verdicts_total counter\n")
 	for _, o := range []crmrpc.Outcome{crmrpc.Delivered, crmrpc.Retry, crmrpc.Rejected} {
-		p("crmintegrator_verdicts_total{outcome=%q} %d\n", o.String(), m.verdicts[o].Load())
+		p("crmintegrator_verdicts_total{outcome=\"%s\"} %d\n", labelValue(o.String()), m.verdicts[o].Load())
 	}
 	p("# HELP crmintegrator_retries_total Retries inside the daemon, by reason.\n")
 	p("# TYPE crmintegrator_retries_total counter\n")
 	for i, k := range retries {
-		p("crmintegrator_retries_total{reason=%q} %d\n", k, retryN[i])
+		p("crmintegrator_retries_total{reason=\"%s\"} %d\n", labelValue(k), retryN[i])
 	}
 	p("# HELP crmintegrator_rpc_calls_total RPC calls by method and result.\n")
 	p("# TYPE crmintegrator_rpc_calls_total counter\n")
 	for _, kv := range rpcs {
-		p("crmintegrator_rpc_calls_total{method=%q,result=%q} %d\n", kv.k[0], kv.k[1], kv.v)
+		p("crmintegrator_rpc_calls_total{method=\"%s\",result=\"%s\"} %d\n", labelValue(kv.k[0]), labelValue(kv.k[1]), kv.v)
 	}
-	p("# HELP crmintegrator_records_received_total Records received in Deliver calls.\n")
+	p("# HELP crmintegrator_recovery_backlog Records sent with MaybeSent that live calls have not resolved yet.\n")
+	p("# TYPE crmintegrator_recovery_backlog gauge\n")
+	p("crmintegrator_recovery_backlog %d\n", m.backlog.Load())
+	p("# HELP crmintegrator_lookups_total External ids looked up in the CRM to resolve records that may exist.\n")
+	p("# TYPE crmintegrator_lookups_total counter\n")
+	p("crmintegrator_lookups_total %d\n", m.lookups.Load())
+	p("# HELP crmintegrator_lookups_saved_total Records that may exist settled without a lookup, from the CRM's earlier answers.\n")
+	p("# TYPE crmintegrator_lookups_saved_total counter\n")
+	p("crmintegrator_lookups_saved_total %d\n", m.lookupsSaved.Load())
+	p("# HELP crmintegrator_overlapping_records_total Records that arrived while another call of this daemon held them (answered retry).\n")
+	p("# TYPE crmintegrator_overlapping_records_total counter\n")
+	p("crmintegrator_overlapping_records_total %d\n", m.overlapping.Load())
+	p("# HELP crmintegrator_records_received_total Records received in authorised Deliver calls.\n")
 	p("# TYPE crmintegrator_records_received_total counter\n")
 	p("crmintegrator_records_received_total %d\n", m.recordsReceived.Load())
 	return cw.n, cw.err
 }
+
+// labelValue escapes a label value as the text exposition format says:
+// backslash, double quote and line feed, and nothing else (Go's %q would
+// also escape tabs and non-ASCII, which Prometheus then reads literally).
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+func labelValue(v string) string { return labelEscaper.Replace(v) }
 
 func roundRate(r float64) float64 { return math.Round(r*100) / 100 }
 

@@ -190,11 +190,11 @@ func TestClientEncodingFollowsDaemon(t *testing.T) {
 			s.packedRecords = tc.packedRecords
 			var mu sync.Mutex
 			var packed []bool
-			s.deliver = func(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, *crmrpc.Error) {
+			s.deliver = func(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error) {
 				mu.Lock()
 				packed = append(packed, unpacked(recs))
 				mu.Unlock()
-				return s.Deliver(ctx, recs)
+				return s.deliverCall(ctx, recs)
 			}
 			c := dial(t, crmrpc.ClientConfig{Addrs: []string{serve(t, s)}})
 			for i := range 3 {

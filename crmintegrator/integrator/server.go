@@ -68,6 +68,11 @@ type Config struct {
 	BreakerThreshold int           // consecutive failures that open the breaker; default 20
 	BreakerCooldown  time.Duration // how long it stays open; default 10s
 
+	// FateCache is how many external ids the daemon remembers it saw the
+	// CRM hold (created, or found by a lookup), so that a record resent
+	// with MaybeSent is settled without a lookup. Default 65536; <0: none.
+	FateCache int
+
 	MaxRecords    int           // records per call; default crmrpc.DefaultMaxRecords
 	MaxFieldBytes int           // bytes per field; default 4096
 	RPCToken      string        // shared token callers must present; "" = none
@@ -100,6 +105,9 @@ func (c *Config) setDefaults() {
 	defInt(&c.BreakerThreshold, 20) // a random streak of 5 is common at a 10% failure rate; 20 is not
 	defInt(&c.MaxRecords, crmrpc.DefaultMaxRecords)
 	defInt(&c.MaxFieldBytes, 4096)
+	if c.FateCache == 0 {
+		c.FateCache = 1 << 16
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -115,6 +123,8 @@ type Server struct {
 	breaker *Breaker
 	met     *metrics
 	sem     chan struct{} // CRM requests in flight
+	holders *holders      // external ids live calls are working on
+	fates   *fates        // external ids the CRM was seen to hold
 
 	// ctx is the parent of all CRM work; cancelled when Close runs out of
 	// grace.
@@ -133,9 +143,9 @@ type Server struct {
 
 	ready readiness
 
-	// deliver is what a Deliver call runs: Deliver, or a stand-in when a
-	// benchmark measures the RPC alone.
-	deliver func(context.Context, []crmrpc.Record) ([]crmrpc.Verdict, *crmrpc.Error)
+	// deliver is what a Deliver call runs: deliverCall, or a stand-in when
+	// a benchmark measures the RPC alone.
+	deliver func(context.Context, []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error)
 	// packedRecords is what Hello and Deliver replies report of packed
 	// records (crmrpc.PackedVersion): tests play a daemon that predates
 	// them with 0.
@@ -170,12 +180,14 @@ func New(cfg Config) (*Server, error) {
 		limiter:   NewLimiter(cfg.CRMRate, nil),
 		met:       newMetrics(),
 		sem:       make(chan struct{}, cfg.CRMConcurrency),
+		holders:   newHolders(),
+		fates:     newFates(cfg.FateCache),
 		rpc:       rpc.NewServer(),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.deliver, s.packedRecords = s.Deliver, crmrpc.PackedVersion
+	s.deliver, s.packedRecords = s.deliverCall, crmrpc.PackedVersion
 	s.breaker = NewBreaker(cfg.BreakerThreshold, cfg.BreakerCooldown, nil, func(from, to BreakerState) {
 		lvl := slog.LevelWarn
 		if to == BreakerClosed {
@@ -412,7 +424,7 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 		reply.MaxRecords = v.s.cfg.MaxRecords
 		reply.MaxFieldBytes = v.s.cfg.MaxFieldBytes
 		reply.Idempotency = v.s.cfg.Idempotency
-		reply.CallTimeout = v.s.cfg.CallBudget + 2*v.s.cfg.CRMTimeout
+		reply.CallTimeout = v.s.callTimeout()
 		reply.PackedRecords = v.s.packedRecords
 	}
 	v.s.met.rpcCall("Hello", resultOf(reply.Err))
@@ -420,12 +432,11 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 }
 
 func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) error {
-	v.s.met.recordsReceived.Add(int64(len(args.Records)))
 	if reply.Err = v.s.admit(args.Token); reply.Err == nil {
 		reply.PackedRecords = v.s.packedRecords
 		var recs []crmrpc.Record
 		if recs, reply.Err = v.s.records(args); reply.Err == nil {
-			reply.Verdicts, reply.Err = v.s.deliver(v.s.ctx, recs)
+			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs)
 		}
 	}
 	v.s.met.rpcCall("Deliver", resultOf(reply.Err))
@@ -436,6 +447,7 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 // unpacked. Deliver then applies the same limits to either.
 func (s *Server) records(args *crmrpc.DeliverArgs) ([]crmrpc.Record, *crmrpc.Error) {
 	if args.Packed == "" {
+		s.met.recordsReceived.Add(int64(len(args.Records)))
 		return args.Records, nil
 	}
 	var recs []crmrpc.Record

@@ -48,9 +48,13 @@ func TestBreakerTransitions(t *testing.T) {
 		wantAllow bool
 	}{
 		{"closed allows", func() {}, BreakerClosed, true},
-		{"two failures keep it closed", func() { b.Done(false, ResultFailure); b.Done(false, ResultFailure) }, BreakerClosed, true},
-		{"a success resets the count", func() { b.Done(false, ResultSuccess); b.Done(false, ResultFailure); b.Done(false, ResultFailure) }, BreakerClosed, true},
-		{"third consecutive failure opens", func() { b.Done(false, ResultFailure) }, BreakerOpen, false},
+		{"two failures keep it closed", func() { b.Done(Ticket{}, ResultFailure); b.Done(Ticket{}, ResultFailure) }, BreakerClosed, true},
+		{"a success resets the count", func() {
+			b.Done(Ticket{}, ResultSuccess)
+			b.Done(Ticket{}, ResultFailure)
+			b.Done(Ticket{}, ResultFailure)
+		}, BreakerClosed, true},
+		{"third consecutive failure opens", func() { b.Done(Ticket{}, ResultFailure) }, BreakerOpen, false},
 		{"still open before the cooldown", func() { clk.Advance(9 * time.Second) }, BreakerOpen, false},
 	}
 	for _, st := range steps {
@@ -61,8 +65,8 @@ func TestBreakerTransitions(t *testing.T) {
 		if ok, _, _ := b.Allow(); ok != st.wantAllow {
 			t.Fatalf("%s: Allow got %v, want %v", st.name, ok, st.wantAllow)
 		}
-		if ok, _, _ := b.Allow(); ok && st.wantAllow {
-			b.Done(false, ResultIgnore)
+		if ok, tk, _ := b.Allow(); ok && st.wantAllow {
+			b.Done(tk, ResultIgnore)
 		}
 	}
 	_, _, wait := b.Allow()
@@ -70,34 +74,69 @@ func TestBreakerTransitions(t *testing.T) {
 		t.Fatalf("open: got wait %v, want the remaining 1s", wait)
 	}
 	clk.Advance(time.Second)
-	ok, probe, _ := b.Allow()
-	if !ok || !probe || b.State() != BreakerHalfOpen {
-		t.Fatalf("after the cooldown: got ok %v probe %v state %v, want a half-open probe", ok, probe, b.State())
+	ok, tk, _ := b.Allow()
+	if !ok || !tk.Probe() || b.State() != BreakerHalfOpen {
+		t.Fatalf("after the cooldown: got ok %v probe %v state %v, want a half-open probe", ok, tk.Probe(), b.State())
 	}
 	if ok, _, _ := b.Allow(); ok {
 		t.Fatal("half-open let a second request through")
 	}
-	b.Done(true, ResultFailure)
+	b.Done(tk, ResultFailure)
 	if b.State() != BreakerOpen {
 		t.Fatalf("failed probe: got %v, want open", b.State())
 	}
 	clk.Advance(10 * time.Second)
-	ok, probe, _ = b.Allow()
-	if !ok || !probe {
+	ok, tk, _ = b.Allow()
+	if !ok || !tk.Probe() {
 		t.Fatal("no probe after the cooldown following a failed probe")
 	}
-	b.Done(probe, ResultIgnore) // a cancelled probe frees the slot
-	ok, probe, _ = b.Allow()
-	if !ok || !probe {
+	b.Done(tk, ResultIgnore) // a cancelled probe frees the slot
+	ok, tk, _ = b.Allow()
+	if !ok || !tk.Probe() {
 		t.Fatal("no new probe after a cancelled one")
 	}
-	b.Done(true, ResultSuccess)
+	b.Done(tk, ResultSuccess)
 	if b.State() != BreakerClosed {
 		t.Fatalf("successful probe: got %v, want closed", b.State())
 	}
 	want := "open half-open open half-open closed"
 	if got := strings.Join(changes, " "); got != want {
 		t.Fatalf("got changes %q, want %q", got, want)
+	}
+}
+
+// TestBreakerStaleAnswer: a request admitted before the breaker tripped
+// answers late, while the half-open probe is out. Its success must not
+// close the breaker (the CRM may still be failing), nor its failure reopen
+// it; only the probe decides.
+func TestBreakerStaleAnswer(t *testing.T) {
+	for _, late := range []Result{ResultSuccess, ResultFailure} {
+		clk := newFakeClock()
+		b := NewBreaker(2, 10*time.Second, clk, nil)
+		_, old, _ := b.Allow() // sent while closed; its answer is slow
+		for range 2 {
+			_, tk, _ := b.Allow()
+			b.Done(tk, ResultFailure)
+		}
+		if b.State() != BreakerOpen {
+			t.Fatalf("got %v after two failures, want open", b.State())
+		}
+		clk.Advance(10 * time.Second)
+		ok, probe, _ := b.Allow()
+		if !ok || !probe.Probe() {
+			t.Fatal("no probe after the cooldown")
+		}
+		b.Done(old, late) // the pre-trip answer arrives during half-open
+		if b.State() != BreakerHalfOpen {
+			t.Fatalf("a pre-trip %v moved a half-open breaker to %v", late, b.State())
+		}
+		if ok, _, _ := b.Allow(); ok {
+			t.Fatal("a pre-trip answer freed the probe's slot")
+		}
+		b.Done(probe, ResultSuccess)
+		if b.State() != BreakerClosed {
+			t.Fatalf("the probe's success: got %v, want closed", b.State())
+		}
 	}
 }
 

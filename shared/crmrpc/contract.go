@@ -82,6 +82,10 @@ type DeliverReply struct {
 	// PackedRecords is HelloReply.PackedRecords, repeated so that a client
 	// learns it on a connection it sent no Hello on (after a redial).
 	PackedRecords int
+	// Lookups is how many external ids the daemon looked up in the CRM for
+	// this call (records sent with MaybeSent, or after an ambiguous
+	// answer): for progress and recovery figures.
+	Lookups int
 }
 
 // Outcome is what happened to one record.
@@ -120,6 +124,11 @@ type Verdict struct {
 	Ambiguous bool
 	Code      string // Rejected, and Retry for diagnostics: a stable code
 	Message   string // human readable, never a secret
+	// NotAttempted, with Retry: no request that could create the record
+	// reached the CRM in this call (the call's bound ran out before its
+	// turn, the circuit was open, the CRM answered 429, or another call
+	// held it). The attempt need not count against the caller's limit.
+	NotAttempted bool
 }
 
 // LookupArgs asks which of these external ids the CRM holds.

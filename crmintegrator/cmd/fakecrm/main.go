@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		blocked    = fs.String("blocked-domains", env.str("FAKECRM_BLOCKED_DOMAINS", ""), "comma separated email `domains` whose contacts are rejected (email_domain_blocked) ($FAKECRM_BLOCKED_DOMAINS)")
 		hang       = fs.Duration("hang", env.duration("FAKECRM_HANG", fakecrm.DefaultHang), "how long a hang holds the response before dropping the connection ($FAKECRM_HANG)")
 		latency    = fs.Duration("latency", env.duration("FAKECRM_LATENCY", 0), "latency added to every /v1 request ($FAKECRM_LATENCY)")
+		lookupLat  = fs.Duration("lookup-latency", env.duration("FAKECRM_LOOKUP_LATENCY", 0), "latency added to every lookup, on top of -latency ($FAKECRM_LOOKUP_LATENCY)")
 		jitter     = fs.Duration("jitter", env.duration("FAKECRM_JITTER", 0), "uniform extra latency in [0, jitter) ($FAKECRM_JITTER)")
 		rate       = fs.Float64("rate", env.float("FAKECRM_RATE", 0), "/v1 `requests` per second before 429; 0: unlimited ($FAKECRM_RATE)")
 		burst      = fs.Int("burst", env.int("FAKECRM_BURST", 0), "token bucket size; 0: one second's worth ($FAKECRM_BURST)")
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Token: *token,
 		Faults: fakecrm.Faults{
 			FailRate: *failRate, AmbiguousRate: *ambRate, AmbiguousModes: *ambModes,
-			Latency: *latency, Jitter: *jitter, Hang: *hang, Rate: *rate, Burst: *burst,
+			Latency: *latency, LookupLatency: *lookupLat, Jitter: *jitter, Hang: *hang, Rate: *rate, Burst: *burst,
 			BlockedDomains: *blocked,
 		},
 		MaxBatch:           *maxBatch,

@@ -1,0 +1,117 @@
+package integrator
+
+import (
+	"strings"
+	"sync"
+	"time"
+)
+
+// holders records which external ids a Deliver call of this process is
+// working on, and until when that call may still send. A record that
+// arrives while another live call holds its key is not touched: the other
+// call may still create it, and a lookup now could miss that create. The
+// reader promises never to send one record in two calls at once (see
+// docs/design.md); this is the daemon keeping the promise even when a
+// reader does not, and counting it when it happens.
+type holders struct {
+	mu   sync.Mutex
+	keys map[string]*callHold
+}
+
+// callHold is one call's hold on its keys.
+type callHold struct {
+	until time.Time // the call's hard end: it sends nothing after this
+}
+
+func newHolders() *holders { return &holders{keys: map[string]*callHold{}} }
+
+// hold takes the keys of idx (indexes into keys) for h. It returns, for
+// each key another call holds, that call's end; those keys are not taken.
+// A key repeated within the call is held once.
+func (t *holders) hold(h *callHold, keys []string, idx []int) (taken []int, busy map[int]time.Time) {
+	taken = idx[:0:0]
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, i := range idx {
+		k := keys[i]
+		switch other, ok := t.keys[k]; {
+		case !ok:
+			t.keys[k] = h
+			taken = append(taken, i)
+		case other == h:
+			taken = append(taken, i)
+		default:
+			if busy == nil {
+				busy = map[int]time.Time{}
+			}
+			busy[i] = other.until
+		}
+	}
+	return taken, busy
+}
+
+// release gives up h's keys.
+func (t *holders) release(h *callHold, keys []string, idx []int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, i := range idx {
+		if t.keys[keys[i]] == h {
+			delete(t.keys, keys[i])
+		}
+	}
+}
+
+// fates remembers, for the last external ids this process saw the CRM hold
+// (created by one of its requests, or found by a lookup), the CRM id. A
+// record sent again with MaybeSent — after a reader crashed, or timed out
+// on a call this daemon answered — is then settled without a lookup. Only
+// what the CRM said it holds is remembered: a "not found" can go stale the
+// moment another request creates the contact.
+//
+// Bounded: the oldest entry goes when the table is full. Keys and ids are
+// copied, so that an entry does not pin the whole call's buffer.
+type fates struct {
+	mu   sync.Mutex
+	ids  map[string]string
+	ring []string
+	next int
+}
+
+func newFates(capacity int) *fates {
+	if capacity <= 0 {
+		return nil
+	}
+	return &fates{ids: make(map[string]string, capacity), ring: make([]string, 0, capacity)}
+}
+
+// remember records that the CRM holds externalID as crmID.
+func (f *fates) remember(externalID, crmID string) {
+	if f == nil || crmID == "" {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.ids[externalID]; ok {
+		return // the first id the CRM gave is the one readers record
+	}
+	externalID = strings.Clone(externalID)
+	if len(f.ring) < cap(f.ring) {
+		f.ring = append(f.ring, externalID)
+	} else {
+		delete(f.ids, f.ring[f.next])
+		f.ring[f.next] = externalID
+		f.next = (f.next + 1) % len(f.ring)
+	}
+	f.ids[externalID] = strings.Clone(crmID)
+}
+
+// known returns the CRM id remembered for externalID.
+func (f *fates) known(externalID string) (string, bool) {
+	if f == nil {
+		return "", false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, ok := f.ids[externalID]
+	return id, ok
+}
