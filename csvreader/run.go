@@ -14,6 +14,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/lib/pq"
@@ -287,11 +288,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	var crm importer.Deliverer
 	if !o.dryRun {
-		client, err := dialIntegrator(ctx, o)
+		// The run's ledger check that it still owns what it sends is asked
+		// right before every Deliver is written; the run starts after the
+		// client, so the client asks through this.
+		var gate atomic.Pointer[func() error]
+		sendGate := func() error {
+			if g := gate.Load(); g != nil {
+				return (*g)()
+			}
+			return nil
+		}
+		cfg.SendGate = func(f func() error) { gate.Store(&f) }
+		client, err := dialIntegrator(ctx, o, sendGate)
 		if err != nil {
 			return err
 		}
 		defer client.Close()
+		cfg.Lookups = client.Lookups
 		hello, err := client.Hello(ctx)
 		if err != nil {
 			return fmt.Errorf("integrator at %s: %w", o.integrators, err)
@@ -304,7 +317,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		crm = client
 		if hello.CallTimeout > 0 {
-			cfg.CallBound = hello.CallTimeout + 2*time.Second
+			cfg.CallBound = hello.CallTimeout + importer.CallBoundMargin
 		}
 		if o.callTimeout == 0 {
 			// The daemon says how long a call may take; past that (and a
@@ -380,8 +393,8 @@ func redact(err error, dsn string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
 }
 
-func dialIntegrator(ctx context.Context, o *options) (*crmrpc.Client, error) {
-	cfg := crmrpc.ClientConfig{Token: o.rpcToken, CallTimeout: o.callTimeout}
+func dialIntegrator(ctx context.Context, o *options, sendGate func() error) (*crmrpc.Client, error) {
+	cfg := crmrpc.ClientConfig{Token: o.rpcToken, CallTimeout: o.callTimeout, SendGate: sendGate}
 	for _, a := range strings.Split(o.integrators, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			cfg.Addrs = append(cfg.Addrs, a)

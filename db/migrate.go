@@ -110,23 +110,27 @@ func apply(ctx context.Context, db *sql.DB, ms []Migration) (int, error) {
 		return 0, fmt.Errorf("migrate: create schema_migrations: %w", err)
 	}
 	applied := map[int]string{}
-	rows, err := conn.QueryContext(ctx, `SELECT version, checksum FROM schema_migrations`)
+	names := map[int]string{}
+	rows, err := conn.QueryContext(ctx, `SELECT version, checksum, name FROM schema_migrations`)
 	if err != nil {
 		return 0, fmt.Errorf("migrate: read schema_migrations: %w", err)
 	}
 	for rows.Next() {
 		var v int
-		var sum string
-		if err := rows.Scan(&v, &sum); err != nil {
+		var sum, name string
+		if err := rows.Scan(&v, &sum, &name); err != nil {
 			rows.Close()
 			return 0, err
 		}
-		applied[v] = sum
+		applied[v], names[v] = sum, name
 	}
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
 	rows.Close()
+	if err := refuseUnknown(ms, names); err != nil {
+		return 0, err
+	}
 
 	n := 0
 	for _, m := range ms {
@@ -142,6 +146,34 @@ func apply(ctx context.Context, db *sql.DB, ms []Migration) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// refuseUnknown fails when the database holds migrations this binary does
+// not know: a newer binary migrated it, and this one would read and write
+// tables whose meaning has changed under it.
+func refuseUnknown(ms []Migration, applied map[int]string) error {
+	known := map[int]bool{}
+	newest := 0
+	for _, m := range ms {
+		known[m.Version] = true
+		newest = max(newest, m.Version)
+	}
+	var unknown []int
+	for v := range applied {
+		if !known[v] {
+			unknown = append(unknown, v)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Ints(unknown)
+	list := make([]string, len(unknown))
+	for i, v := range unknown {
+		list[i] = applied[v]
+	}
+	return fmt.Errorf("migrate: the database holds migrations this binary does not know (%s): it was migrated by a newer csvreader (this one knows up to %d); run the newer binary, or upgrade this one",
+		strings.Join(list, ", "), newest)
 }
 
 func applyOne(ctx context.Context, conn *sql.Conn, m Migration) error {

@@ -3,6 +3,7 @@ package db_test
 import (
 	"context"
 	"database/sql"
+	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
@@ -115,5 +116,27 @@ func TestRunLockKeyFitsNamespace(t *testing.T) {
 	k := db.RunLockKey(42)
 	if k>>32 != db.RunLockNamespace || k&0xffffffff != 42 {
 		t.Errorf("RunLockKey(42) = %#x", k)
+	}
+}
+
+// A database migrated by a newer binary is refused, naming what this one
+// does not know, instead of being read with tables whose meaning changed.
+func TestMigrateRefusesNewerDatabase(t *testing.T) {
+	d := pgtest.Open(t, pgtest.DSN(t, false))
+	ctx := context.Background()
+	if _, err := db.Migrate(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Exec(`INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, '9999_from_the_future.sql', 'x')`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := db.Migrate(ctx, d)
+	if err == nil {
+		t.Fatal("migrate accepted a database holding a migration it does not know")
+	}
+	for _, want := range []string{"9999_from_the_future.sql", "newer"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
 	}
 }

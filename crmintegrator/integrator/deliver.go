@@ -49,6 +49,7 @@ func (e *errCircuitOpen) Error() string {
 type errNoTime struct {
 	wait time.Duration
 	why  string
+	code string // the verdict code: CodeNoTime, or CodeRateLimited when a 429's pause is why
 }
 
 func (e *errNoTime) Error() string {
@@ -79,7 +80,7 @@ func (s *Server) crmDo(ctx context.Context, cutoff time.Time, fn func(context.Co
 	if err := s.limiter.WaitUntil(wctx, cutoff); err != nil {
 		var we *WaitError
 		if errors.As(err, &we) {
-			return &errNoTime{wait: we.Wait, why: "the rate limit's next slot"}
+			return &errNoTime{wait: we.Wait, why: "the rate limit's next slot", code: CodeRateLimited}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -334,7 +335,7 @@ func (d *delivery) retryLater(idx []int, wait time.Duration, code, msg string) {
 // reach: nothing more was sent for them.
 func (d *delivery) outOfTime(idx []int, err *errNoTime) {
 	d.s.met.retry("no_time")
-	d.retryLater(idx, err.wait, CodeNoTime, err.Error())
+	d.retryLater(idx, err.wait, cmp.Or(err.code, CodeNoTime), err.Error())
 }
 
 func newBackoff() backoff.Backoff {
@@ -602,7 +603,7 @@ func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 	}
 	var nt *errNoTime
 	if errors.As(err, &nt) {
-		return nt.wait, CodeNoTime, nt.Error()
+		return nt.wait, cmp.Or(nt.code, CodeNoTime), nt.Error()
 	}
 	var ce *crmapi.Error
 	if !errors.As(err, &ce) {

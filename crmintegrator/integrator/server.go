@@ -434,6 +434,7 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) error {
 	if reply.Err = v.s.admit(args.Token); reply.Err == nil {
 		reply.PackedRecords = v.s.packedRecords
+		reply.CallTimeout = v.s.callTimeout()
 		var recs []crmrpc.Record
 		if recs, reply.Err = v.s.records(args); reply.Err == nil {
 			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs)

@@ -60,8 +60,15 @@ type Config struct {
 	// call broke, or whose claim was taken over from a run that crashed, is
 	// looked up in the CRM only after this long: sooner, the lookup could
 	// miss a create the orphaned call is about to make. Default 2m; csvreader
-	// sets it from the daemon's advertised call timeout.
+	// sets it from the daemon's advertised call timeout plus CallBoundMargin.
 	CallBound time.Duration
+	// Lookups, when set, reports how many external ids the integrators
+	// looked up for this run so far (crmrpc.Client.Lookups), for progress.
+	Lookups func() int64
+	// SendGate, when set, is told the run's check that it still owns what
+	// it sends (ledger.Run.SendGate), to ask right before each write. The
+	// client built by csvreader passes it to crmrpc.ClientConfig.SendGate.
+	SendGate func(func() error)
 
 	RejectsPath string // default: <first file's base name>.rejects.csv
 	SkippedPath string // optional: one line per duplicate skipped, with why
@@ -104,6 +111,12 @@ func (c *Config) setDefaults() {
 		c.RejectsPath = DefaultRejectsPath(c.Files[0])
 	}
 }
+
+// CallBoundMargin is added to an integrator's advertised call timeout to
+// make the reader's CallBound: a call's answer takes a moment to come
+// back, and a run cut off from PostgreSQL may start sending up to
+// ledger.LockLease after it last proved its lock.
+const CallBoundMargin = ledger.LockLease + 2*time.Second
 
 // MaxInFlight is how many records a run holds at most between reading them
 // and settling them: enough for every worker to have a block out and the
@@ -184,6 +197,7 @@ type item struct {
 type counters struct {
 	rows, valid, invalid, dupes, already, delivered, crmRejected,
 	failed, unfinished, recovered, retries atomic.Int64
+	maybe atomic.Int64 // records that may be in the CRM, not settled yet: the recovery backlog
 }
 
 type pipeline struct {
@@ -213,6 +227,7 @@ type pipeline struct {
 
 	offset func() (int64, int64) // bytes read, size of the current file
 	offMu  sync.Mutex
+	lookupProgress
 }
 
 // Run imports cfg.Files through crm, recording deliveries in d. It returns
@@ -232,6 +247,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 		reclaim: make(chan *item, 1), confirm: make(chan []ledger.Delivery, cfg.Workers), room: make(chan struct{}, MaxInFlight(cfg.Workers, cfg.BlockSize)),
 		stop: make(chan struct{})}
 	p.readCtx = ctx
+	p.started = start
 	var cancel context.CancelCauseFunc
 	p.workCtx, cancel = context.WithCancelCause(context.WithoutCancel(ctx))
 	p.fatal = func(err error) { cancel(err); p.closeStop() }
@@ -260,6 +276,12 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 		return rep, err
 	}
 	rep.RunID = p.run.ID()
+	if cfg.SendGate != nil {
+		cfg.SendGate(p.run.SendGate)
+	}
+	if err := p.run.SetCallBound(ctx, cfg.CallBound); err != nil {
+		p.log.Warn("could not record the call bound; runs taking this run's claims over wait their own", "err", err)
+	}
 	p.log.Info("run started", "run", rep.RunID, "files", len(cfg.Files), "workers", cfg.Workers, "block_size", cfg.BlockSize)
 	p.sched = newScheduler(p)
 
@@ -515,17 +537,19 @@ func (p *pipeline) claim(it *item) {
 		}
 	}
 	var send, busy, orphans []*rec
+	orphanWait := p.cfg.CallBound
 	for i, d := range ds {
 		r := keep[i]
 		switch d.Status {
 		case ledger.Claimed, ledger.Resend:
 			send = append(send, r)
 		case ledger.TakenOver:
-			r.maybeSent = true
+			p.setMaybe(r, true)
 			p.n.recovered.Add(1)
 			if d.Orphaned {
 				r.orphan = true
 				orphans = append(orphans, r)
+				orphanWait = max(orphanWait, d.Wait)
 			} else {
 				send = append(send, r)
 			}
@@ -550,8 +574,8 @@ func (p *pipeline) claim(it *item) {
 	}
 	if len(orphans) > 0 {
 		p.log.Info("claims of a crashed run taken over; looking them up once its integrator calls are over",
-			"records", len(orphans), "after", p.cfg.CallBound)
-		p.sched.add(&item{recs: orphans, due: time.Now().Add(p.cfg.CallBound)})
+			"records", len(orphans), "after", orphanWait)
+		p.sched.add(&item{recs: orphans, due: time.Now().Add(orphanWait)})
 	}
 	if len(send) > 0 {
 		p.add()
@@ -562,7 +586,21 @@ func (p *pipeline) claim(it *item) {
 	}
 }
 
+// setMaybe marks whether r may already be in the CRM, keeping the recovery
+// backlog's count.
+func (p *pipeline) setMaybe(r *rec, v bool) {
+	if r.maybeSent != v {
+		r.maybeSent = v
+		if v {
+			p.n.maybe.Add(1)
+		} else {
+			p.n.maybe.Add(-1)
+		}
+	}
+}
+
 func (p *pipeline) skip(r *rec, status, why string) {
+	p.setMaybe(r, false)
 	if status == "already_delivered" {
 		p.n.already.Add(1)
 	} else {
@@ -576,6 +614,7 @@ func (p *pipeline) skip(r *rec, status, why string) {
 
 // failUnclaimed ends a record this run never claimed.
 func (p *pipeline) failUnclaimed(r *rec, why string) {
+	p.setMaybe(r, false)
 	p.n.failed.Add(1)
 	p.release(1)
 	if err := p.reject(r.file, r.line, r.fields, "failed: "+why); err != nil {
@@ -585,6 +624,9 @@ func (p *pipeline) failUnclaimed(r *rec, why string) {
 
 // abandon ends records left for a later run after an interrupt.
 func (p *pipeline) abandon(recs []*rec) {
+	for _, r := range recs {
+		p.setMaybe(r, false)
+	}
 	p.n.unfinished.Add(int64(len(recs)))
 	p.release(len(recs))
 }
@@ -603,45 +645,9 @@ func (p *pipeline) workLoop() {
 
 // deliver sends one item and acts on each record's verdict.
 func (p *pipeline) deliver(it *item) {
-	recs := make([]crmrpc.Record, len(it.recs))
-	now := time.Now()
-	for i, r := range it.recs {
-		recs[i] = crmrpc.Record{Contact: r.c, MaybeSent: r.maybeSent}
-		r.orphan = false // sent only once CallBound has passed since it became one
-		r.attempts++
-		if r.first.IsZero() {
-			r.first = now
-		}
-	}
-	verdicts, err := p.crm.Deliver(p.workCtx, recs)
-	if err == nil && len(verdicts) != len(recs) {
-		err = fmt.Errorf("integrator answered %d verdicts for %d records", len(verdicts), len(recs))
-	}
-	if err != nil {
-		var ce *crmrpc.Error
-		if errors.As(err, &ce) && ce.Fatal() {
-			p.fatal(fmt.Errorf("integrator refused the work: %w", err))
-			return
-		}
-		if p.workCtx.Err() != nil {
-			return
-		}
-		// The call may have reached the CRM, and the integrator may still be
-		// working on it: resend every record with a lookup first, once that
-		// call must be over.
-		wait := p.cfg.CallBound
-		if ce != nil { // the daemon refused the call: nothing of it runs
-			wait = max(ce.RetryAfter, time.Second)
-		} else {
-			for _, r := range it.recs {
-				r.orphan = true
-			}
-		}
-		p.log.Warn("integrator call failed; will resend its records", "records", len(recs), "err", err)
-		verdicts = make([]crmrpc.Verdict, len(recs))
-		for i := range verdicts {
-			verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: wait, Ambiguous: true, Code: "integrator_unreachable", Message: err.Error()}
-		}
+	verdicts, ok := p.send1(it)
+	if !ok || len(it.recs) == 0 {
+		return
 	}
 	delivered := make([]ledger.Delivery, 0, len(verdicts))
 	var rejKeys, rejReasons []string
@@ -654,18 +660,26 @@ func (p *pipeline) deliver(it *item) {
 		r := it.recs[i]
 		switch v.Outcome {
 		case crmrpc.Delivered:
+			p.setMaybe(r, false)
 			delivered = append(delivered, ledger.Delivery{Contact: r.c, CRMID: v.CRMID, Fingerprint: r.fp, File: r.file, Line: r.line})
 		case crmrpc.Rejected:
+			p.setMaybe(r, false)
 			rejRecs = append(rejRecs, r)
 			rejKeys = append(rejKeys, r.c.ExternalID)
 			rejReasons = append(rejReasons, "rejected by CRM: "+v.Code+": "+v.Message)
 		default: // Retry, and anything a newer daemon may add
-			r.maybeSent = r.maybeSent || v.Ambiguous
+			// The daemon's word on whether the CRM may hold it now: after
+			// a lookup found nothing it need not be looked up again.
+			p.setMaybe(r, v.Ambiguous)
+			if v.NotAttempted {
+				r.attempts-- // nothing reached the CRM for it: not an attempt
+			}
 			r.last = v.Code
 			if v.Message != "" {
 				r.last += ": " + v.Message
 			}
 			if r.attempts >= p.cfg.MaxAttempts || time.Since(r.first) >= p.cfg.MaxRetryTime {
+				p.setMaybe(r, false) // counted as failed; the ledger keeps "maybe sent"
 				failRecs = append(failRecs, r)
 				failKeys = append(failKeys, r.c.ExternalID)
 				failReasons = append(failReasons, fmt.Sprintf("failed after %d attempts: %s", r.attempts, r.last))
@@ -693,11 +707,112 @@ func (p *pipeline) deliver(it *item) {
 		}
 		b := backoff.Backoff{Base: 500 * time.Millisecond, Max: time.Minute}
 		var d time.Duration
-		for range retry[0].attempts {
+		for range max(retry[0].attempts, 1) {
 			d = b.Next()
 		}
 		p.sched.add(&item{recs: retry, due: time.Now().Add(max(d, retryAfter))})
 	}
+}
+
+// send1 sends the item's records once they may be sent: only while the run
+// holds its ledger lock, and only those still its own (ledger.Run.Permit);
+// the others are claimed again. It returns one verdict per record of
+// it.recs (which may have shrunk), or false when the run is ending.
+// A call that fails as a whole is turned into Retry verdicts here.
+func (p *pipeline) send1(it *item) ([]crmrpc.Verdict, bool) {
+	for {
+		keys := make([]string, len(it.recs))
+		for i, r := range it.recs {
+			keys[i] = r.c.ExternalID
+		}
+		lost, err := p.run.Permit(p.workCtx, keys)
+		if err != nil {
+			if p.workCtx.Err() == nil {
+				p.fatal(fmt.Errorf("fencing check: %w", err))
+			}
+			return nil, false
+		}
+		if len(lost) > 0 {
+			p.reclaimLost(it, lost)
+			if len(it.recs) == 0 {
+				return nil, true
+			}
+		}
+		recs := make([]crmrpc.Record, len(it.recs))
+		now := time.Now()
+		for i, r := range it.recs {
+			recs[i] = crmrpc.Record{Contact: r.c, MaybeSent: r.maybeSent}
+		}
+		verdicts, err := p.crm.Deliver(p.workCtx, recs)
+		if errors.Is(err, ledger.ErrFenced) {
+			continue // nothing was sent: wait for the lock and the check
+		}
+		for _, r := range it.recs {
+			r.orphan = false // sent only once CallBound has passed since it became one
+			r.attempts++
+			if r.first.IsZero() {
+				r.first = now
+			}
+		}
+		if err == nil && len(verdicts) != len(recs) {
+			err = fmt.Errorf("integrator answered %d verdicts for %d records", len(verdicts), len(recs))
+		}
+		if err == nil {
+			return verdicts, true
+		}
+		var ce *crmrpc.Error
+		if errors.As(err, &ce) && ce.Fatal() {
+			p.fatal(fmt.Errorf("integrator refused the work: %w", err))
+			return nil, false
+		}
+		if p.workCtx.Err() != nil {
+			return nil, false
+		}
+		// The call may have reached the CRM, and the integrator may still be
+		// working on it: resend every record with a lookup first, once that
+		// call must be over — by the bound of the daemon it went to.
+		wait := p.cfg.CallBound
+		var conn *crmrpc.ConnError
+		if errors.As(err, &conn) && conn.CallTimeout > 0 {
+			wait = max(wait, conn.CallTimeout+CallBoundMargin)
+		}
+		if ce != nil { // the daemon refused the call: nothing of it runs
+			wait = max(ce.RetryAfter, time.Second)
+		} else {
+			for _, r := range it.recs {
+				r.orphan = true
+			}
+		}
+		p.log.Warn("integrator call failed; will resend its records", "records", len(recs), "after", wait, "err", err)
+		verdicts = make([]crmrpc.Verdict, len(recs))
+		for i := range verdicts {
+			verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: wait, Ambiguous: true, Code: "integrator_unreachable", Message: err.Error()}
+		}
+		return verdicts, true
+	}
+}
+
+// reclaimLost takes the records at lost out of it and claims them again:
+// the fencing check found that another run took them over (or delivered
+// them) while this run's lock was lost. The claim decides anew: busy while
+// that run lives, already delivered, or taken over once it is dead.
+func (p *pipeline) reclaimLost(it *item, lost []int) {
+	gone := make(map[int]bool, len(lost))
+	for _, i := range lost {
+		gone[i] = true
+	}
+	var keep, again []*rec
+	for i, r := range it.recs {
+		if gone[i] {
+			again = append(again, r)
+		} else {
+			keep = append(keep, r)
+		}
+	}
+	p.log.Warn("records taken over by another run while this run's ledger lock was lost; claiming them again, not sending them",
+		"records", len(again))
+	it.recs = keep
+	p.sched.add(&item{recs: again, reclaim: true, due: time.Now()})
 }
 
 // maxConfirm caps the deliveries recorded in one transaction.

@@ -2,8 +2,17 @@ package importer
 
 import (
 	"fmt"
+	"sync"
 	"time"
 )
+
+// The recovery figures of the progress line; see lookupRate.
+type lookupProgress struct {
+	lookMu  sync.Mutex
+	lookAt  time.Time
+	lookN   int64
+	started time.Time
+}
 
 // progress prints a line every ProgressEvery until done is closed.
 func (p *pipeline) progress(start time.Time, done <-chan struct{}) {
@@ -17,6 +26,24 @@ func (p *pipeline) progress(start time.Time, done <-chan struct{}) {
 			p.printProgress(start, false)
 		}
 	}
+}
+
+// lookupRate is the integrators' lookups per second for this run since the
+// last progress line (since the start, for the final one).
+func (p *pipeline) lookupRate(final bool) (total int64, perSecond float64) {
+	if p.cfg.Lookups == nil {
+		return 0, 0
+	}
+	now, n := time.Now(), p.cfg.Lookups()
+	p.lookMu.Lock()
+	defer p.lookMu.Unlock()
+	if final || p.lookAt.IsZero() {
+		perSecond = float64(n) / max(time.Since(p.started).Seconds(), 0.001)
+	} else {
+		perSecond = float64(n-p.lookN) / max(now.Sub(p.lookAt).Seconds(), 0.001)
+	}
+	p.lookAt, p.lookN = now, n
+	return n, perSecond
 }
 
 func (p *pipeline) printProgress(start time.Time, final bool) {
@@ -44,8 +71,13 @@ func (p *pipeline) printProgress(start time.Time, final bool) {
 	if p.sched != nil {
 		retrying = p.sched.waiting()
 	}
-	fmt.Fprintf(p.cfg.Progress, "%s: %d rows (%.0f/s) · %s%s · delivered %d · retrying %d · rejected %d · skipped %d · elapsed %s\n",
-		label, rows, rate, where, eta, p.n.delivered.Load(), retrying,
+	recovery := ""
+	lookups, lookupRate := p.lookupRate(final)
+	if backlog := p.n.maybe.Load(); backlog > 0 || lookups > 0 {
+		recovery = fmt.Sprintf(" · recovering %d (lookups %d, %.0f/s)", backlog, lookups, lookupRate)
+	}
+	fmt.Fprintf(p.cfg.Progress, "%s: %d rows (%.0f/s) · %s%s · delivered %d · retrying %d%s · rejected %d · skipped %d · elapsed %s\n",
+		label, rows, rate, where, eta, p.n.delivered.Load(), retrying, recovery,
 		p.n.invalid.Load()+p.n.crmRejected.Load(), p.n.dupes.Load()+p.n.already.Load(), elapsed.Round(time.Second))
 }
 

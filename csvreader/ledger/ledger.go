@@ -42,11 +42,18 @@ type Run struct {
 	db *sql.DB
 	id int64
 
-	mu     sync.Mutex
-	lock   *sql.Conn // holds the run's advisory lock
-	held   bool      // the lock is held right now
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// The liveness lock and the lease on it (lock.go).
+	mu         sync.Mutex
+	lock       *sql.Conn // holds the run's advisory lock
+	held       bool      // the lock is held right now
+	wasHeld    bool      // it was taken once: taking it again starts an epoch
+	leaseUntil time.Time // sends may start until then: the lock was proven held LockLease before
+	epoch      int64     // times the lock was taken again after a loss
+	fenced     int64     // the epoch whose fencing check has passed
+	fenceMu    sync.Mutex
+	lost       map[string]bool // keys the fencing check found another run's
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 
 	// The keys this run claimed and has not settled yet (confirmed, marked
 	// rejected or failed). Bounded by the reader's records in flight.
@@ -68,7 +75,7 @@ type claim struct {
 // Start registers a run for files and takes its liveness lock.
 func Start(ctx context.Context, d *sql.DB, files []string) (*Run, error) {
 	host, _ := os.Hostname()
-	r := &Run{db: d, inflight: map[string]claim{}, open: map[int64]int{}}
+	r := &Run{db: d, inflight: map[string]claim{}, open: map[int64]int{}, lost: map[string]bool{}}
 	if err := d.QueryRowContext(ctx,
 		`INSERT INTO runs (host, pid, files) VALUES ($1, $2, $3) RETURNING id`,
 		host, os.Getpid(), pq.Array(append([]string{}, files...))).Scan(&r.id); err != nil {
@@ -90,75 +97,6 @@ func Start(ctx context.Context, d *sql.DB, files []string) (*Run, error) {
 
 // ID is the run's id in the runs table.
 func (r *Run) ID() int64 { return r.id }
-
-func (r *Run) relock(ctx context.Context) error {
-	conn, err := r.db.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("run lock: connect: %w", err)
-	}
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, db.RunLockKey(r.id)); err != nil {
-		discard(conn)
-		return fmt.Errorf("run lock: %w", err)
-	}
-	r.mu.Lock()
-	r.lock, r.held = conn, true
-	r.mu.Unlock()
-	return nil
-}
-
-// keepLock checks the lock connection and takes the lock again when
-// PostgreSQL dropped it (a restart, a network cut). While it is not held,
-// other runs may take this run's claims over, so Claim waits for it.
-func (r *Run) keepLock(ctx context.Context) {
-	defer r.wg.Done()
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		r.mu.Lock()
-		conn := r.lock
-		r.mu.Unlock()
-		if conn != nil {
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := conn.PingContext(pctx)
-			if err == nil {
-				_, err = conn.ExecContext(pctx, `SELECT 1`)
-			}
-			cancel()
-			if err == nil {
-				continue
-			}
-			r.mu.Lock()
-			r.lock, r.held = nil, false
-			r.mu.Unlock()
-			discard(conn)
-		}
-		if err := r.relock(ctx); err != nil && ctx.Err() == nil {
-			continue // try again on the next tick
-		}
-	}
-}
-
-// waitLock returns once the run holds its liveness lock.
-func (r *Run) waitLock(ctx context.Context) error {
-	for {
-		r.mu.Lock()
-		held := r.held
-		r.mu.Unlock()
-		if held {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
 
 // Close records how the run ended and releases its lock. Keys the run
 // still holds stay claimed in the ledger for the next run to resolve.
@@ -251,6 +189,10 @@ type Decision struct {
 	// integrator call it made may still be running. The key must not be
 	// looked up before such a call is over (see importer.Config.CallBound).
 	Orphaned bool
+	// Wait, with Orphaned: the call bound the owner recorded (SetCallBound),
+	// 0 when it recorded none. Wait at least this long, and at least your
+	// own bound.
+	Wait time.Duration
 }
 
 // Where a key's holder was found, in order of precedence.
@@ -458,7 +400,7 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 	if len(take) == 0 {
 		return nil
 	}
-	clean, err := r.endedCleanly(ctx, tx, take)
+	owners, err := r.owners(ctx, tx, take)
 	if err != nil {
 		return err
 	}
@@ -485,7 +427,8 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 		} else {
 			// A run that ended cleanly had its calls answered, except
 			// those its records remember (t.orphan).
-			out[t.item] = Decision{Status: TakenOver, Orphaned: !clean[t.run] || t.orphan}
+			o := owners[t.run]
+			out[t.item] = Decision{Status: TakenOver, Orphaned: !o.clean || t.orphan, Wait: o.bound}
 		}
 	}
 	return nil
@@ -557,30 +500,49 @@ func (r *Run) explodeDeadBlocks(ctx context.Context, tx *sql.Tx) error {
 	return err
 }
 
-// endedCleanly reports which owners of the claims being taken over ended
-// with all their integrator calls answered ("done" or "interrupted"): their
-// claims can be looked up at once. A run that crashed or failed may have left
-// calls the integrator is still working on.
-func (r *Run) endedCleanly(ctx context.Context, tx *sql.Tx, take []takeover) (map[int64]bool, error) {
-	clean := map[int64]bool{}
+// owner is what the ledger says of a run whose claims are taken over.
+type owner struct {
+	// clean: it ended with all its integrator calls answered ("done" or
+	// "interrupted"), so its claims can be looked up at once. A run that
+	// crashed, failed or is still "running" (cut off from PostgreSQL) may
+	// have left calls an integrator is still working on.
+	clean bool
+	bound time.Duration // its recorded call bound
+}
+
+// owners reads the runs whose claims are being taken over.
+func (r *Run) owners(ctx context.Context, tx *sql.Tx, take []takeover) (map[int64]owner, error) {
+	out := map[int64]owner{}
 	ids := make([]int64, len(take))
 	for i, t := range take {
 		ids[i] = t.run
 	}
 	rows, err := tx.QueryContext(ctx,
-		`SELECT id FROM runs WHERE id = ANY($1) AND status IN ('done', 'interrupted')`, pq.Array(ids))
+		`SELECT id, status IN ('done', 'interrupted'), call_bound_ms FROM runs WHERE id = ANY($1)`, pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("read owner runs: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
+		var id, ms int64
+		var o owner
+		if err := rows.Scan(&id, &o.clean, &ms); err != nil {
 			return nil, err
 		}
-		clean[id] = true
+		o.bound = time.Duration(ms) * time.Millisecond
+		out[id] = o
 	}
-	return clean, rows.Err()
+	return out, rows.Err()
+}
+
+// SetCallBound records how long an integrator call this run sends may go
+// on after the run lost track of it, for the runs that may take its claims
+// over.
+func (r *Run) SetCallBound(ctx context.Context, d time.Duration) error {
+	if _, err := r.db.ExecContext(ctx, `UPDATE runs SET call_bound_ms = $2 WHERE id = $1`, r.id, d.Milliseconds()); err != nil {
+		return fmt.Errorf("record call bound: %w", err)
+	}
+	return nil
 }
 
 // liveRuns lists the runs holding their liveness lock right now.
@@ -612,19 +574,24 @@ func (r *Run) settle(keys []string) {
 	r.kmu.Lock()
 	defer r.kmu.Unlock()
 	for _, k := range keys {
-		c, ok := r.inflight[k]
-		if !ok {
-			continue
-		}
-		delete(r.inflight, k)
-		if c.block == 0 {
-			r.ownRows--
-			continue
-		}
-		if r.open[c.block]--; r.open[c.block] == 0 {
-			delete(r.open, c.block)
-			r.finished = append(r.finished, c.block)
-		}
+		r.forget(k)
+	}
+}
+
+// forget drops k from the keys this run holds. kmu held.
+func (r *Run) forget(k string) {
+	c, ok := r.inflight[k]
+	if !ok {
+		return
+	}
+	delete(r.inflight, k)
+	if c.block == 0 {
+		r.ownRows--
+		return
+	}
+	if r.open[c.block]--; r.open[c.block] == 0 {
+		delete(r.open, c.block)
+		r.finished = append(r.finished, c.block)
 	}
 }
 

@@ -29,6 +29,11 @@ type ClientConfig struct {
 	// backoff) before it gives up; default 30s. Dial itself tries each
 	// address once.
 	RedialFor time.Duration
+	// SendGate, when set, is asked right before a Deliver is written to a
+	// connection, after any wait for a connection: an error stops the call
+	// with nothing sent, and Deliver returns it wrapped. A reader passes
+	// its ledger's check that it still owns what it sends.
+	SendGate func() error
 }
 
 // ConnError says a call may or may not have been carried out: the
@@ -40,6 +45,10 @@ type ConnError struct {
 	Method string
 	Addr   string
 	Err    error
+	// CallTimeout is the bound the daemon at Addr advertised for its calls
+	// (HelloReply.CallTimeout): how long it may go on with this one. 0:
+	// unknown (a daemon that predates it).
+	CallTimeout time.Duration
 }
 
 func (e *ConnError) Error() string {
@@ -75,17 +84,45 @@ type Client struct {
 	// garbage collection, missed often enough to cost an extra copy of
 	// every block.)
 	packBufs chan []byte
+
+	lookups  atomic.Int64 // external ids the daemons looked up for our Deliver calls
+	maxBound atomic.Int64 // the longest call bound a daemon advertised
 }
 
-// conn is one connection to a daemon and what that daemon reads.
+// Lookups is how many external ids the daemons looked up in the CRM for
+// this client's Deliver calls so far (to resolve records that may exist).
+func (c *Client) Lookups() int64 { return c.lookups.Load() }
+
+// conn is one connection to a daemon and what that daemon said of itself.
 type conn struct {
-	rc     *rpc.Client
-	addr   string
-	packed atomic.Bool // the daemon said it reads packed records
+	rc          *rpc.Client
+	addr        string
+	packed      atomic.Bool  // the daemon said it reads packed records
+	callTimeout atomic.Int64 // the bound it advertised for its calls; 0: not heard yet
 }
 
-// learn records what a reply's PackedRecords says.
-func (cn *conn) learn(packedRecords int) { cn.packed.Store(packedRecords >= PackedVersion) }
+// learn records what a reply says of its daemon.
+func (c *Client) learn(cn *conn, packedRecords int, callTimeout time.Duration) {
+	cn.packed.Store(packedRecords >= PackedVersion)
+	if callTimeout > 0 {
+		cn.callTimeout.Store(int64(callTimeout))
+		for {
+			m := c.maxBound.Load()
+			if int64(callTimeout) <= m || c.maxBound.CompareAndSwap(m, int64(callTimeout)) {
+				break
+			}
+		}
+	}
+}
+
+// bound is the call bound to wait out for a call on cn that broke: its
+// daemon's, or, before that daemon said, the longest any daemon said.
+func (c *Client) bound(cn *conn) time.Duration {
+	if b := cn.callTimeout.Load(); b > 0 {
+		return time.Duration(b)
+	}
+	return time.Duration(c.maxBound.Load())
+}
 
 // ErrClosed is returned by calls after Close.
 var ErrClosed = errors.New("crmrpc: client closed")
@@ -208,6 +245,11 @@ const maxCallAttempts = 4
 // the reply says "call again elsewhere" (shutting down), which is always
 // safe: nothing was done.
 func (c *Client) call(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool) (*conn, error) {
+	return c.callGated(ctx, method, args, reply, safe, retryable, nil)
+}
+
+// callGated is call, asking gate (when set) right before each write.
+func (c *Client) callGated(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool, gate func() error) (*conn, error) {
 	if c.cfg.CallTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
@@ -222,7 +264,13 @@ func (c *Client) call(ctx context.Context, method string, args func(*conn) any, 
 			}
 			return nil, fmt.Errorf("%s: %w", method, err)
 		}
-		call := cn.rc.Go(method, args(cn), reply, make(chan *rpc.Call, 1))
+		a := args(cn)
+		if gate != nil {
+			if err := gate(); err != nil {
+				return nil, fmt.Errorf("%s: not sent: %w", method, err)
+			}
+		}
+		call := cn.rc.Go(method, a, reply, make(chan *rpc.Call, 1))
 		// net/rpc fails a call inside Go, before writing it, when the
 		// connection is already shut down: only then is it certain that
 		// nothing was sent. The same ErrShutdown arriving later can follow
@@ -236,7 +284,7 @@ func (c *Client) call(ctx context.Context, method string, args func(*conn) any, 
 			select {
 			case <-ctx.Done():
 				// The daemon may carry the call out anyway.
-				return nil, &ConnError{Method: method, Addr: cn.addr, Err: ctx.Err()}
+				return nil, &ConnError{Method: method, Addr: cn.addr, Err: ctx.Err(), CallTimeout: c.bound(cn)}
 			case <-call.Done:
 			}
 		}
@@ -257,7 +305,7 @@ func (c *Client) call(ctx context.Context, method string, args func(*conn) any, 
 		default:
 			c.drop(cn)
 			if !safe {
-				return nil, &ConnError{Method: method, Addr: cn.addr, Err: err}
+				return nil, &ConnError{Method: method, Addr: cn.addr, Err: err, CallTimeout: c.bound(cn)}
 			}
 			last = err
 		}
@@ -286,7 +334,7 @@ func (c *Client) Hello(ctx context.Context) (*HelloReply, error) {
 	if reply.Err != nil {
 		return nil, reply.Err
 	}
-	cn.learn(reply.PackedRecords)
+	c.learn(cn, reply.PackedRecords, reply.CallTimeout)
 	return &reply, nil
 }
 
@@ -315,13 +363,14 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 		}
 		return &DeliverArgs{Token: c.cfg.Token, Packed: packed}
 	}
-	cn, err := c.call(ctx, MethodDeliver, args, &reply, false, func() bool {
+	cn, err := c.callGated(ctx, MethodDeliver, args, &reply, false, func() bool {
 		return shuttingDown(&reply, &reply.Err)
-	})
+	}, c.cfg.SendGate)
 	if err != nil {
 		return nil, err
 	}
-	cn.learn(reply.PackedRecords)
+	c.learn(cn, reply.PackedRecords, reply.CallTimeout)
+	c.lookups.Add(int64(reply.Lookups))
 	if reply.Err != nil {
 		return nil, reply.Err
 	}

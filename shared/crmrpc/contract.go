@@ -82,6 +82,9 @@ type DeliverReply struct {
 	// PackedRecords is HelloReply.PackedRecords, repeated so that a client
 	// learns it on a connection it sent no Hello on (after a redial).
 	PackedRecords int
+	// CallTimeout is HelloReply.CallTimeout, repeated for the same reason:
+	// a client must know how long a call that breaks may still run.
+	CallTimeout time.Duration
 	// Lookups is how many external ids the daemon looked up in the CRM for
 	// this call (records sent with MaybeSent, or after an ambiguous
 	// answer): for progress and recovery figures.
