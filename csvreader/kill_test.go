@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -44,15 +43,10 @@ func TestStackKill9AndRerun(t *testing.T) {
 	dir := t.TempDir()
 	args := []string{"-integrator", s.addr, "-db", s.dsn, "-workers", "3", "-block-size", "150",
 		"-rejects", filepath.Join(dir, "rejects.csv"), file}
-	child := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), "CSVREADER_TEST_CHILD=1", "CSVREADER_TEST_ARGS="+strings.Join(args, "\x1f"))
-		return cmd
-	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	kills := 0
 	for i := range 6 {
-		cmd := child()
+		cmd := child(args...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +61,7 @@ func TestStackKill9AndRerun(t *testing.T) {
 		t.Fatal("no run was killed")
 	}
 	s.crm.SetFaults(fakecrm.Faults{FailRate: 0.1, AmbiguousRate: 0.05, Hang: 300 * time.Millisecond})
-	out, err := child().CombinedOutput()
+	out, err := child(args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("final run: %v\n%s", err, out)
 	}
@@ -88,8 +82,7 @@ func TestStackStdinGzip(t *testing.T) {
 	zw.Close()
 	dir := t.TempDir()
 	args := []string{"-integrator", s.addr, "-db", s.dsn, "-rejects", filepath.Join(dir, "r.csv"), "-"}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "CSVREADER_TEST_CHILD=1", "CSVREADER_TEST_ARGS="+strings.Join(args, "\x1f"))
+	cmd := child(args...)
 	cmd.Stdin = &buf
 	out, err := cmd.CombinedOutput()
 	if err != nil {

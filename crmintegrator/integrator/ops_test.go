@@ -225,7 +225,8 @@ func TestGracefulShutdownFinishesCalls(t *testing.T) {
 			results[i] = err
 		}()
 	}
-	time.Sleep(100 * time.Millisecond) // the calls are waiting on the CRM
+	// Close once every call is waiting on the CRM (one batch each).
+	waitUntil(t, func() bool { return crm.Audit().Requests >= 3 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.Close(ctx); err != nil {

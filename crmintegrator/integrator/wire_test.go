@@ -54,7 +54,9 @@ func TestStalledRequestIsIdle(t *testing.T) {
 	}
 
 	stall()
-	time.Sleep(50 * time.Millisecond) // let the daemon read the header
+	// Once the daemon has read the header, the call counts as active but
+	// is still reading its body: Close must not wait for it.
+	waitUntil(t, func() bool { return s.active.Load() == 1 && s.reading.Load() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	start := time.Now()

@@ -153,11 +153,17 @@ type Report struct {
 	Failed           int64    `json:"failed"`
 	Unfinished       int64    `json:"unfinished"`
 	Recovered        int64    `json:"recovered"` // claims of dead runs taken over
-	Retries          int64    `json:"retries"`
-	Interrupted      bool     `json:"interrupted,omitempty"`
-	ElapsedSeconds   float64  `json:"elapsed_seconds"`
-	RowsPerSecond    float64  `json:"rows_per_second"`
-	RejectsFile      string   `json:"rejects_file,omitempty"`
+	// RecoveryWaitSeconds: the longest the run waited before looking up
+	// claims taken over, for the integrator calls their dead owner may have
+	// left running.
+	RecoveryWaitSeconds float64 `json:"recovery_wait_seconds,omitempty"`
+	// Lookups: external ids the integrators looked up for this run.
+	Lookups        int64   `json:"lookups,omitempty"`
+	Retries        int64   `json:"retries"`
+	Interrupted    bool    `json:"interrupted,omitempty"`
+	ElapsedSeconds float64 `json:"elapsed_seconds"`
+	RowsPerSecond  float64 `json:"rows_per_second"`
+	RejectsFile    string  `json:"rejects_file,omitempty"`
 }
 
 // Accounted reports whether every row is counted in exactly one outcome.
@@ -197,7 +203,8 @@ type item struct {
 type counters struct {
 	rows, valid, invalid, dupes, already, delivered, crmRejected,
 	failed, unfinished, recovered, retries atomic.Int64
-	maybe atomic.Int64 // records that may be in the CRM, not settled yet: the recovery backlog
+	maybe        atomic.Int64 // records that may be in the CRM, not settled yet: the recovery backlog
+	recoveryWait atomic.Int64 // longest wait for a dead run's calls, in ns
 }
 
 type pipeline struct {
@@ -342,6 +349,10 @@ func (p *pipeline) fill(r *Report) {
 	r.DuplicatesInFile, r.AlreadyDelivered = p.n.dupes.Load(), p.n.already.Load()
 	r.Delivered, r.RejectedByCRM, r.Failed = p.n.delivered.Load(), p.n.crmRejected.Load(), p.n.failed.Load()
 	r.Unfinished, r.Recovered, r.Retries = p.n.unfinished.Load(), p.n.recovered.Load(), p.n.retries.Load()
+	r.RecoveryWaitSeconds = time.Duration(p.n.recoveryWait.Load()).Seconds()
+	if p.cfg.Lookups != nil {
+		r.Lookups = p.cfg.Lookups()
+	}
 }
 
 func delimiter(o export.Options) rune {
@@ -537,7 +548,7 @@ func (p *pipeline) claim(it *item) {
 		}
 	}
 	var send, busy, orphans []*rec
-	orphanWait := p.cfg.CallBound
+	var orphanWait time.Duration
 	for i, d := range ds {
 		r := keep[i]
 		switch d.Status {
@@ -549,7 +560,11 @@ func (p *pipeline) claim(it *item) {
 			if d.Orphaned {
 				r.orphan = true
 				orphans = append(orphans, r)
-				orphanWait = max(orphanWait, d.Wait)
+				w := d.Wait
+				if w < 0 { // the owner left no proof of life: a whole bound
+					w = p.cfg.CallBound
+				}
+				orphanWait = max(orphanWait, w)
 			} else {
 				send = append(send, r)
 			}
@@ -576,12 +591,24 @@ func (p *pipeline) claim(it *item) {
 		p.log.Info("claims of a crashed run taken over; looking them up once its integrator calls are over",
 			"records", len(orphans), "after", orphanWait)
 		p.sched.add(&item{recs: orphans, due: time.Now().Add(orphanWait)})
+		p.noteRecoveryWait(orphanWait)
 	}
 	if len(send) > 0 {
 		p.add()
 		select {
 		case p.send <- &item{recs: send}:
 		case <-p.stop:
+		}
+	}
+}
+
+// noteRecoveryWait keeps the longest wait for a dead run's calls, for the
+// report.
+func (p *pipeline) noteRecoveryWait(d time.Duration) {
+	for {
+		cur := p.n.recoveryWait.Load()
+		if int64(d) <= cur || p.n.recoveryWait.CompareAndSwap(cur, int64(d)) {
+			return
 		}
 	}
 }
@@ -846,11 +873,23 @@ func (p *pipeline) writeLoop() {
 				ds = append(ds, j...)
 			}
 		}
-		if err := p.retryDB("record deliveries", func(ctx context.Context) error { return p.run.Confirm(ctx, ds) }); err != nil {
+		var already []int
+		if err := p.retryDB("record deliveries", func(ctx context.Context) (err error) {
+			already, err = p.run.Confirm(ctx, ds)
+			return err
+		}); err != nil {
 			p.fatal(err)
 			return
 		}
-		p.n.delivered.Add(int64(len(ds)))
+		// Keys another run recorded first (it took them over while this
+		// run's lock was lost, and found them in the CRM): its delivery.
+		for _, i := range already {
+			if p.skipped != nil {
+				p.skipped.writeAt(ds[i].File, ds[i].Line, ds[i].Contact.ExternalID, "already_delivered", "recorded by another run that took the claim over")
+			}
+		}
+		p.n.already.Add(int64(len(already)))
+		p.n.delivered.Add(int64(len(ds) - len(already)))
 		p.release(len(ds))
 		for range jobs {
 			p.done()
@@ -951,9 +990,13 @@ func newSkippedWriter(path string) (*skippedWriter, error) {
 }
 
 func (s *skippedWriter) write(r *rec, status, why string) {
+	s.writeAt(r.file, r.line, r.c.ExternalID, status, why)
+}
+
+func (s *skippedWriter) writeAt(file string, line int64, key, status, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.w.Write([]string{r.file, fmt.Sprint(r.line), r.c.ExternalID, status, why})
+	s.w.Write([]string{file, fmt.Sprint(line), key, status, why})
 }
 
 func (s *skippedWriter) Close() error {

@@ -70,7 +70,7 @@ func BenchmarkLedger(b *testing.B) {
 			b.StopTimer()
 			ds := claim(b)
 			b.StartTimer()
-			if err := run.Confirm(ctx, ds); err != nil {
+			if _, err := run.Confirm(ctx, ds); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -78,7 +78,7 @@ func BenchmarkLedger(b *testing.B) {
 	})
 	b.Run("ClaimConfirm", func(b *testing.B) {
 		for b.Loop() {
-			if err := run.Confirm(ctx, claim(b)); err != nil {
+			if _, err := run.Confirm(ctx, claim(b)); err != nil {
 				b.Fatal(err)
 			}
 		}

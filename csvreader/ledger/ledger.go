@@ -52,6 +52,7 @@ type Run struct {
 	fenced     int64     // the epoch whose fencing check has passed
 	fenceMu    sync.Mutex
 	lost       map[string]bool // keys the fencing check found another run's
+	bound      time.Duration   // this run's call bound (SetCallBound)
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 
@@ -189,9 +190,11 @@ type Decision struct {
 	// integrator call it made may still be running. The key must not be
 	// looked up before such a call is over (see importer.Config.CallBound).
 	Orphaned bool
-	// Wait, with Orphaned: the call bound the owner recorded (SetCallBound),
-	// 0 when it recorded none. Wait at least this long, and at least your
-	// own bound.
+	// Wait, with Orphaned: how long from now until every call the owner
+	// may have left running is over — its last proof of life (or its end)
+	// plus LockLease plus the larger of its recorded call bound and this
+	// run's (SetCallBound) — or -1 when the owner recorded no proof of life
+	// (a run older than migration 0004): then wait a whole call bound.
 	Wait time.Duration
 }
 
@@ -428,7 +431,10 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 			// A run that ended cleanly had its calls answered, except
 			// those its records remember (t.orphan).
 			o := owners[t.run]
-			out[t.item] = Decision{Status: TakenOver, Orphaned: !o.clean || t.orphan, Wait: o.bound}
+			out[t.item] = Decision{Status: TakenOver, Orphaned: !o.clean || t.orphan, Wait: o.wait}
+			if _, ok := owners[t.run]; !ok {
+				out[t.item].Wait = -1
+			}
 		}
 	}
 	return nil
@@ -507,7 +513,7 @@ type owner struct {
 	// crashed, failed or is still "running" (cut off from PostgreSQL) may
 	// have left calls an integrator is still working on.
 	clean bool
-	bound time.Duration // its recorded call bound
+	wait  time.Duration // until its calls must be over; -1: unknown
 }
 
 // owners reads the runs whose claims are being taken over.
@@ -517,8 +523,16 @@ func (r *Run) owners(ctx context.Context, tx *sql.Tx, take []takeover) (map[int6
 	for i, t := range take {
 		ids[i] = t.run
 	}
-	rows, err := tx.QueryContext(ctx,
-		`SELECT id, status IN ('done', 'interrupted'), call_bound_ms FROM runs WHERE id = ANY($1)`, pq.Array(ids))
+	r.mu.Lock()
+	own := r.bound
+	r.mu.Unlock()
+	// On the server's clock: alive_at and finished_at were written with it.
+	rows, err := tx.QueryContext(ctx, `
+		SELECT id, status IN ('done', 'interrupted'),
+		       CASE WHEN COALESCE(finished_at, alive_at) IS NULL THEN -1
+		       ELSE GREATEST(0, (EXTRACT(EPOCH FROM COALESCE(finished_at, alive_at) - clock_timestamp()) * 1000)::bigint
+		                        + $2 + GREATEST(call_bound_ms, $3)) END
+		FROM runs WHERE id = ANY($1)`, pq.Array(ids), LockLease.Milliseconds(), own.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("read owner runs: %w", err)
 	}
@@ -529,7 +543,10 @@ func (r *Run) owners(ctx context.Context, tx *sql.Tx, take []takeover) (map[int6
 		if err := rows.Scan(&id, &o.clean, &ms); err != nil {
 			return nil, err
 		}
-		o.bound = time.Duration(ms) * time.Millisecond
+		o.wait = -1
+		if ms >= 0 {
+			o.wait = time.Duration(ms) * time.Millisecond
+		}
 		out[id] = o
 	}
 	return out, rows.Err()
@@ -539,6 +556,9 @@ func (r *Run) owners(ctx context.Context, tx *sql.Tx, take []takeover) (map[int6
 // on after the run lost track of it, for the runs that may take its claims
 // over.
 func (r *Run) SetCallBound(ctx context.Context, d time.Duration) error {
+	r.mu.Lock()
+	r.bound = d
+	r.mu.Unlock()
 	if _, err := r.db.ExecContext(ctx, `UPDATE runs SET call_bound_ms = $2 WHERE id = $1`, r.id, d.Milliseconds()); err != nil {
 		return fmt.Errorf("record call bound: %w", err)
 	}
@@ -638,12 +658,13 @@ var customerColumns = []string{"external_id", "email", "first_name", "last_name"
 
 // Confirm records deliveries in customers, in one transaction that also
 // drops the claims rows they settle and the blocks finished so far. It uses
-// COPY; should another run have recorded one of the keys meanwhile (possible
-// only after a takeover race), it falls back to an insert that keeps the
-// existing row.
-func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
+// COPY; should another run have recorded one of the keys meanwhile (after
+// it took this run's claim over while this run's lock was lost), it falls
+// back to an insert that keeps the existing row, and returns the indexes of
+// ds that were already there: delivered by that run, not this one.
+func (r *Run) Confirm(ctx context.Context, ds []Delivery) (already []int, err error) {
 	if len(ds) == 0 {
-		return nil
+		return nil, nil
 	}
 	keys := make([]string, len(ds))
 	for i := range ds {
@@ -659,7 +680,7 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 		}
 		return dropBlocks(exec, done)
 	}
-	err := r.rawTx(ctx, func(c *rawConn) error {
+	err = r.rawTx(ctx, func(c *rawConn) error {
 		if err := c.copyIn("customers", customerColumns, copyRows(r.id, ds)); err != nil {
 			return err
 		}
@@ -668,18 +689,25 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) error {
 	var pqErr *pq.Error
 	if errors.As(err, &pqErr) && pqErr.Code == "23505" {
 		err = r.inTx(ctx, func(tx *sql.Tx) error {
-			if err := insertCustomers(ctx, tx, r.id, ds); err != nil {
+			inserted, err := insertCustomers(ctx, tx, r.id, ds)
+			if err != nil {
 				return err
+			}
+			already = already[:0]
+			for i := range ds {
+				if !inserted[ds[i].Contact.ExternalID] {
+					already = append(already, i)
+				}
 			}
 			return cleanup(txExec(ctx, tx))
 		})
 	}
 	if err != nil {
 		putBack()
-		return fmt.Errorf("record deliveries: %w", err)
+		return nil, fmt.Errorf("record deliveries: %w", err)
 	}
 	r.settle(keys)
-	return nil
+	return already, nil
 }
 
 // execFunc runs a statement: on a database/sql transaction (txExec) or on
@@ -704,7 +732,9 @@ func dropBlocks(exec execFunc, ids []int64) error {
 	return nil
 }
 
-func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery) error {
+// insertCustomers inserts ds, keeping rows that exist, and returns the keys
+// it inserted.
+func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery) (map[string]bool, error) {
 	n := len(ds)
 	cols := make([][]string, 9)
 	for i := range cols {
@@ -717,16 +747,29 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery) 
 		cols[5][i], cols[6][i], cols[7][i], cols[8][i] = string(appendAttributes(nil, c.Attributes)), d.CRMID, d.Fingerprint, d.File
 		lines[i] = d.Line
 	}
-	_, err := tx.ExecContext(ctx, `
+	rows, err := tx.QueryContext(ctx, `
 		INSERT INTO customers (external_id, email, first_name, last_name, phone, attributes,
 		                       crm_id, fingerprint, source_file, source_line, run_id)
 		SELECT a, b, c, d, e, f::jsonb, g, h, i, j, $11
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
 		            $7::text[], $8::text[], $9::text[], $10::bigint[]) AS u(a, b, c, d, e, f, g, h, i, j)
-		ON CONFLICT (external_id) DO NOTHING`,
+		ON CONFLICT (external_id) DO NOTHING
+		RETURNING external_id`,
 		pq.Array(cols[0]), pq.Array(cols[1]), pq.Array(cols[2]), pq.Array(cols[3]), pq.Array(cols[4]),
 		pq.Array(cols[5]), pq.Array(cols[6]), pq.Array(cols[7]), pq.Array(cols[8]), pq.Array(lines), run)
-	return err
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	inserted := make(map[string]bool, n)
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, err
+		}
+		inserted[k] = true
+	}
+	return inserted, rows.Err()
 }
 
 // Mark records, for keys this run holds, that the CRM rejected them

@@ -44,7 +44,7 @@ func TestClaimDecisions(t *testing.T) {
 	if got := statuses(must(old.Claim(ctx, items("K1", "K2", "K3")))); fmt.Sprint(got) != fmt.Sprint([]ledger.Status{ledger.Claimed, ledger.Claimed, ledger.Claimed}) {
 		t.Fatalf("first claims = %v", got)
 	}
-	if err := old.Confirm(ctx, []ledger.Delivery{delivery("K1")}); err != nil {
+	if _, err := old.Confirm(ctx, []ledger.Delivery{delivery("K1")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Mark(ctx, "rejected", []string{"K2"}, []string{"invalid_email"}, nil); err != nil {
@@ -82,7 +82,7 @@ func TestClaimDecisions(t *testing.T) {
 	if fmt.Sprint(statuses(got)) != fmt.Sprint(want) {
 		t.Fatalf("repeat claims = %v, want %v", statuses(got), want)
 	}
-	if err := cur.Confirm(ctx, []ledger.Delivery{delivery("K4")}); err != nil {
+	if _, err := cur.Confirm(ctx, []ledger.Delivery{delivery("K4")}); err != nil {
 		t.Fatal(err)
 	}
 	got = must(cur.Claim(ctx, items("K4")))
@@ -106,13 +106,17 @@ func TestConfirmKeepsExistingCustomer(t *testing.T) {
 	b := must(ledger.Start(ctx, d, nil))
 	defer a.Close(ctx, "done", nil)
 	defer b.Close(ctx, "done", nil)
-	if err := a.Confirm(ctx, []ledger.Delivery{delivery("X")}); err != nil {
+	if _, err := a.Confirm(ctx, []ledger.Delivery{delivery("X")}); err != nil {
 		t.Fatal(err)
 	}
 	late := delivery("X")
 	late.CRMID = "other"
-	if err := b.Confirm(ctx, []ledger.Delivery{late, delivery("Y")}); err != nil {
+	already, err := b.Confirm(ctx, []ledger.Delivery{late, delivery("Y")})
+	if err != nil {
 		t.Fatalf("Confirm with an existing key: %v", err)
+	}
+	if len(already) != 1 || already[0] != 0 {
+		t.Errorf("Confirm reported %v already recorded, want [0] (X)", already)
 	}
 	var id string
 	d.QueryRow(`SELECT crm_id FROM customers WHERE external_id='X'`).Scan(&id)
@@ -154,7 +158,7 @@ func TestClaimRetryAfterLostCommit(t *testing.T) {
 	if got := statuses(must(r.Claim(ctx, again))); fmt.Sprint(got) != fmt.Sprint([]ledger.Status{ledger.DuplicateInFile, ledger.DuplicateInFile}) {
 		t.Errorf("repeats = %v, want duplicates in the file", got)
 	}
-	if err := r.Confirm(ctx, []ledger.Delivery{delivery("A"), delivery("B")}); err != nil {
+	if _, err := r.Confirm(ctx, []ledger.Delivery{delivery("A"), delivery("B")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Close(ctx, "done", nil); err != nil {
@@ -229,7 +233,7 @@ func TestConfirmKeepsFieldsExact(t *testing.T) {
 			CRMID: "crm-" + key, Fingerprint: "fp", File: "dir\twith tab/f.csv", Line: int64(i + 2)})
 	}
 	must(r.Claim(ctx, its))
-	if err := r.Confirm(ctx, ds); err != nil {
+	if _, err := r.Confirm(ctx, ds); err != nil {
 		t.Fatal(err)
 	}
 	for i, c := range cases {
@@ -275,7 +279,7 @@ func TestBlockRowLivesUntilSettled(t *testing.T) {
 	if n := count(t, d, `SELECT count(*) FROM claims`); n != 0 {
 		t.Fatalf("claims rows after a clean claim = %d, want 0", n)
 	}
-	if err := r.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
+	if _, err := r.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Mark(ctx, "rejected", []string{"B"}, []string{"invalid_email"}, nil); err != nil {
@@ -289,7 +293,7 @@ func TestBlockRowLivesUntilSettled(t *testing.T) {
 	}
 	// The block is finished; the next write takes it away.
 	must(r.Claim(ctx, items("D")))
-	if err := r.Confirm(ctx, []ledger.Delivery{delivery("D")}); err != nil {
+	if _, err := r.Confirm(ctx, []ledger.Delivery{delivery("D")}); err != nil {
 		t.Fatal(err)
 	}
 	if n := count(t, d, `SELECT count(*) FROM claim_blocks WHERE $1 = ANY(keys)`, "A"); n != 0 {
@@ -324,7 +328,7 @@ func TestDeadRunBlocksRecoveredAtStart(t *testing.T) {
 	d := pgtest.New(t)
 	dead := must(ledger.Start(ctx, d, nil))
 	must(dead.Claim(ctx, items("A", "B", "C")))
-	if err := dead.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
+	if _, err := dead.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
 		t.Fatal(err)
 	}
 	ledger.KillLock(t, dead)
@@ -363,7 +367,7 @@ func TestBlockOfRunDyingMidRun(t *testing.T) {
 	if got[0].Status != ledger.TakenOver || !got[0].Orphaned {
 		t.Fatalf("key of a dead run's block = %+v, want TakenOver, Orphaned", got[0])
 	}
-	if err := r.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
+	if _, err := r.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
 		t.Fatal(err)
 	}
 	if n := count(t, d, `SELECT count(*) FROM claims`); n != 0 {
@@ -441,7 +445,7 @@ func TestConfirmManyChunks(t *testing.T) {
 			Attributes: map[string]string{"n": long}}, CRMID: "crm-" + key, Fingerprint: "fp", File: "f.csv", Line: int64(i + 2)})
 	}
 	must(r.Claim(ctx, its))
-	if err := r.Confirm(ctx, ds); err != nil {
+	if _, err := r.Confirm(ctx, ds); err != nil {
 		t.Fatal(err)
 	}
 	bad := count(t, d, `SELECT count(*) FROM customers
@@ -466,7 +470,7 @@ func TestCloseClearsClaimsOfConfirmedKeys(t *testing.T) {
 	if n := count(t, d, `SELECT count(*) FROM claims WHERE external_id = 'K'`); n != 1 {
 		t.Fatalf("K's block not turned into a claims row (%d rows)", n)
 	}
-	if err := a.Confirm(ctx, []ledger.Delivery{delivery("K")}); err != nil {
+	if _, err := a.Confirm(ctx, []ledger.Delivery{delivery("K")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Close(ctx, "done", nil); err != nil {

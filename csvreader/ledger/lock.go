@@ -32,6 +32,10 @@ func (r *Run) relock(ctx context.Context) error {
 		discard(conn)
 		return fmt.Errorf("run lock: %w", err)
 	}
+	if _, err := conn.ExecContext(ctx, renewLease, r.id); err != nil {
+		discard(conn)
+		return fmt.Errorf("run lock: %w", err)
+	}
 	r.mu.Lock()
 	if r.wasHeld {
 		r.epoch++ // others may have taken claims over meanwhile: fence again
@@ -41,6 +45,11 @@ func (r *Run) relock(ctx context.Context) error {
 	r.mu.Unlock()
 	return nil
 }
+
+// renewLease is the proof: a statement on the lock's session, which also
+// records the moment for runs that may take this run's claims over (they
+// wait until alive_at + LockLease + call bound, on the server's clock).
+const renewLease = `UPDATE runs SET alive_at = now() WHERE id = $1`
 
 // keepLock proves the lock every LockLease/4 on its connection, renewing
 // the lease, and takes the lock again when PostgreSQL dropped it (a
@@ -63,7 +72,7 @@ func (r *Run) keepLock(ctx context.Context) {
 		if conn != nil {
 			sent := time.Now()
 			pctx, cancel := context.WithTimeout(ctx, LockLease)
-			_, err := conn.ExecContext(pctx, `SELECT 1`)
+			_, err := conn.ExecContext(pctx, renewLease, r.id)
 			cancel()
 			if err == nil {
 				r.mu.Lock()

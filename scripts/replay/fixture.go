@@ -461,7 +461,8 @@ func errorLines(logPath, work string) (string, error) {
 }
 
 // runDependent are report fields that change from run to run.
-var runDependent = []string{"elapsed_seconds", "rows_per_second", "run_id", "retries", "recovered", "rejects_file"}
+var runDependent = []string{"elapsed_seconds", "rows_per_second", "run_id", "retries", "recovered", "rejects_file",
+	"lookups", "recovery_wait_seconds"}
 
 // normaliseReport drops the run-dependent fields of a report, keeps only
 // the base names of its files, and indents it with sorted keys. No report
