@@ -247,3 +247,37 @@ func TestLongestField(t *testing.T) {
 		}
 	}
 }
+
+// Label values are escaped as the Prometheus text format says: backslash,
+// double quote and line feed, and nothing else (Go's %q escaped tabs and
+// non-ASCII too, which scrapers then read literally).
+func TestMetricsLabelEscaping(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`plain`, `plain`},
+		{`a\b`, `a\\b`},
+		{`say "hi"`, `say \"hi\"`},
+		{"two\nlines", `two\nlines`},
+		{"tab\there", "tab\there"},
+		{"café ✓", "café ✓"},
+	}
+	for _, tc := range tests {
+		if got := labelValue(tc.in); got != tc.want {
+			t.Errorf("labelValue(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	m := newMetrics()
+	m.breakerState = func() BreakerState { return BreakerClosed }
+	m.rate = func() float64 { return 0 }
+	m.rpcCall("Deliver", "odd \"code\"\n")
+	m.retry(`back\slash`)
+	var b strings.Builder
+	m.WriteTo(&b)
+	for _, want := range []string{
+		`crmintegrator_rpc_calls_total{method="Deliver",result="odd \"code\"\n"} 1`,
+		`crmintegrator_retries_total{reason="back\\slash"} 1`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

@@ -3,6 +3,9 @@ package ledger
 import (
 	"context"
 	"testing"
+	"time"
+
+	"crmsync/db"
 )
 
 // KillLock drops the run's lock connection as a killed process would,
@@ -15,6 +18,24 @@ func KillLock(t *testing.T, r *Run) {
 	defer r.mu.Unlock()
 	discard(r.lock)
 	r.lock, r.held = nil, false
+	// PostgreSQL releases the lock when it notices the session is gone,
+	// a moment after the client closed it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		if err := r.db.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+			AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted`,
+			int64(db.RunLockNamespace), r.id&0xffffffff).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed run's lock is still held after 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // ResumeLock restarts the run's lock keeper after KillLock, as a live run

@@ -693,9 +693,21 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) (already []int, err er
 			if err != nil {
 				return err
 			}
-			already = already[:0]
+			var kept []string
 			for i := range ds {
 				if !inserted[ds[i].Contact.ExternalID] {
+					kept = append(kept, ds[i].Contact.ExternalID)
+				}
+			}
+			// A row of this run's is an earlier attempt of this very
+			// Confirm whose commit's answer was lost: its delivery.
+			others, err := recordedByOthers(ctx, tx, r.id, kept)
+			if err != nil {
+				return err
+			}
+			already = already[:0]
+			for i := range ds {
+				if others[ds[i].Contact.ExternalID] {
 					already = append(already, i)
 				}
 			}
@@ -730,6 +742,27 @@ func dropBlocks(exec execFunc, ids []int64) error {
 		return fmt.Errorf("drop finished blocks: %w", err)
 	}
 	return nil
+}
+
+// recordedByOthers returns which of keys customers holds from another run.
+func recordedByOthers(ctx context.Context, tx *sql.Tx, run int64, keys []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	if len(keys) == 0 {
+		return out, nil
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT external_id FROM customers WHERE external_id = ANY($1) AND run_id <> $2`, pq.Array(keys), run)
+	if err != nil {
+		return nil, fmt.Errorf("read recorded keys: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, err
+		}
+		out[k] = true
+	}
+	return out, rows.Err()
 }
 
 // insertCustomers inserts ds, keeping rows that exist, and returns the keys
