@@ -45,7 +45,6 @@ func TestRejectsRoundTrip(t *testing.T) {
 		{"field_count", Options{}},
 		{"empty_key", Options{}},
 		{"invalid_email", Options{}},
-		{"invalid_utf8", Options{}},
 		{"crlf", Options{}},
 		{"quoted", Options{}},
 		{"semicolon", Options{Delimiter: ';'}},

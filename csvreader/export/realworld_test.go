@@ -1,0 +1,149 @@
+package export
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestInvalidUTF8PastSniff: bytes that are not UTF-8 past the part of the
+// file checked up front make their rows invalid_utf8, naming the column.
+func TestInvalidUTF8PastSniff(t *testing.T) {
+	defer func(n int) { sniffSize = n }(sniffSize)
+	sniffSize = 64
+	input := "id,email,first_name,city\n" + strings.Repeat("1,ann@example.com,Ann,Paris\n", 4) +
+		"2,bob@example.com,B\xe9b,Lyon\n3,cy@example.org,Cy,N\xc3\n"
+	r, err := NewReader(strings.NewReader(input), "t.csv", -1, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		row, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if row.Problem != nil {
+			got = append(got, row.Problem.Code+": "+row.Problem.Message)
+		}
+	}
+	want := []string{
+		`invalid_utf8: line 6: column "first_name" is not valid UTF-8 (byte 0xE9); if the file is not UTF-8 (windows-1252 would read it as "é"), rerun it with -encoding`,
+		`invalid_utf8: line 7: column "city" is not valid UTF-8 (byte 0xC3); if the file is not UTF-8 (windows-1252 would read it as "Ã"), rerun it with -encoding`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestWideHeader: a header wider than MaxColumns is refused; one within it
+// costs memory by the rows, not by the header's width (issue 11).
+func TestWideHeader(t *testing.T) {
+	cols := func(n int) string {
+		names := []string{"id", "email"}
+		for i := 2; i < n; i++ {
+			names = append(names, fmt.Sprintf("c%d", i))
+		}
+		return strings.Join(names, ",")
+	}
+	_, err := NewReader(strings.NewReader(cols(DefaultMaxColumns+1)+"\n1,a@x.io\n"), "wide.csv", -1, Options{})
+	if !errors.Is(err, ErrTooManyColumns) || !strings.Contains(err.Error(), "wide.csv: line 1") {
+		t.Fatalf("got %v, want ErrTooManyColumns naming the file and line", err)
+	}
+
+	const rows = 20_000
+	input := cols(DefaultMaxColumns) + "\n" + strings.Repeat("1,a@x.io,x\n", rows)
+	r, err := NewReader(strings.NewReader(input), "wide.csv", -1, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	kept := make([]Row, 0, rows) // rows held, as the records in flight are
+	for {
+		row, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, row)
+	}
+	runtime.ReadMemStats(&after)
+	// Each row is three short fields (a field_count reject); a few hundred
+	// bytes each, where sizing by the header cost tens of kilobytes.
+	if per := (after.TotalAlloc - before.TotalAlloc) / rows; per > 1024 {
+		t.Errorf("%d bytes allocated per 3-field row under a %d-column header, want under 1 KiB", per, DefaultMaxColumns)
+	}
+	if len(kept) != rows || kept[0].Problem == nil || kept[0].Problem.Code != CodeFieldCount {
+		t.Errorf("got %d rows, first %+v; want %d field_count rows", len(kept), kept[0].Problem, rows)
+	}
+}
+
+// TestLineOfDelimiters: a record with far more fields than the header comes
+// back whole as its raw text, without a string per field.
+func TestLineOfDelimiters(t *testing.T) {
+	line := "1,a@x.io" + strings.Repeat(",x", 10_000)
+	r, err := NewReader(strings.NewReader("id,email\n"+line+"\n2,b@x.io\n"), "t.csv", -1, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	row, err := r.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.Problem == nil || row.Problem.Code != CodeFieldCount || len(row.Fields) != 1 || row.Fields[0] != line {
+		t.Fatalf("got %d fields, problem %+v; want the raw line as one field_count field", len(row.Fields), row.Problem)
+	}
+	if want := "line 2: 10002 fields, header has 2; the row is kept as its raw text"; row.Problem.Message != want {
+		t.Errorf("got %q, want %q", row.Problem.Message, want)
+	}
+	if row, err := r.Next(); err != nil || row.Key != "2" {
+		t.Errorf("next row: got %+v, %v; want key 2", row, err)
+	}
+}
+
+func TestParseEncoding(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", EncodingUTF8}, {"UTF8", EncodingUTF8}, {"cp1252", EncodingWindows1252}, {"Windows-1252", EncodingWindows1252},
+		{"ISO-8859-1", EncodingLatin1}, {"latin1", EncodingLatin1}, {"UTF-16", EncodingUTF16}, {"utf_16le", EncodingUTF16LE}, {"UTF-16BE", EncodingUTF16BE},
+	}
+	for _, tc := range tests {
+		if got, err := ParseEncoding(tc.in); got != tc.want || err != nil {
+			t.Errorf("ParseEncoding(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	if _, err := ParseEncoding("ebcdic"); !errors.Is(err, ErrEncoding) || !strings.Contains(err.Error(), "windows-1252") {
+		t.Errorf("got %v, want ErrEncoding listing the encodings", err)
+	}
+}
+
+// TestWindows1252Table pins the bytes 0x80-0x9F, the ones latin-1 lacks.
+func TestWindows1252Table(t *testing.T) {
+	var in strings.Builder
+	in.WriteString("id,email,v\n1,a@x.io,")
+	for b := 0x80; b <= 0x9F; b++ {
+		in.WriteByte(byte(b))
+	}
+	in.WriteString("\n")
+	r, err := NewReader(strings.NewReader(in.String()), "t.csv", -1, Options{Encoding: EncodingWindows1252})
+	if err != nil {
+		t.Fatal(err)
+	}
+	row, err := r.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "€\u0081‚ƒ„…†‡ˆ‰Š‹Œ\u008dŽ\u008f\u0090‘’“”•–—˜™š›œ\u009džŸ"
+	if got := row.Fields[2]; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
