@@ -54,7 +54,11 @@ type Config struct {
 	MaxAttempts  int           // sends per record before it fails; default 10
 	MaxRetryTime time.Duration // time from first send before a record fails; default 10m
 	MaxRejects   int           // stop once more rows than this are rejected; 0: no limit
-	DBRetryTime  time.Duration // how long to retry a failing database write; default 2m
+	// MaxRejectRatio stops a run once more than RejectRatioMinimum rows
+	// are rejected and they are more than this share of the rows read: a
+	// file that is clearly garbage stops early. 0: no limit.
+	MaxRejectRatio float64
+	DBRetryTime    time.Duration // how long to retry a failing database write; default 2m
 	// CallBound is the longest the integrator may go on working on a call
 	// whose caller is gone (net/rpc cannot cancel a call). A record whose
 	// call broke, or whose claim was taken over from a run that crashed, is
@@ -142,9 +146,18 @@ type Report struct {
 	Recovered        int64    `json:"recovered"` // claims of dead runs taken over
 	Retries          int64    `json:"retries"`
 	Interrupted      bool     `json:"interrupted,omitempty"`
-	ElapsedSeconds   float64  `json:"elapsed_seconds"`
-	RowsPerSecond    float64  `json:"rows_per_second"`
-	RejectsFile      string   `json:"rejects_file,omitempty"`
+	// Suspect counts rows, among the rejected or delivered ones, whose
+	// quoted field spans lines that look like rows (a quote left open).
+	Suspect int64 `json:"suspect,omitempty"`
+	// BlankRows and RepeatedHeaders count lines that were no rows: rows of
+	// empty fields only, and the header repeated in the same order.
+	BlankRows       int64 `json:"blank_rows,omitempty"`
+	RepeatedHeaders int64 `json:"repeated_headers,omitempty"`
+	// Error is why the run stopped, when it did not finish.
+	Error          string  `json:"error,omitempty"`
+	ElapsedSeconds float64 `json:"elapsed_seconds"`
+	RowsPerSecond  float64 `json:"rows_per_second"`
+	RejectsFile    string  `json:"rejects_file,omitempty"`
 }
 
 // Accounted reports whether every row is counted in exactly one outcome.
@@ -155,6 +168,11 @@ func (r *Report) Accounted() bool {
 
 // ErrTooManyRejects stops a run whose export looks broken.
 var ErrTooManyRejects = errors.New("too many rejected rows")
+
+// RejectRatioMinimum is how many rows must be rejected before
+// Config.MaxRejectRatio applies, so a few bad rows at the top of a file do
+// not stop it.
+const RejectRatioMinimum = 1000
 
 // rec is one valid row on its way to the CRM.
 type rec struct {
@@ -184,6 +202,7 @@ type item struct {
 type counters struct {
 	rows, valid, invalid, dupes, already, delivered, crmRejected,
 	failed, unfinished, recovered, retries atomic.Int64
+	suspect, blank, repeatedHeaders atomic.Int64
 }
 
 type pipeline struct {
@@ -243,7 +262,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	if err != nil {
 		return rep, err
 	}
-	if p.rejects, err = export.NewRejectsWriter(cfg.RejectsPath, first.Header(), delimiter(cfg.Export)); err != nil {
+	if p.rejects, err = export.NewRejectsWriter(cfg.RejectsPath, first.Header(), first.Delimiter()); err != nil {
 		first.Close()
 		return rep, fmt.Errorf("rejects file: %w", err)
 	}
@@ -320,6 +339,7 @@ func (p *pipeline) fill(r *Report) {
 	r.DuplicatesInFile, r.AlreadyDelivered = p.n.dupes.Load(), p.n.already.Load()
 	r.Delivered, r.RejectedByCRM, r.Failed = p.n.delivered.Load(), p.n.crmRejected.Load(), p.n.failed.Load()
 	r.Unfinished, r.Recovered, r.Retries = p.n.unfinished.Load(), p.n.recovered.Load(), p.n.retries.Load()
+	r.Suspect, r.BlankRows, r.RepeatedHeaders = p.n.suspect.Load(), p.n.blank.Load(), p.n.repeatedHeaders.Load()
 }
 
 func delimiter(o export.Options) rune {
@@ -383,6 +403,9 @@ func (p *pipeline) read(first *export.Reader) (err error) {
 		p.offset = func() (int64, int64) { return r.Offset(), r.Size() }
 		p.offMu.Unlock()
 		err = p.readFile(r)
+		st := r.Stats()
+		p.n.blank.Add(st.BlankRows)
+		p.n.repeatedHeaders.Add(st.RepeatedHeaders)
 		r.Close()
 		if err != nil || p.readCtx.Err() != nil || p.stopped() {
 			return err
@@ -424,6 +447,9 @@ func (p *pipeline) readFile(r *export.Reader) error {
 			return err
 		}
 		p.n.rows.Add(1)
+		if len(row.Suspect) > 0 {
+			p.n.suspect.Add(1)
+		}
 		if row.Problem != nil {
 			p.n.invalid.Add(1)
 			if err := p.reject(name, int64(row.Line), row.Fields, row.Problem.Code+": "+row.Problem.Message); err != nil {
@@ -455,8 +481,13 @@ func (p *pipeline) reject(file string, line int64, fields []string, reason strin
 	if err := p.rejects.Write(int(line), fields, reason); err != nil {
 		return fmt.Errorf("rejects file: %w", err)
 	}
-	if max := p.cfg.MaxRejects; max > 0 && p.n.invalid.Load()+p.n.crmRejected.Load() > int64(max) {
-		return fmt.Errorf("%w: more than %d (-max-rejects); the export looks broken, see %s", ErrTooManyRejects, max, p.cfg.RejectsPath)
+	rejected := p.n.invalid.Load() + p.n.crmRejected.Load()
+	if max := p.cfg.MaxRejects; max > 0 && rejected > int64(max) {
+		return fmt.Errorf("%w: more than %d (-max-rejects); the export looks broken, see %s; the last was line %d: %s", ErrTooManyRejects, max, p.cfg.RejectsPath, line, reason)
+	}
+	if ratio, rows := p.cfg.MaxRejectRatio, p.n.rows.Load(); ratio > 0 && rejected > RejectRatioMinimum && float64(rejected) > ratio*float64(rows) {
+		return fmt.Errorf("%w: %d of the first %d rows were rejected, more than %.0f%% (-max-reject-ratio); the export looks broken, see %s; the last was line %d: %s",
+			ErrTooManyRejects, rejected, rows, 100*ratio, p.cfg.RejectsPath, line, reason)
 	}
 	return nil
 }
