@@ -479,11 +479,11 @@ func isTerminal(w io.Writer) bool {
 func printSummary(w io.Writer, r *importer.Report) {
 	if r.Rows == 0 && r.Error != "" {
 		// Nothing was read: a table of zeros would look like an empty success.
-		run := "csvreader"
+		run := ""
 		if r.RunID > 0 {
-			run = fmt.Sprintf("run %d", r.RunID)
+			run = fmt.Sprintf(" (run %d)", r.RunID)
 		}
-		fmt.Fprintf(w, "%s: stopped before any row was read; nothing was sent (see the error below)\n", run)
+		fmt.Fprintf(w, "nothing was sent: the run%s stopped before any row was read (see the error below)\n", run)
 		return
 	}
 	if r.DryRun {

@@ -444,6 +444,9 @@ func (p *pipeline) readFile(r *export.Reader) error {
 			break
 		}
 		if err != nil {
+			// The rows read but not yet in a block are never sent: count
+			// them, so the report still adds up.
+			p.n.unfinished.Add(int64(len(blk)))
 			return err
 		}
 		p.n.rows.Add(1)
