@@ -87,11 +87,33 @@ func (lr *lineReader) next() (line, eol []byte, err error) {
 // and length. It returns -1, -1 when seg ends in a "\r" that may start a
 // "\r\n", and -1, 0 when there is none.
 func (lr *lineReader) lineEnd(seg []byte, from int) (int, int) {
+	if lr.known && lr.crEOL {
+		// Find the "\r" first: a CR-only file may hold no "\n" at all, and
+		// looking for one would scan the whole buffer for every line.
+		cr := bytes.IndexByte(seg[from:], '\r')
+		upto := seg[from:]
+		if cr >= 0 {
+			cr += from
+			upto = seg[from:cr]
+		}
+		if lf := bytes.IndexByte(upto, '\n'); lf >= 0 {
+			return from + lf, 1
+		}
+		switch {
+		case cr < 0:
+			return -1, 0
+		case cr+1 < len(seg) && seg[cr+1] == '\n':
+			return cr, 2
+		case cr+1 == len(seg) && lr.err == nil:
+			return -1, -1
+		}
+		return cr, 1
+	}
 	lf := bytes.IndexByte(seg[from:], '\n')
 	if lf >= 0 {
 		lf += from
 	}
-	if lr.known && !lr.crEOL {
+	if lr.known {
 		if lf < 0 {
 			return -1, 0
 		}
@@ -117,14 +139,8 @@ func (lr *lineReader) lineEnd(seg []byte, from int) (int, int) {
 			lr.decide(false)
 			return cr, 2
 		}
-		if !lr.known {
-			lr.decide(true)
-		}
-		if lr.crEOL {
-			return cr, 1
-		}
-		// Not reached: a decided LF file takes the first branch.
-		return -1, 0
+		lr.decide(true) // undecided until now: a CR-only file
+		return cr, 1
 	case lf >= 0:
 		lr.decide(false)
 		return lf, 1
