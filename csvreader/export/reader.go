@@ -6,9 +6,9 @@
 // larger than memory stream through it. Rows are validated with
 // contact.Validate, so the Reader rejects exactly what the CRM would, and
 // with what PostgreSQL could not store. A bad row is not an error: it comes
-// back with Row.Problem set, and only an unusable file (wrong encoding, bad
-// header, a header repeated in another order), I/O and decompression
-// failures stop the stream.
+// back with Row.Problem set, and only an unusable file (not in its
+// encoding, bad header, a header repeated in another order), I/O and
+// decompression failures stop the stream.
 //
 // Values are handed on verbatim: only the key and the email are trimmed
 // (and column names, to match them). The CSV dialect is in parse.go; the
@@ -550,6 +550,12 @@ func (r *Reader) row(rec *record) (Row, bool) {
 		return row, true
 	}
 	if p := r.check(line, row.Fields); p != nil {
+		if p.Code == contact.CodeInvalidUTF8 && r.enc == EncodingUTF8 {
+			// Past the part checked up front: stop rather than import the
+			// rest of a file in another encoding as rejects, and exit 0.
+			r.err = &Error{Name: r.name, Line: line, Offset: -1, Err: fmt.Errorf("%w: %s", ErrEncoding, p.Message)}
+			return Row{}, false
+		}
 		row.Problem = p
 		return row, true
 	}
@@ -598,11 +604,16 @@ func (r *Reader) utf8Message(line, i int, f string) string {
 		}
 		j += size
 	}
-	msg := fmt.Sprintf("line %d: column %q is not valid UTF-8 (byte 0x%02X)", line, r.fieldName(i), f[j])
-	if r.enc == EncodingUTF8 {
-		msg += fmt.Sprintf("; if the file is not UTF-8 (windows-1252 would read it as %q), rerun it with -encoding", string(win1252[f[j]-0x80]))
+	if r.enc != EncodingUTF8 {
+		// Decoded text: the decoder marked what it could not decode.
+		return fmt.Sprintf("line %d: column %q holds text that is not valid %s (an unpaired surrogate or a stray byte)", line, r.fieldName(i), strings.ToUpper(r.enc))
 	}
-	return msg
+	checked := fmt.Sprintf("%d bytes", sniffSize)
+	if sniffSize >= 1<<20 {
+		checked = fmt.Sprintf("%d MiB", sniffSize>>20)
+	}
+	return fmt.Sprintf("the file is not UTF-8 from line %d on, past the first %s checked up front: column %q holds byte 0x%02X (%q in windows-1252). The rows before it were read as UTF-8. If the file is windows-1252, rerun with -encoding windows-1252 (rows already delivered are skipped); if the byte is corrupt, fix it and rerun",
+		line, checked, r.fieldName(i), f[j], string(win1252[f[j]-0x80]))
 }
 
 func (r *Reader) fieldName(i int) string {
