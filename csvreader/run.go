@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"strconv"
@@ -307,7 +308,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Files: o.files,
 		Export: export.Options{Delimiter: delim, Key: o.key, Encoding: o.encoding, TrustQuotes: o.trustQuotes,
 			Notify: func(n export.Notice) {
-				log.Warn(n.Message, "file", n.File, "line", n.Line, "what", n.Code)
+				level := slog.LevelWarn // something in the file the operator should look at
+				if n.Code == export.NoticeEncoding || n.Code == export.NoticeSepLine {
+					level = slog.LevelInfo // what they asked for
+				}
+				log.Log(ctx, level, n.Message, "file", n.File, "line", n.Line, "what", n.Code)
 			}},
 		Workers:        o.workers,
 		BlockSize:      o.blockSize,
