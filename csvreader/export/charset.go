@@ -60,8 +60,8 @@ var iconvName = map[string]string{
 // the encoding (the BOM's, else enc), checks the first sniffSize bytes
 // against it, and returns a reader of UTF-8 and the encoding used. It fails
 // before anything is parsed when the file is clearly in another encoding.
-// name is for messages.
-func textReader(src io.Reader, enc, name string) (io.Reader, string, error) {
+// name and gzipped are for messages.
+func textReader(src io.Reader, enc, name string, gzipped bool) (io.Reader, string, error) {
 	// Grown as it fills, so a small file does not cost sniffSize.
 	prefix := make([]byte, 0, min(sniffSize, 64<<10))
 	more := true // the file may go on past the prefix
@@ -105,7 +105,7 @@ func textReader(src io.Reader, enc, name string) (io.Reader, string, error) {
 			return &utf16Reader{src: rest(skip), be: bom == EncodingUTF16BE}, bom, nil
 		}
 		enc = EncodingUTF8
-		if err := checkUTF8(prefix[skip:], more, name); err != nil {
+		if err := checkUTF8(prefix[skip:], more, name, gzipped); err != nil {
 			return nil, "", err
 		}
 		return rest(skip), enc, nil
@@ -129,10 +129,10 @@ func textReader(src io.Reader, enc, name string) (io.Reader, string, error) {
 		return nil, "", fmt.Errorf("%w: -encoding %s was given, but the file is already valid UTF-8 (it holds multi-byte UTF-8 characters); drop -encoding", ErrEncoding, enc)
 	}
 	if guess != "" {
-		return nil, "", fmt.Errorf("%w: the file looks like %s without a byte order mark (every other byte is NUL), as Excel's \"Unicode Text\" saves it; rerun with -encoding %s, or convert it: iconv -f %s -t UTF-8 %s > %s",
-			ErrEncoding, strings.ToUpper(guess), guess, iconvName[guess], shellQuote(name), shellQuote(utf8Name(name)))
+		return nil, "", fmt.Errorf("%w: the file looks like %s without a byte order mark (every other byte is NUL), as Excel's \"Unicode Text\" saves it; rerun with -encoding %s, or convert it: %s",
+			ErrEncoding, strings.ToUpper(guess), guess, iconvCommand(name, guess, gzipped))
 	}
-	if err := checkUTF8(prefix, more, name); err != nil {
+	if err := checkUTF8(prefix, more, name, gzipped); err != nil {
 		return nil, "", err
 	}
 	return rest(0), EncodingUTF8, nil
@@ -141,7 +141,7 @@ func textReader(src io.Reader, enc, name string) (io.Reader, string, error) {
 // checkUTF8 fails with a message naming the likely encoding when b, the
 // start of the file, is not valid UTF-8. A rune cut by the end of b is fine
 // when more follows.
-func checkUTF8(b []byte, more bool, name string) error {
+func checkUTF8(b []byte, more bool, name string, gzipped bool) error {
 	b = trimPartialRune(b, more)
 	if utf8.Valid(b) {
 		return nil
@@ -159,8 +159,8 @@ func checkUTF8(b []byte, more bool, name string) error {
 		line = 1 + bytes.Count(b[:i], []byte("\r"))
 	}
 	guess, example := EncodingWindows1252, win1252[b[i]-0x80] // an invalid byte is never ASCII
-	return &encodingError{line: line, offset: int64(i), err: fmt.Errorf("%w: the file is not UTF-8: line %d holds byte 0x%02X (%q in windows-1252); it looks like windows-1252 (Excel's \"CSV\" format; latin-1 is the same for letters). Rerun with -encoding %s, or convert it: iconv -f %s -t UTF-8 %s > %s",
-		ErrEncoding, line, b[i], example, guess, iconvName[guess], shellQuote(name), shellQuote(utf8Name(name)))}
+	return &encodingError{line: line, offset: int64(i), err: fmt.Errorf("%w: the file is not UTF-8: line %d holds byte 0x%02X (%q in windows-1252); it looks like windows-1252 (Excel's \"CSV\" format; latin-1 is the same for letters). Rerun with -encoding %s, or convert it: %s",
+		ErrEncoding, line, b[i], example, guess, iconvCommand(name, guess, gzipped))}
 }
 
 // encodingError carries where the first bad byte is, for the *Error.
@@ -229,6 +229,18 @@ func guessUTF16(b []byte) string {
 		return EncodingUTF16BE
 	}
 	return ""
+}
+
+// iconvCommand is the command line that converts the file to UTF-8.
+func iconvCommand(name, enc string, gzipped bool) string {
+	conv := "iconv -f " + iconvName[enc] + " -t UTF-8"
+	switch {
+	case name == "stdin":
+		return "... | " + conv + " | csvreader ... -"
+	case gzipped:
+		return fmt.Sprintf("gunzip -c %s | %s > %s", shellQuote(name), conv, shellQuote(utf8Name(name)))
+	}
+	return fmt.Sprintf("%s %s > %s", conv, shellQuote(name), shellQuote(utf8Name(name)))
 }
 
 func utf8Name(name string) string {

@@ -303,7 +303,7 @@ func NewReader(rd io.Reader, name string, size int64, opts Options) (*Reader, er
 		}
 		decoded = r.gz
 	}
-	text, enc, err := textReader(decoded, enc, name)
+	text, enc, err := textReader(decoded, enc, name, r.gz != nil)
 	if err != nil {
 		r.closeGzip()
 		var ee *encodingError

@@ -1,6 +1,7 @@
 package export
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -138,5 +139,28 @@ func TestWindows1252Table(t *testing.T) {
 	want := "€\u0081‚ƒ„…†‡ˆ‰Š‹Œ\u008dŽ\u008f\u0090‘’“”•–—˜™š›œ\u009džŸ"
 	if got := row.Fields[2]; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// TestEncodingErrorCommand: the conversion the error suggests works on the
+// file as it is: gzipped, named with spaces, or stdin.
+func TestEncodingErrorCommand(t *testing.T) {
+	latin := []byte("id,email,n\n1,a@x.io,Ren\xe9\n")
+	tests := []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"export.csv", latin, "iconv -f WINDOWS-1252 -t UTF-8 export.csv > export.utf8.csv"},
+		{"my export.csv.gz", gzipBytes(t, latin), "gunzip -c 'my export.csv.gz' | iconv -f WINDOWS-1252 -t UTF-8 > 'my export.utf8.csv'"},
+		{"stdin", latin, "... | iconv -f WINDOWS-1252 -t UTF-8 | csvreader ... -"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewReader(bytes.NewReader(tc.data), tc.name, -1, Options{})
+			if !errors.Is(err, ErrEncoding) || !strings.HasSuffix(err.Error(), tc.want) {
+				t.Errorf("got %v, want it to end with %s", err, tc.want)
+			}
+		})
 	}
 }
