@@ -54,11 +54,7 @@ type Config struct {
 	MaxAttempts  int           // sends per record before it fails; default 10
 	MaxRetryTime time.Duration // time from first send before a record fails; default 10m
 	MaxRejects   int           // stop once more rows than this are rejected; 0: no limit
-	// MaxRejectRatio stops a run once more than RejectRatioMinimum rows
-	// are rejected and they are more than this share of the rows read: a
-	// file that is clearly garbage stops early. 0: no limit.
-	MaxRejectRatio float64
-	DBRetryTime    time.Duration // how long to retry a failing database write; default 2m
+	DBRetryTime  time.Duration // how long to retry a failing database write; default 2m
 	// CallBound is the longest the integrator may go on working on a call
 	// whose caller is gone (net/rpc cannot cancel a call). A record whose
 	// call broke, or whose claim was taken over from a run that crashed, is
@@ -74,6 +70,11 @@ type Config struct {
 	Progress      io.Writer     // progress lines; nil: none
 	ProgressEvery time.Duration // default 5s
 	Logger        *slog.Logger
+
+	// MaxRejectRatio stops a run once more than RejectRatioMinimum rows
+	// are rejected and they are more than this share of the rows read: a
+	// file that is clearly garbage stops early. 0: no limit.
+	MaxRejectRatio float64
 }
 
 func (c *Config) setDefaults() {
@@ -146,6 +147,10 @@ type Report struct {
 	Recovered        int64    `json:"recovered"` // claims of dead runs taken over
 	Retries          int64    `json:"retries"`
 	Interrupted      bool     `json:"interrupted,omitempty"`
+	ElapsedSeconds   float64  `json:"elapsed_seconds"`
+	RowsPerSecond    float64  `json:"rows_per_second"`
+	RejectsFile      string   `json:"rejects_file,omitempty"`
+
 	// Suspect counts rows, among the rejected or delivered ones, whose
 	// quoted field spans lines that look like rows (a quote left open).
 	Suspect int64 `json:"suspect,omitempty"`
@@ -154,10 +159,7 @@ type Report struct {
 	BlankRows       int64 `json:"blank_rows,omitempty"`
 	RepeatedHeaders int64 `json:"repeated_headers,omitempty"`
 	// Error is why the run stopped, when it did not finish.
-	Error          string  `json:"error,omitempty"`
-	ElapsedSeconds float64 `json:"elapsed_seconds"`
-	RowsPerSecond  float64 `json:"rows_per_second"`
-	RejectsFile    string  `json:"rejects_file,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // Accounted reports whether every row is counted in exactly one outcome.
