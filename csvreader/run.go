@@ -65,37 +65,37 @@ func (e *exitError) Unwrap() error { return e.err }
 func (e *exitError) ExitCode() int { return e.code }
 
 type options struct {
-	integrators   string
-	dsn           string
-	workers       int
-	blockSize     int
-	rejects       string
-	skipped       string
-	report        string
-	key           string
-	delimiter     string
-	encoding      string
-	trustQuotes   bool
-	maxRejects    int
-	maxRejectRate float64
-	maxAttempts   int
-	maxRetryTime  time.Duration
-	dbRetryTime   time.Duration
-	dryRun        bool
-	progress      bool
-	progressEvery time.Duration
-	rpcToken      string
-	tlsOn         bool
-	tlsCA         string
-	tlsCert       string
-	tlsKey        string
-	tlsServerName string
-	callTimeout   time.Duration
-	logFormat     string
-	logLevel      string
-	files         []string
-	progressSet   bool
-	cpuProfile    *string
+	integrators    string
+	dsn            string
+	workers        int
+	blockSize      int
+	rejects        string
+	skipped        string
+	report         string
+	key            string
+	delimiter      string
+	encoding       string
+	trustQuotes    bool
+	maxRejects     int
+	maxRejectRatio float64
+	maxAttempts    int
+	maxRetryTime   time.Duration
+	dbRetryTime    time.Duration
+	dryRun         bool
+	progress       bool
+	progressEvery  time.Duration
+	rpcToken       string
+	tlsOn          bool
+	tlsCA          string
+	tlsCert        string
+	tlsKey         string
+	tlsServerName  string
+	callTimeout    time.Duration
+	logFormat      string
+	logLevel       string
+	files          []string
+	progressSet    bool
+	cpuProfile     *string
 }
 
 const usageHead = `Usage: csvreader [flags] FILE [FILE...]
@@ -181,7 +181,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.encoding, "encoding", env("CSVREADER_ENCODING", "utf-8"), "text encoding of the files: utf-8, windows-1252, latin-1, utf-16, utf-16le or utf-16be (a byte order mark decides by itself) [CSVREADER_ENCODING]")
 	fs.BoolVar(&o.trustQuotes, "trust-quotes", envBool("CSVREADER_TRUST_QUOTES"), "deliver rows whose quoted field spans lines that look like rows, instead of rejecting them as runaway_quote (still counted as suspect) [CSVREADER_TRUST_QUOTES]")
 	fs.IntVar(&o.maxRejects, "max-rejects", envInt("CSVREADER_MAX_REJECTS", 0), "stop once more than `N` rows are rejected; 0 means no limit [CSVREADER_MAX_REJECTS]")
-	fs.Float64Var(&o.maxRejectRate, "max-reject-ratio", envFloat("CSVREADER_MAX_REJECT_RATIO", 0.5), fmt.Sprintf("stop once more than %d rows are rejected and they are more than this share of the rows read; 0 means no limit [CSVREADER_MAX_REJECT_RATIO]", importer.RejectRatioMinimum))
+	fs.Float64Var(&o.maxRejectRatio, "max-reject-ratio", envFloat("CSVREADER_MAX_REJECT_RATIO", 0.5), fmt.Sprintf("stop once more than %d rows are rejected and they are more than this share of the rows read; 0 means no limit [CSVREADER_MAX_REJECT_RATIO]", importer.RejectRatioMinimum))
 	fs.IntVar(&o.maxAttempts, "max-attempts", envInt("CSVREADER_MAX_ATTEMPTS", 10), "sends per record before it is reported as failed [CSVREADER_MAX_ATTEMPTS]")
 	fs.DurationVar(&o.maxRetryTime, "max-retry-time", envDur("CSVREADER_MAX_RETRY_TIME", 10*time.Minute), "time from a record's first send after which it is reported as failed [CSVREADER_MAX_RETRY_TIME]")
 	fs.DurationVar(&o.dbRetryTime, "db-retry-time", envDur("CSVREADER_DB_RETRY_TIME", 2*time.Minute), "how long to ride out an unavailable database before giving up [CSVREADER_DB_RETRY_TIME]")
@@ -237,7 +237,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		return usage("-workers and -block-size must be at least 1")
 	case o.maxAttempts < 1:
 		return usage("-max-attempts must be at least 1")
-	case o.maxRejects < 0 || o.maxRejectRate < 0 || o.maxRejectRate > 1:
+	case o.maxRejects < 0 || o.maxRejectRatio < 0 || o.maxRejectRatio > 1:
 		return usage("-max-rejects must be 0 or more, -max-reject-ratio between 0 and 1")
 	}
 	if _, err := export.ParseEncoding(o.encoding); err != nil {
@@ -319,7 +319,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxAttempts:    o.maxAttempts,
 		MaxRetryTime:   o.maxRetryTime,
 		MaxRejects:     o.maxRejects,
-		MaxRejectRatio: o.maxRejectRate,
+		MaxRejectRatio: o.maxRejectRatio,
 		DBRetryTime:    o.dbRetryTime,
 		RejectsPath:    o.rejects,
 		SkippedPath:    o.skipped,
