@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"strconv"
@@ -65,34 +66,37 @@ func (e *exitError) Unwrap() error { return e.err }
 func (e *exitError) ExitCode() int { return e.code }
 
 type options struct {
-	integrators   string
-	dsn           string
-	workers       int
-	blockSize     int
-	rejects       string
-	skipped       string
-	report        string
-	key           string
-	delimiter     string
-	maxRejects    int
-	maxAttempts   int
-	maxRetryTime  time.Duration
-	dbRetryTime   time.Duration
-	dryRun        bool
-	progress      bool
-	progressEvery time.Duration
-	rpcToken      string
-	tlsOn         bool
-	tlsCA         string
-	tlsCert       string
-	tlsKey        string
-	tlsServerName string
-	callTimeout   time.Duration
-	logFormat     string
-	logLevel      string
-	files         []string
-	progressSet   bool
-	cpuProfile    *string
+	integrators    string
+	dsn            string
+	workers        int
+	blockSize      int
+	rejects        string
+	skipped        string
+	report         string
+	key            string
+	delimiter      string
+	encoding       string
+	trustQuotes    bool
+	maxRejects     int
+	maxRejectRatio float64
+	maxAttempts    int
+	maxRetryTime   time.Duration
+	dbRetryTime    time.Duration
+	dryRun         bool
+	progress       bool
+	progressEvery  time.Duration
+	rpcToken       string
+	tlsOn          bool
+	tlsCA          string
+	tlsCert        string
+	tlsKey         string
+	tlsServerName  string
+	callTimeout    time.Duration
+	logFormat      string
+	logLevel       string
+	files          []string
+	progressSet    bool
+	cpuProfile     *string
 }
 
 const usageHead = `Usage: csvreader [flags] FILE [FILE...]
@@ -141,6 +145,17 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		}
 		return def
 	}
+	envFloat := func(name string, def float64) float64 {
+		if v := getenv(name); v != "" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("%s=%q is not a number", name, v))
+				return def
+			}
+			return f
+		}
+		return def
+	}
 	envBool := func(name string) bool {
 		v := getenv(name)
 		b, err := strconv.ParseBool(v)
@@ -163,8 +178,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.skipped, "skipped", env("CSVREADER_SKIPPED", ""), "optional `PATH` listing every duplicate skipped and why [CSVREADER_SKIPPED]")
 	fs.StringVar(&o.report, "report", env("CSVREADER_REPORT", ""), "write the final report as JSON to `PATH` [CSVREADER_REPORT]")
 	fs.StringVar(&o.key, "key", env("CSVREADER_KEY", "id"), "`COLUMN` holding the dedup key, sent as the CRM's external_id [CSVREADER_KEY]")
-	fs.StringVar(&o.delimiter, "delimiter", env("CSVREADER_DELIMITER", ","), "field delimiter: one character, or \"tab\" [CSVREADER_DELIMITER]")
+	fs.StringVar(&o.delimiter, "delimiter", env("CSVREADER_DELIMITER", ""), "field delimiter: one character, or \"tab\" (default: a first line \"sep=X\" names it, else ',') [CSVREADER_DELIMITER]")
+	fs.StringVar(&o.encoding, "encoding", env("CSVREADER_ENCODING", "utf-8"), "text encoding of the files: utf-8, windows-1252, latin-1, utf-16, utf-16le or utf-16be (a byte order mark decides by itself) [CSVREADER_ENCODING]")
+	fs.BoolVar(&o.trustQuotes, "trust-quotes", envBool("CSVREADER_TRUST_QUOTES"), "deliver rows whose quoted field spans lines that look like rows, instead of rejecting them as runaway_quote (still counted as suspect) [CSVREADER_TRUST_QUOTES]")
 	fs.IntVar(&o.maxRejects, "max-rejects", envInt("CSVREADER_MAX_REJECTS", 0), "stop once more than `N` rows are rejected; 0 means no limit [CSVREADER_MAX_REJECTS]")
+	fs.Float64Var(&o.maxRejectRatio, "max-reject-ratio", envFloat("CSVREADER_MAX_REJECT_RATIO", 0.5), fmt.Sprintf("stop once more than %d rows are rejected and they are more than this share of the rows read; 0 means no limit [CSVREADER_MAX_REJECT_RATIO]", importer.RejectRatioMinimum))
 	fs.IntVar(&o.maxAttempts, "max-attempts", envInt("CSVREADER_MAX_ATTEMPTS", 10), "sends per record before it is reported as failed [CSVREADER_MAX_ATTEMPTS]")
 	fs.DurationVar(&o.maxRetryTime, "max-retry-time", envDur("CSVREADER_MAX_RETRY_TIME", 10*time.Minute), "time from a record's first send after which it is reported as failed [CSVREADER_MAX_RETRY_TIME]")
 	fs.DurationVar(&o.dbRetryTime, "db-retry-time", envDur("CSVREADER_DB_RETRY_TIME", 2*time.Minute), "how long to ride out an unavailable database before giving up [CSVREADER_DB_RETRY_TIME]")
@@ -220,6 +238,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		return usage("-workers and -block-size must be at least 1")
 	case o.maxAttempts < 1:
 		return usage("-max-attempts must be at least 1")
+	case o.maxRejects < 0 || o.maxRejectRatio < 0 || o.maxRejectRatio > 1:
+		return usage("-max-rejects must be 0 or more, -max-reject-ratio between 0 and 1")
+	}
+	if _, err := export.ParseEncoding(o.encoding); err != nil {
+		return usage("-encoding: " + strings.TrimPrefix(err.Error(), export.ErrEncoding.Error()+": "))
 	}
 	if _, err := parseDelimiter(o.delimiter); err != nil {
 		return usage(err.Error())
@@ -230,8 +253,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	return o, nil
 }
 
+// parseDelimiter reads -delimiter; "" is 0, which lets the file's "sep="
+// line choose, else ','.
 func parseDelimiter(s string) (rune, error) {
 	switch s {
+	case "":
+		return 0, nil
 	case "tab", `\t`:
 		return '\t', nil
 	}
@@ -242,11 +269,22 @@ func parseDelimiter(s string) (rune, error) {
 	return r[0], nil
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) (err error) {
 	o, err := parseFlags(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
+	// A run that stops before its report is written still leaves one,
+	// holding the error: a report left by an earlier run, or none at all,
+	// could pass for this run's success.
+	reported := false
+	defer func() {
+		if err != nil && !reported && o.report != "" {
+			if werr := writeReport(o.report, &importer.Report{Files: o.files, Error: err.Error()}); werr != nil {
+				err = errors.Join(err, werr)
+			}
+		}
+	}()
 	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		return &exitError{exitUsage, err}
@@ -268,19 +306,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer d.Close()
 
 	cfg := importer.Config{
-		Files:         o.files,
-		Export:        export.Options{Delimiter: delim, Key: o.key},
-		Workers:       o.workers,
-		BlockSize:     o.blockSize,
-		MaxAttempts:   o.maxAttempts,
-		MaxRetryTime:  o.maxRetryTime,
-		MaxRejects:    o.maxRejects,
-		DBRetryTime:   o.dbRetryTime,
-		RejectsPath:   o.rejects,
-		SkippedPath:   o.skipped,
-		DryRun:        o.dryRun,
-		ProgressEvery: o.progressEvery,
-		Logger:        log,
+		Files: o.files,
+		Export: export.Options{Delimiter: delim, Key: o.key, Encoding: o.encoding, TrustQuotes: o.trustQuotes,
+			Notify: func(n export.Notice) {
+				level := slog.LevelWarn // something in the file the operator should look at
+				if n.Code == export.NoticeEncoding || n.Code == export.NoticeSepLine {
+					level = slog.LevelInfo // what they asked for
+				}
+				log.Log(ctx, level, n.Message, "file", n.File, "line", n.Line, "what", n.Code)
+			}},
+		Workers:        o.workers,
+		BlockSize:      o.blockSize,
+		MaxAttempts:    o.maxAttempts,
+		MaxRetryTime:   o.maxRetryTime,
+		MaxRejects:     o.maxRejects,
+		MaxRejectRatio: o.maxRejectRatio,
+		DBRetryTime:    o.dbRetryTime,
+		RejectsPath:    o.rejects,
+		SkippedPath:    o.skipped,
+		DryRun:         o.dryRun,
+		ProgressEvery:  o.progressEvery,
+		Logger:         log,
 	}
 	if (o.progressSet && o.progress) || (!o.progressSet && isTerminal(stderr)) {
 		cfg.Progress = stderr
@@ -332,8 +378,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	rep, runErr := importer.Run(ctx, cfg, d, crm)
+	if runErr == nil && rep.Rows == 0 && !rep.Interrupted {
+		// A file of a header alone, or one whose lines all ended up in the
+		// header (line endings it did not split on), is not an import.
+		runErr = fmt.Errorf("no rows: %s held a header but no data rows after it (%d blank rows, %d repeated headers); nothing was sent. Is it the right file?",
+			strings.Join(o.files, ", "), rep.BlankRows, rep.RepeatedHeaders)
+	}
+	if runErr != nil {
+		rep.Error = runErr.Error()
+	}
 	printSummary(stdout, rep)
 	if o.report != "" {
+		reported = true
 		if err := writeReport(o.report, rep); err != nil {
 			runErr = errors.Join(runErr, err)
 		}
@@ -439,6 +495,15 @@ func isTerminal(w io.Writer) bool {
 }
 
 func printSummary(w io.Writer, r *importer.Report) {
+	if r.Rows == 0 && r.Error != "" {
+		// Nothing was read: a table of zeros would look like an empty success.
+		run := ""
+		if r.RunID > 0 {
+			run = fmt.Sprintf(" (run %d)", r.RunID)
+		}
+		fmt.Fprintf(w, "nothing was sent: the run%s stopped before any row was read (see the error below)\n", run)
+		return
+	}
 	if r.DryRun {
 		fmt.Fprintf(w, "dry run: %d rows · %d valid · %d new · %d already delivered · %d duplicates in file · %d invalid\n",
 			r.Rows, r.Valid, r.New, r.AlreadyDelivered, r.DuplicatesInFile, r.RejectedInvalid)
@@ -456,6 +521,12 @@ func printSummary(w io.Writer, r *importer.Report) {
 	}
 	if r.Recovered > 0 {
 		fmt.Fprintf(w, "  recovered          %d (claims of an earlier, crashed run)\n", r.Recovered)
+	}
+	if r.Suspect > 0 {
+		fmt.Fprintf(w, "  suspect            %d (a quoted field spans lines that look like rows; see the log)\n", r.Suspect)
+	}
+	if r.BlankRows+r.RepeatedHeaders > 0 {
+		fmt.Fprintf(w, "  not rows           %d blank, %d repeated headers (skipped)\n", r.BlankRows, r.RepeatedHeaders)
 	}
 	if r.RejectedInvalid+r.RejectedByCRM+r.Failed > 0 {
 		fmt.Fprintf(w, "  rejects file       %s\n", r.RejectsFile)

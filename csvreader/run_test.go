@@ -26,6 +26,9 @@ func TestRunUsage(t *testing.T) {
 		{"bad delimiter", []string{"-delimiter", "ab", "x.csv"}, secretEnv, exitUsage, "-delimiter"},
 		{"bad env number", []string{"x.csv"}, map[string]string{"DATABASE_URL": "postgres://x", "CSVREADER_WORKERS": "many"}, exitUsage, "CSVREADER_WORKERS"},
 		{"zero workers", []string{"-workers", "0", "x.csv"}, secretEnv, exitUsage, "-workers"},
+		{"bad encoding", []string{"-encoding", "ebcdic", "x.csv"}, secretEnv, exitUsage, "-encoding: unknown encoding"},
+		{"bad reject ratio", []string{"-max-reject-ratio", "2", "x.csv"}, secretEnv, exitUsage, "-max-reject-ratio"},
+		{"bad env ratio", []string{"x.csv"}, map[string]string{"DATABASE_URL": "postgres://x", "CSVREADER_MAX_REJECT_RATIO": "half"}, exitUsage, "CSVREADER_MAX_REJECT_RATIO"},
 		{"bad log level", []string{"-log-level", "loud", "x.csv"}, secretEnv, exitUsage, "-log-level"},
 		{"missing file", []string{"-dry-run", "/nonexistent/x.csv"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2pw@127.0.0.1:1/db?connect_timeout=1"}, exitFatal, ""},
 	}

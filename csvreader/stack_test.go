@@ -530,3 +530,70 @@ func TestStackSeveralFiles(t *testing.T) {
 	}
 	s.assertExactlyOnce(250)
 }
+
+func TestStackMaxRejectRatioByDefault(t *testing.T) {
+	// A file that is mostly garbage stops once more than
+	// RejectRatioMinimum rows are rejected, without any flag.
+	s := newStack(t, fakecrm.Config{}, integrator.Config{})
+	var bad []string
+	for i := range 3 * importer.RejectRatioMinimum {
+		bad = append(bad, fmt.Sprintf("B%d,x,y,broken-%d,,z", i, i))
+	}
+	rep, out, err := s.reader(context.Background(), s.dsn, exportFile(t, 20, bad...))
+	if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), "-max-reject-ratio") || !strings.Contains(err.Error(), "invalid_email") {
+		t.Fatalf("err = %v, want a fatal error naming -max-reject-ratio and the last reason\n%s", err, out)
+	}
+	if rep.Rows >= int64(len(bad)) || rep.Error == "" {
+		t.Errorf("report = %+v, want a run stopped early, with its error", rep)
+	}
+	// -max-reject-ratio 0 lets it run to the end.
+	rep, out, err = s.reader(context.Background(), s.dsn, "-max-reject-ratio", "0", exportFile(t, 20, bad...))
+	if err != nil || rep.RejectedInvalid != int64(len(bad)) || rep.Delivered+rep.AlreadyDelivered != 20 {
+		t.Fatalf("err = %v, report = %+v\n%s", err, rep, out)
+	}
+}
+
+// TestStackFatalBeforeAnyRow: a file refused before its first row leaves no
+// summary of zeros and a report that carries the error, even over the
+// report of an earlier, successful run.
+func TestStackFatalBeforeAnyRow(t *testing.T) {
+	s := newStack(t, fakecrm.Config{}, integrator.Config{})
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	tests := []struct {
+		name, content, wantErr string
+	}{
+		{"no-email.csv", "id,Email Address\n1,a@x.io\n", `"Email Address" looks like it`},
+		{"latin1.csv", "id,email,name\n1,a@x.io,Ren\xe9\n", "iconv -f WINDOWS-1252"},
+		{"header-only.csv", "id,email\n", "no rows"},
+		{"mac.csv", "id;email\r1;a@x.io\r", "-delimiter ';'"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			report := filepath.Join(dir, tc.name+".report.json")
+			if err := os.WriteFile(report, []byte(`{"rows": 5, "delivered": 5}`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var out, errb bytes.Buffer
+			err := run(context.Background(), []string{"-integrator", s.addr, "-db", s.dsn, "-report", report,
+				"-rejects", filepath.Join(dir, tc.name+".rejects.csv"), write(tc.name, tc.content)}, func(string) string { return "" }, &out, &errb)
+			if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want exit 1 and %q", err, tc.wantErr)
+			}
+			if strings.Contains(out.String(), "delivered") || !strings.Contains(out.String(), "nothing was sent") {
+				t.Errorf("summary looks like an empty success:\n%s", out.String())
+			}
+			var rep importer.Report
+			b, _ := os.ReadFile(report)
+			if jerr := json.Unmarshal(b, &rep); jerr != nil || rep.Error == "" || rep.Rows != 0 || rep.Delivered != 0 {
+				t.Errorf("report %s, want this run's error and no rows", b)
+			}
+		})
+	}
+}

@@ -32,6 +32,7 @@ func BenchmarkDecode(b *testing.B) {
 	}{
 		{"csv", plain},
 		{"gzip", gzipBytes(b, plain)},
+		{"cr-only", bytes.ReplaceAll(plain, []byte("\n"), []byte("\r"))}, // classic Mac line endings
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.SetBytes(int64(len(plain)))

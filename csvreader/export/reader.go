@@ -4,16 +4,19 @@
 //
 // A Reader holds one record at a time plus fixed read buffers, so exports far
 // larger than memory stream through it. Rows are validated with
-// contact.Validate, so the Reader rejects exactly what the CRM would. A bad
-// row is not an error: it comes back with Row.Problem set, and only I/O and
+// contact.Validate, so the Reader rejects exactly what the CRM would, and
+// with what PostgreSQL could not store. A bad row is not an error: it comes
+// back with Row.Problem set, and only an unusable file (not in its
+// encoding, bad header, a header repeated in another order), I/O and
 // decompression failures stop the stream.
 //
-// A record encoding/csv cannot parse (a bare or stray quote) comes back as a
-// CodeCSVSyntax row whose single field is the record's raw text, and reading
-// resumes on the next line: csv drops the rest of the bad line, so nothing
-// after it is lost. A quote left open runs on to the next quote, possibly
-// lines later, and those lines are part of the bad record's raw text;
-// Options.MaxRecordBytes stops one that would swallow the file.
+// Values are handed on verbatim: only the key and the email are trimmed
+// (and column names, to match them). The CSV dialect is in parse.go; the
+// text encodings in charset.go. A record that is not valid CSV (text after a
+// closing quote, a quote never closed) comes back as a CodeCSVSyntax row
+// whose single field is the record's raw text, and reading resumes on the
+// next line. A quoted field that swallows lines looking like records of
+// their own comes back as CodeRunawayQuote, with the lines in Row.Suspect.
 //
 // A rejects file (see RejectsWriter) is itself an export: the Reader
 // recognises its marker columns and drops them, so fixed rows can be fed
@@ -26,9 +29,7 @@ package export
 
 import (
 	"bufio"
-	"bytes"
 	"compress/gzip"
-	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,7 @@ const (
 	CodeFieldTooLarge = "field_too_large" // a field is longer than Options.MaxFieldBytes
 	CodeMissingKey    = "missing_key"     // the key column is empty
 	CodeNULByte       = "nul_byte"        // a field holds a NUL byte, which PostgreSQL text cannot store
+	CodeRunawayQuote  = "runaway_quote"   // a quoted field spans lines that look like records (Row.Suspect)
 )
 
 // DefaultMaxRecordBytes is the record size limit when Options.MaxRecordBytes
@@ -55,9 +57,18 @@ const (
 // unterminated quote swallowing the rest of the file.
 const DefaultMaxRecordBytes = 16 << 20
 
+// DefaultMaxColumns is the column limit when Options.MaxColumns is 0: far
+// more than any CRM export has, and it bounds what one header can cost.
+const DefaultMaxColumns = 2000
+
 // bufSize is the size of each read buffer: large reads keep syscalls and
 // gzip refills rare on multi-gigabyte files.
 const bufSize = 256 << 10
+
+// extraFields is how many fields beyond the header's a record keeps as
+// fields; a record with more comes back whole as its raw text
+// (CodeFieldCount), so a line of commas costs no more than its bytes.
+const extraFields = 64
 
 // Sentinel errors, wrapped in an *Error.
 var (
@@ -65,8 +76,9 @@ var (
 	ErrMissingColumn   = errors.New("missing required column")
 	ErrDuplicateColumn = errors.New("duplicate column")
 	ErrBadHeader       = errors.New("bad header")
-	ErrRecordTooLarge  = errors.New("record too large")
 	ErrBadDelimiter    = errors.New("invalid delimiter")
+	ErrTooManyColumns  = errors.New("too many columns")
+	ErrRepeatedHeader  = errors.New("header repeated in another order")
 )
 
 // Error is a fatal problem with an export file: it cannot be read, its header
@@ -96,42 +108,95 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Options configure a Reader. The zero value reads a comma-separated export
-// keyed by its "id" column, with no field size limit.
+// Options configure a Reader. The zero value reads a UTF-8 export keyed by
+// its "id" column, comma-separated unless its first line is "sep=X", with
+// no field size limit.
 type Options struct {
-	Delimiter rune // field delimiter; 0 means ','
+	// Delimiter is the field delimiter. 0 means ',', or the one a first
+	// line "sep=X" (as Excel writes) names; a different one given here and
+	// in the file is an error.
+	Delimiter rune
 
 	// Key is the column holding the dedup key; "" means "id". Its trimmed
 	// value becomes the contact's ExternalID.
 	Key string
 
+	// Encoding is the file's text encoding (see ParseEncoding); "" means
+	// UTF-8. A BOM decides by itself. A file that is not in it is refused
+	// before any row, naming the likely encoding.
+	Encoding string
+
 	// MaxFieldBytes is the longest field accepted; a longer one makes the
 	// row invalid (CodeFieldTooLarge). 0 means no limit.
 	MaxFieldBytes int
 
-	// MaxRecordBytes bounds the memory one record may take, roughly (blank
-	// lines before it count too): a longer record is a fatal error, since
-	// the Reader cannot tell where it ends. 0 means DefaultMaxRecordBytes;
-	// negative means no limit.
+	// MaxRecordBytes bounds the memory one record may take: a longer record
+	// is a fatal error, since the Reader cannot tell where it ends. 0 means
+	// DefaultMaxRecordBytes; negative means no limit.
 	MaxRecordBytes int
+
+	// MaxColumns is the most columns a header may have; 0 means
+	// DefaultMaxColumns.
+	MaxColumns int
+
+	// TrustQuotes delivers a row whose quoted field spans lines that look
+	// like records (still reported to Notify and in Row.Suspect) instead of
+	// rejecting it as CodeRunawayQuote.
+	TrustQuotes bool
+
+	// Notify, if set, is told what the Reader did that the caller should
+	// know of: a header repeated and skipped, a runaway quote, unnamed
+	// columns dropped, a column that looks like a contact field but goes to
+	// the attributes. It is called from Next (or NewReader), synchronously.
+	Notify func(Notice)
+}
+
+// Notice is something the Reader did on its own, for the log.
+type Notice struct {
+	File    string // the file's name, as given to Open or NewReader
+	Line    int
+	Code    string // NoticeRepeatedHeader, ...
+	Message string // says what happened and what to do
+}
+
+// Notice codes.
+const (
+	NoticeRepeatedHeader = "repeated_header"
+	NoticeRunawayQuote   = "runaway_quote"
+	NoticeUnnamedColumns = "unnamed_columns"
+	NoticeColumnAlias    = "column_alias"
+	NoticeSepLine        = "sep_line"
+	NoticeEncoding       = "encoding"
+)
+
+// Stats counts the lines the Reader skipped that were not records.
+type Stats struct {
+	BlankRows       int64 // rows of empty fields only (",,,"); empty lines are not counted
+	RepeatedHeaders int64 // header lines repeated in the same order, skipped
 }
 
 // Row is one record of the export.
 type Row struct {
-	Line int // line where the record starts (1 is the header line)
+	Line int // line where the record starts (1 is the first line of the file)
 
-	// Fields are the record's original fields, untrimmed; the caller owns
-	// the slice. For CodeCSVSyntax it is a single field holding the raw
-	// text of the record (line breaks normalised to "\n"), because a record
-	// encoding/csv refused cannot be split into fields reliably.
+	// Fields are the record's fields, verbatim; the caller owns the slice.
+	// Empty fields past the header's last column are dropped. For
+	// CodeCSVSyntax (and a CodeFieldCount record with far too many fields)
+	// it is a single field holding the record's raw text, line breaks as in
+	// the file, because such a record cannot be split into fields reliably.
 	Fields []string
 
 	Key string // trimmed key value; "" for CodeCSVSyntax and CodeFieldCount
 
 	// Contact is filled from the fields (all but CodeCSVSyntax and
-	// CodeFieldCount rows): ExternalID is Key, the known columns fill their
-	// fields, every other non-empty column is an attribute.
+	// CodeFieldCount rows): ExternalID is Key, Email the trimmed email, the
+	// other known columns their values as they are, and every other column
+	// an attribute (an empty value only when quoted: "").
 	Contact contact.Contact
+
+	// Suspect lists the lines inside a quoted field of this record that
+	// look like records of their own: a quote probably left open.
+	Suspect []int
 
 	Problem *contact.Problem // nil when the CRM would accept the contact
 }
@@ -151,16 +216,19 @@ type Reader struct {
 	closer  io.Closer // the file Open opened; nil for NewReader
 	gz      *gzip.Reader
 	counted *countingReader
-	raw     *recorder
-	bom     int64 // bytes of BOM skipped before csv saw the stream
-	csv     *csv.Reader
+	p       *parser
+	enc     string
+	delim   rune
 
-	header  []string // the export's columns (rejects markers dropped)
-	skip    int      // leading columns to drop from every record: len(rejectsMarker) for a rejects file
-	cols    columns
-	keyName string // the key column as named in the header, for messages
+	header   []string // the export's named columns (rejects markers and unnamed trailing columns dropped)
+	trimmed  []string // header names trimmed, for spotting the header repeated
+	skip     int      // leading columns to drop from every record: len(rejectsMarker) for a rejects file
+	trailing int      // unnamed columns dropped from the end of the header
+	cols     columns
+	keyName  string // the key column as named in the header, for messages
 
 	arena []string // see copyFields
+	stats Stats
 
 	line int   // line of the last record returned
 	err  error // sticky: io.EOF or the fatal *Error
@@ -202,13 +270,10 @@ func Open(path string, opts Options) (*Reader, error) {
 }
 
 // NewReader reads an export from rd, named name in errors, of size bytes
-// (-1 if unknown). It reads and maps the header before it returns. Close
-// does not close rd.
+// (-1 if unknown). It checks the encoding, reads and maps the header before
+// it returns. Close does not close rd.
 func NewReader(rd io.Reader, name string, size int64, opts Options) (*Reader, error) {
-	if opts.Delimiter == 0 {
-		opts.Delimiter = ','
-	}
-	if !validDelim(opts.Delimiter) {
+	if opts.Delimiter != 0 && !validDelim(opts.Delimiter) {
 		return nil, &Error{Name: name, Offset: -1, Err: fmt.Errorf("%w %q: use a single character other than a quote or line break", ErrBadDelimiter, opts.Delimiter)}
 	}
 	if opts.Key == "" {
@@ -216,6 +281,13 @@ func NewReader(rd io.Reader, name string, size int64, opts Options) (*Reader, er
 	}
 	if opts.MaxRecordBytes == 0 {
 		opts.MaxRecordBytes = DefaultMaxRecordBytes
+	}
+	if opts.MaxColumns <= 0 {
+		opts.MaxColumns = DefaultMaxColumns
+	}
+	enc, err := ParseEncoding(opts.Encoding)
+	if err != nil {
+		return nil, &Error{Name: name, Offset: -1, Err: err}
 	}
 	r := &Reader{name: name, size: size, opts: opts, counted: &countingReader{r: rd}}
 
@@ -231,58 +303,124 @@ func NewReader(rd io.Reader, name string, size int64, opts Options) (*Reader, er
 		}
 		decoded = r.gz
 	}
-	r.raw = &recorder{src: decoded, limit: opts.MaxRecordBytes}
-	// csv.NewReader uses a *bufio.Reader as is, so this buffer is csv's own.
-	buf := bufio.NewReaderSize(r.raw, bufSize)
-	if b, _ := buf.Peek(len(utf8BOM)); bytes.Equal(b, utf8BOM) {
-		buf.Discard(len(utf8BOM))
-		r.bom = int64(len(utf8BOM))
-	}
-	r.csv = csv.NewReader(buf)
-	r.csv.Comma = opts.Delimiter
-	r.csv.FieldsPerRecord = -1 // we check the count, to report it as a row problem
-	r.csv.ReuseRecord = true
-
-	if err := r.readHeader(); err != nil {
-		if r.gz != nil {
-			r.gz.Close()
+	text, enc, err := textReader(decoded, enc, name, r.gz != nil)
+	if err != nil {
+		r.closeGzip()
+		var ee *encodingError
+		if errors.As(err, &ee) {
+			return nil, &Error{Name: name, Line: ee.line, Offset: -1, Err: ee}
 		}
+		if errors.Is(err, ErrEncoding) {
+			return nil, &Error{Name: name, Offset: -1, Err: err}
+		}
+		return nil, r.fail(err)
+	}
+	r.enc = enc
+	if enc != EncodingUTF8 {
+		r.notify(0, NoticeEncoding, fmt.Sprintf("decoding the file from %s", strings.ToUpper(enc)))
+	}
+	r.p = newParser(text, ',', opts.MaxRecordBytes, opts.MaxColumns+1)
+	if err := r.readDelimiter(); err != nil {
+		r.closeGzip()
+		return nil, err
+	}
+	if err := r.readHeader(); err != nil {
+		r.closeGzip()
 		return nil, err
 	}
 	return r, nil
 }
 
+func (r *Reader) closeGzip() {
+	if r.gz != nil {
+		r.gz.Close()
+	}
+}
+
+func (r *Reader) notify(line int, code, msg string) {
+	if r.opts.Notify != nil {
+		r.opts.Notify(Notice{File: r.name, Line: line, Code: code, Message: msg})
+	}
+}
+
+// readDelimiter honours a first line "sep=X", Excel's way of naming the
+// delimiter, and settles the delimiter.
+func (r *Reader) readDelimiter() error {
+	r.delim = r.opts.Delimiter
+	line, eol, err := r.p.lr.next()
+	if err != nil && err != io.EOF {
+		return r.fail(r.p.lineErr(err, 1, 0))
+	}
+	sep, ok := strings.CutPrefix(string(line), "sep=")
+	if d, size := utf8.DecodeRuneInString(sep); !ok || size == 0 || size != len(sep) || !validDelim(d) {
+		if err == nil {
+			r.p.lr.pos -= len(line) + len(eol) // not a sep line: read it again as the header
+		}
+		if r.delim == 0 {
+			r.delim = ','
+		}
+		r.p.delim = utf8.AppendRune(nil, r.delim)
+		return nil
+	} else if r.delim != 0 && r.delim != d {
+		return &Error{Name: r.name, Line: 1, Offset: -1, Err: fmt.Errorf("%w: the first line says %q but -delimiter %q was given; drop -delimiter or the sep line", ErrBadDelimiter, line, r.delim)}
+	} else {
+		r.delim = d
+	}
+	r.p.line = 1
+	r.p.delim = utf8.AppendRune(nil, r.delim)
+	r.notify(1, NoticeSepLine, fmt.Sprintf("line 1 %q sets the delimiter", line))
+	return nil
+}
+
 func (r *Reader) readHeader() error {
-	rec, err := r.csv.Read()
-	var perr *csv.ParseError
+	rec, err := r.p.read()
 	switch {
 	case err == io.EOF:
 		return &Error{Name: r.name, Offset: -1, Err: fmt.Errorf("%w: the file is empty; an export starts with a header naming its columns", ErrNoHeader)}
-	case errors.As(err, &perr):
-		return &Error{Name: r.name, Line: perr.StartLine, Offset: -1, Err: fmt.Errorf("%w: %v", ErrBadHeader, perr)}
 	case err != nil:
 		return r.fail(err)
+	case rec.syntax != "":
+		return &Error{Name: r.name, Line: rec.line, Offset: -1, Err: fmt.Errorf("%w: %s", ErrBadHeader, rec.syntax)}
+	case rec.count > r.opts.MaxColumns:
+		return &Error{Name: r.name, Line: rec.line, Offset: -1, Err: fmt.Errorf("%w: the header has more than %d columns; an export of contacts has far fewer, so this is probably not one", ErrTooManyColumns, r.opts.MaxColumns)}
 	}
-	r.line, _ = r.csv.FieldPos(0)
-	r.raw.release(r.csv.InputOffset() + r.bom)
-	header := slices.Clone(rec)
+	r.line = rec.line
+	header := slices.Clone(rec.fields)
 	if len(header) >= len(rejectsMarker) && slices.Equal(header[:len(rejectsMarker)], rejectsMarker) {
 		r.skip = len(rejectsMarker)
 		header = header[r.skip:]
 	}
+	// Excel keeps formatted but empty columns: an unnamed last column or
+	// two, whose values are checked to be empty in Next.
+	for len(header) > 1 && strings.TrimSpace(header[len(header)-1]) == "" {
+		header = header[:len(header)-1]
+		r.trailing++
+	}
+	if r.trailing > 0 {
+		r.notify(r.line, NoticeUnnamedColumns, fmt.Sprintf("the header ends with %d unnamed column(s); their values must be empty and are ignored", r.trailing))
+	}
 	r.header = header
-	cols, keyName, err := mapColumns(header, r.opts.Key)
+	cols, keyName, err := mapColumns(header, r.opts.Key, r.delim)
 	if err != nil {
 		return &Error{Name: r.name, Line: r.line, Offset: -1, Err: err}
 	}
 	r.cols, r.keyName = cols, keyName
+	r.trimmed = make([]string, len(header))
+	for i, h := range header {
+		r.trimmed[i] = strings.TrimSpace(h)
+	}
+	for _, m := range aliasNotices(header, cols) {
+		r.notify(r.line, NoticeColumnAlias, m)
+	}
+	r.p.header = len(header)
+	r.p.maxFields = r.skip + len(header) + r.trailing + extraFields
 	return nil
 }
 
 // normalize is how column names are compared: trimmed, case-insensitive.
 func normalize(name string) string { return strings.ToLower(strings.TrimSpace(name)) }
 
-func mapColumns(header []string, key string) (columns, string, error) {
+func mapColumns(header []string, key string, delim rune) (columns, string, error) {
 	cols := columns{key: -1, email: -1, first: -1, last: -1, phone: -1}
 	key = normalize(key)
 	seen := make(map[string]int, len(header))
@@ -294,6 +432,10 @@ func mapColumns(header []string, key string) (columns, string, error) {
 			return cols, "", fmt.Errorf("%w: column %d has no name; name it or remove it", ErrBadHeader, i+1)
 		case !utf8.ValidString(h):
 			return cols, "", fmt.Errorf("%w: column %d name %q is not valid UTF-8; save the export as UTF-8", ErrBadHeader, i+1, h)
+		case strings.IndexByte(h, 0) >= 0:
+			// It would become an attribute name PostgreSQL cannot store,
+			// after the CRM had taken the contact.
+			return cols, "", fmt.Errorf("%w: column %d name %q holds a NUL byte, which PostgreSQL cannot store; remove it from the header", ErrBadHeader, i+1, h)
 		}
 		if j, dup := seen[name]; dup {
 			return cols, "", fmt.Errorf("%w: %q is both column %d and column %d; names are compared ignoring case and spaces", ErrDuplicateColumn, strings.TrimSpace(h), j+1, i+1)
@@ -322,17 +464,229 @@ func mapColumns(header []string, key string) (columns, string, error) {
 			}
 		}
 	}
-	var missing []string
-	if cols.key < 0 {
-		missing = append(missing, key)
+	if cols.key >= 0 && (cols.email >= 0 || key == "email") {
+		return cols, keyName, nil
 	}
-	if cols.email < 0 && key != "email" {
-		missing = append(missing, "email")
+	return cols, "", missingColumns(header, key, cols, delim)
+}
+
+// Next returns the next row, or io.EOF after the last one. Rows the CRM
+// would refuse come back with Problem set; the error is non-nil only for a
+// fatal failure (an *Error), after which Next keeps returning it.
+func (r *Reader) Next() (Row, error) {
+	for r.err == nil {
+		rec, err := r.p.read()
+		if err != nil {
+			if err != io.EOF {
+				err = r.fail(err)
+			}
+			r.err = err
+			break
+		}
+		r.line = rec.line
+		if row, ok := r.row(rec); ok {
+			return row, nil
+		}
 	}
-	if len(missing) > 0 {
-		return cols, "", fmt.Errorf("%w: the header has no %s column; the key column (%q) and email are required", ErrMissingColumn, strings.Join(quoteAll(missing), " or "), key)
+	return Row{}, r.err
+}
+
+// row turns a record into a Row; false when it is no row (blank, the header
+// again) or a fatal error was set.
+func (r *Reader) row(rec *record) (Row, bool) {
+	line := rec.line
+	var suspect []int
+	if len(rec.suspect) > 0 {
+		suspect = slices.Clone(rec.suspect)
+		r.notify(line, NoticeRunawayQuote, fmt.Sprintf("line %d: %s", line, runawayMessage(rec, r.fieldName(rec.quoteCol-1-r.skip))))
 	}
-	return cols, keyName, nil
+	if rec.syntax != "" {
+		msg := rec.syntax
+		if len(suspect) > 0 {
+			msg += "; " + runawayMessage(rec, r.fieldName(rec.quoteCol-1-r.skip))
+		}
+		return Row{Line: line, Fields: []string{string(rec.raw)}, Suspect: suspect,
+			Problem: &contact.Problem{Code: CodeCSVSyntax, Message: msg}}, true
+	}
+	if rec.count > len(rec.fields) {
+		return Row{Line: line, Fields: []string{string(rec.raw)}, Suspect: suspect,
+			Problem: &contact.Problem{Code: CodeFieldCount, Message: fmt.Sprintf("line %d: %d fields, header has %d; the row is kept as its raw text", line, rec.count-r.skip, len(r.header))}}, true
+	}
+	fields, quoted := rec.fields, rec.quoted
+	if len(fields) < r.skip {
+		fields, quoted = fields[len(fields):], quoted[len(quoted):]
+	} else {
+		fields, quoted = fields[r.skip:], quoted[r.skip:]
+	}
+	if allEmpty(fields) && r.skip == 0 {
+		r.stats.BlankRows++ // ",,,": what a spreadsheet saves for an empty row
+		return Row{}, false
+	}
+	if r.isHeader(fields) {
+		r.stats.RepeatedHeaders++
+		r.notify(line, NoticeRepeatedHeader, fmt.Sprintf("line %d repeats the header (two exports concatenated?); skipped", line))
+		return Row{}, false
+	}
+	extra := 0 // empty fields past the header's last column, dropped
+	if len(fields) > len(r.header) && allEmpty(fields[len(r.header):]) {
+		extra = len(fields) - len(r.header)
+	}
+	row := Row{Line: line, Fields: r.copyFields(fields[:len(fields)-extra]), Suspect: suspect}
+	if len(suspect) > 0 && !r.opts.TrustQuotes {
+		row.Problem = &contact.Problem{Code: CodeRunawayQuote, Message: fmt.Sprintf("line %d: %s", line, runawayMessage(rec, r.fieldName(rec.quoteCol-1-r.skip)))}
+		return row, true
+	}
+	if n := len(row.Fields); n != len(r.header) {
+		msg := fmt.Sprintf("line %d: %d fields, header has %d", line, n, len(r.header))
+		if n > len(r.header) {
+			for i := len(r.header); i < n; i++ {
+				if row.Fields[i] != "" {
+					msg += fmt.Sprintf("; column %d has no name in the header but holds %q", i+1, abbrev(row.Fields[i]))
+					break
+				}
+			}
+		}
+		row.Problem = &contact.Problem{Code: CodeFieldCount, Message: msg}
+		return row, true
+	}
+	if p := r.check(line, row.Fields); p != nil {
+		if p.Code == contact.CodeInvalidUTF8 && r.enc == EncodingUTF8 {
+			// Past the part checked up front: stop rather than import the
+			// rest of a file in another encoding as rejects, and exit 0.
+			r.err = &Error{Name: r.name, Line: line, Offset: -1, Err: fmt.Errorf("%w: %s", ErrEncoding, p.Message)}
+			return Row{}, false
+		}
+		row.Problem = p
+		return row, true
+	}
+	r.fill(&row, quoted)
+	if row.Key == "" {
+		row.Problem = &contact.Problem{Code: CodeMissingKey, Message: fmt.Sprintf("line %d: key column %q is empty", line, r.keyName)}
+	} else {
+		row.Problem = row.Contact.Validate()
+	}
+	if row.Problem != nil && r.isPermutedHeader(row.Fields) {
+		r.err = &Error{Name: r.name, Line: line, Offset: -1, Err: fmt.Errorf("%w: line %d holds the header's column names in another order (%s): two exports were probably concatenated, and the rows after it would land under the wrong columns. Split the file at line %d and import each part on its own",
+			ErrRepeatedHeader, line, strings.Join(quoteAll(trimAll(row.Fields)), ","), line)}
+		return Row{}, false
+	}
+	return row, true
+}
+
+// check applies the limits the CRM and PostgreSQL put on every field.
+func (r *Reader) check(line int, fields []string) *contact.Problem {
+	if limit := r.opts.MaxFieldBytes; limit > 0 {
+		for i, f := range fields {
+			if len(f) > limit {
+				return &contact.Problem{Code: CodeFieldTooLarge, Message: fmt.Sprintf("line %d: column %q has %d bytes, at most %d allowed", line, r.fieldName(i), len(f), limit)}
+			}
+		}
+	}
+	for i, f := range fields {
+		// The CRM would take a NUL byte, but the ledger could then never
+		// record the delivery: refuse the row before it is sent.
+		if strings.IndexByte(f, 0) >= 0 {
+			return &contact.Problem{Code: CodeNULByte, Message: fmt.Sprintf("line %d: column %q holds a NUL byte, which PostgreSQL cannot store", line, r.fieldName(i))}
+		}
+		if !utf8.ValidString(f) {
+			return &contact.Problem{Code: contact.CodeInvalidUTF8, Message: r.utf8Message(line, i, f)}
+		}
+	}
+	return nil
+}
+
+func (r *Reader) utf8Message(line, i int, f string) string {
+	j := 0
+	for j < len(f) {
+		c, size := utf8.DecodeRuneInString(f[j:])
+		if c == utf8.RuneError && size <= 1 {
+			break
+		}
+		j += size
+	}
+	if r.enc != EncodingUTF8 {
+		// Decoded text: the decoder marked what it could not decode.
+		return fmt.Sprintf("line %d: column %q holds text that is not valid %s (an unpaired surrogate or a stray byte)", line, r.fieldName(i), strings.ToUpper(r.enc))
+	}
+	checked := fmt.Sprintf("%d bytes", sniffSize)
+	if sniffSize >= 1<<20 {
+		checked = fmt.Sprintf("%d MiB", sniffSize>>20)
+	}
+	return fmt.Sprintf("the file is not UTF-8 from line %d on, past the first %s checked up front: column %q holds byte 0x%02X (%q in windows-1252). The rows before it were read as UTF-8. If the file is windows-1252, rerun with -encoding windows-1252 (rows already delivered are skipped); if the byte is corrupt, fix it and rerun",
+		line, checked, r.fieldName(i), f[j], string(win1252[f[j]-0x80]))
+}
+
+func (r *Reader) fieldName(i int) string {
+	if i >= 0 && i < len(r.trimmed) {
+		return r.trimmed[i]
+	}
+	if i >= 0 && i < len(r.header) {
+		return strings.TrimSpace(r.header[i])
+	}
+	return fmt.Sprintf("#%d", i+1)
+}
+
+// isHeader reports whether fields repeat the header's names in order,
+// followed by nothing but empty fields.
+func (r *Reader) isHeader(fields []string) bool {
+	if len(fields) < len(r.header) || len(r.trimmed) == 0 || !strings.EqualFold(strings.TrimSpace(fields[0]), r.trimmed[0]) {
+		return false
+	}
+	for i, name := range r.trimmed {
+		if !strings.EqualFold(strings.TrimSpace(fields[i]), name) {
+			return false
+		}
+	}
+	return allEmpty(fields[len(r.header):])
+}
+
+// isPermutedHeader reports whether fields are the header's names in another
+// order. Only rows that failed validation are checked: a header under the
+// wrong columns puts a column name where the email should be.
+func (r *Reader) isPermutedHeader(fields []string) bool {
+	if len(fields) != len(r.header) || len(fields) < 2 {
+		return false
+	}
+	want := make(map[string]int, len(r.header))
+	for _, h := range r.header {
+		want[normalize(h)]++
+	}
+	for _, f := range fields {
+		n := normalize(f)
+		if want[n] == 0 {
+			return false
+		}
+		want[n]--
+	}
+	return true
+}
+
+func runawayMessage(rec *record, column string) string {
+	lines := rec.suspect
+	more := ""
+	if len(lines) > 5 {
+		lines, more = lines[:5], fmt.Sprintf(" and %d more", len(rec.suspect)-5)
+	}
+	list := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(lines)), ", "), "[]")
+	return fmt.Sprintf("the quoted field %q opened on line %d runs to line %d, and line(s) %s%s inside it look like rows of their own: a closing quote is probably missing, so those rows would be lost inside this one",
+		column, rec.quoteLine, rec.lastLine, list, more)
+}
+
+func allEmpty(fields []string) bool {
+	for _, f := range fields {
+		if f != "" {
+			return false
+		}
+	}
+	return true
+}
+
+func trimAll(s []string) []string {
+	t := make([]string, len(s))
+	for i, v := range s {
+		t[i] = strings.TrimSpace(v)
+	}
+	return t
 }
 
 func quoteAll(s []string) []string {
@@ -343,70 +697,32 @@ func quoteAll(s []string) []string {
 	return q
 }
 
-// Next returns the next row, or io.EOF after the last one. Rows the CRM
-// would refuse come back with Problem set; the error is non-nil only for a
-// fatal failure (an *Error), after which Next keeps returning it.
-func (r *Reader) Next() (Row, error) {
-	if r.err != nil {
-		return Row{}, r.err
+// abbrev shortens a value quoted in a message.
+func abbrev(s string) string {
+	if len(s) <= 40 {
+		return s
 	}
-	start := r.csv.InputOffset()
-	rec, err := r.csv.Read()
-	end := r.csv.InputOffset()
-	if err != nil {
-		return r.readError(err, start, end)
+	i := 40
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
 	}
-	r.raw.release(end + r.bom)
-	line, _ := r.csv.FieldPos(0)
-	r.line = line
-
-	if len(rec) < r.skip {
-		rec = rec[len(rec):]
-	} else {
-		rec = rec[r.skip:]
-	}
-	row := Row{Line: line, Fields: r.copyFields(rec)}
-	if len(rec) != len(r.header) {
-		row.Problem = &contact.Problem{Code: CodeFieldCount, Message: fmt.Sprintf("line %d: %d fields, header has %d", line, len(rec), len(r.header))}
-		return row, nil
-	}
-	if limit := r.opts.MaxFieldBytes; limit > 0 {
-		for i, f := range rec {
-			if len(f) > limit {
-				row.Problem = &contact.Problem{Code: CodeFieldTooLarge, Message: fmt.Sprintf("line %d: column %q has %d bytes, at most %d allowed", line, strings.TrimSpace(r.header[i]), len(f), limit)}
-				return row, nil
-			}
-		}
-	}
-	// The CRM would take a NUL byte, but the ledger could then never record
-	// the delivery: refuse the row before it is sent.
-	for i, f := range rec {
-		if strings.IndexByte(f, 0) >= 0 {
-			row.Problem = &contact.Problem{Code: CodeNULByte, Message: fmt.Sprintf("line %d: column %q holds a NUL byte, which PostgreSQL cannot store", line, strings.TrimSpace(r.header[i]))}
-			return row, nil
-		}
-	}
-	r.fill(&row)
-	if row.Key == "" {
-		row.Problem = &contact.Problem{Code: CodeMissingKey, Message: fmt.Sprintf("line %d: key column %q is empty", line, r.keyName)}
-		return row, nil
-	}
-	row.Problem = row.Contact.Validate()
-	return row, nil
+	return s[:i] + "…"
 }
 
 // arenaRows is how many rows' Fields share one allocation.
 const arenaRows = 128
 
-// copyFields copies rec, which csv reuses, into a slice the caller owns.
-// The strings need no copy: csv allocates them fresh for each record. The
-// slices are carved from an arena shared by arenaRows rows, which saves a
-// quarter of the hot path's allocations; a kept Row pins at most its
-// neighbours' field headers and strings.
+// copyFields copies rec, which the parser reuses, into a slice the caller
+// owns. The strings need no copy: the parser allocates them fresh for each
+// record. The slices are carved from an arena shared by arenaRows rows of
+// this width, which saves a quarter of the hot path's allocations; a kept
+// Row pins at most its neighbours' field headers and strings. The arena is
+// sized by the rows, not the header, so a wide header with short rows
+// costs no more than the rows.
 func (r *Reader) copyFields(rec []string) []string {
 	n := len(rec)
 	if n > len(r.arena) {
-		r.arena = make([]string, max(n, arenaRows*len(r.header)))
+		r.arena = make([]string, arenaRows*n)
 	}
 	f := r.arena[:n:n] // full slice expression: appending to f must not reach into the next row
 	r.arena = r.arena[n:]
@@ -415,7 +731,13 @@ func (r *Reader) copyFields(rec []string) []string {
 }
 
 // fill sets row.Key and row.Contact from row.Fields, which match the header.
-func (r *Reader) fill(row *Row) {
+// Only the key and the email are trimmed: the key because a stray space must
+// not make a second customer, the email because an address cannot hold one.
+// Every other value goes on as it is. As in PostgreSQL's CSV, an empty
+// unquoted value is no value (no attribute), while a quoted "" is an empty
+// one (an attribute holding ""): that keeps a sparse export's attributes,
+// and the memory they take, to what the file holds.
+func (r *Reader) fill(row *Row, quoted []bool) {
 	f, cols, c := row.Fields, &r.cols, &row.Contact
 	row.Key = strings.TrimSpace(f[cols.key])
 	c.ExternalID = row.Key
@@ -423,63 +745,43 @@ func (r *Reader) fill(row *Row) {
 		c.Email = strings.TrimSpace(f[cols.email])
 	}
 	if cols.first >= 0 {
-		c.FirstName = strings.TrimSpace(f[cols.first])
+		c.FirstName = f[cols.first]
 	}
 	if cols.last >= 0 {
-		c.LastName = strings.TrimSpace(f[cols.last])
+		c.LastName = f[cols.last]
 	}
 	if cols.phone >= 0 {
-		c.Phone = strings.TrimSpace(f[cols.phone])
+		c.Phone = f[cols.phone]
 	}
+	n := 0
 	for _, a := range cols.attrs {
-		v := strings.TrimSpace(f[a.index])
-		if v == "" {
-			continue
+		if f[a.index] != "" || quoted[a.index] {
+			n++
 		}
-		if c.Attributes == nil {
-			c.Attributes = make(map[string]string, len(cols.attrs))
-		}
-		c.Attributes[a.name] = v
 	}
-}
-
-// readError turns an error from csv.Reader.Read into a CodeCSVSyntax row
-// (csv resumes at the next line) or a sticky fatal error.
-func (r *Reader) readError(err error, start, end int64) (Row, error) {
-	var perr *csv.ParseError
-	if !errors.As(err, &perr) {
-		if err != io.EOF {
-			err = r.fail(err)
-		}
-		r.err = err
-		return Row{}, err
+	if n == 0 {
+		return
 	}
-	// csv consumed whole lines up to the error; they are this record, so
-	// the next Read starts on the following line and loses nothing.
-	raw := r.raw.text(start+r.bom, end+r.bom)
-	r.raw.release(end + r.bom)
-	r.line = perr.StartLine
-	return Row{
-		Line:    perr.StartLine,
-		Fields:  []string{raw},
-		Problem: &contact.Problem{Code: CodeCSVSyntax, Message: perr.Error()},
-	}, nil
+	c.Attributes = make(map[string]string, n) // sized by the values, never by the header
+	for _, a := range cols.attrs {
+		if v := f[a.index]; v != "" || quoted[a.index] {
+			c.Attributes[a.name] = v
+		}
+	}
 }
 
 // fail wraps a read failure with the file name, the last line read and the
 // file offset reached.
 func (r *Reader) fail(err error) error {
-	if errors.Is(err, ErrRecordTooLarge) {
-		err = fmt.Errorf("%w: a record after this line is over %d bytes; look for an unterminated quote, or raise the limit", err, r.opts.MaxRecordBytes)
-	} else if r.gz != nil && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) || errors.Is(err, gzip.ErrHeader)) {
+	if r.gz != nil && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) || errors.Is(err, gzip.ErrHeader)) {
 		err = fmt.Errorf("decompress: %w; the gzip file is truncated or corrupt", err)
 	}
 	return &Error{Name: r.name, Line: r.line, Offset: r.Offset(), Err: err}
 }
 
 // Header returns the export's columns as in the file, with the BOM
-// stripped. For a rejects file, the marker columns are left out, so the
-// header is the original export's and matches Row.Fields.
+// stripped. For a rejects file, the marker columns are left out, and so are
+// unnamed columns at the end, so the header matches Row.Fields.
 func (r *Reader) Header() []string { return slices.Clone(r.header) }
 
 // IsRejects reports whether the file is a rejects file written by
@@ -491,6 +793,17 @@ func (r *Reader) IsRejects() bool { return r.skip > 0 }
 // gzip) have been read so far, for progress against Size. Read-ahead makes
 // it run up to a buffer ahead of the rows returned.
 func (r *Reader) Offset() int64 { return r.counted.n.Load() }
+
+// Delimiter returns the field delimiter: the one given, or the file's
+// "sep=" line's, or ','.
+func (r *Reader) Delimiter() rune { return r.delim }
+
+// Encoding returns the text encoding the file is read in (see
+// ParseEncoding).
+func (r *Reader) Encoding() string { return r.enc }
+
+// Stats returns the counts of lines skipped so far that were not rows.
+func (r *Reader) Stats() Stats { return r.stats }
 
 // Size returns the file's size in bytes, or -1 if unknown.
 func (r *Reader) Size() int64 { return r.size }
@@ -530,67 +843,4 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
 	return n, err
-}
-
-// recorder sits below csv's buffer and keeps a copy of the decoded stream
-// from the start of the record being parsed, so that a record csv refuses
-// can be handed back verbatim. It also bounds the size of a record, which
-// csv does not.
-type recorder struct {
-	src   io.Reader
-	buf   []byte // stream bytes from offset off onwards
-	off   int64
-	start int   // bytes of buf already released
-	limit int   // most bytes kept for one record; <= 0 means no limit
-	err   error // sticky, so csv sees a failure on every read after it
-}
-
-func (rc *recorder) Read(p []byte) (int, error) {
-	if rc.err != nil {
-		return 0, rc.err
-	}
-	if rc.start > 0 {
-		// Compact only here, once per buffer refill, not once per record.
-		kept := len(rc.buf) - rc.start
-		if cap(rc.buf) > 4*bufSize && kept < bufSize {
-			rc.buf = append(make([]byte, 0, 2*bufSize), rc.buf[rc.start:]...)
-		} else {
-			copy(rc.buf, rc.buf[rc.start:])
-			rc.buf = rc.buf[:kept]
-		}
-		rc.off += int64(rc.start)
-		rc.start = 0
-	}
-	if rc.limit > 0 && len(rc.buf) > rc.limit {
-		rc.err = ErrRecordTooLarge
-		return 0, rc.err
-	}
-	n, err := rc.src.Read(p)
-	rc.buf = append(rc.buf, p[:n]...)
-	if err != nil {
-		rc.err = err
-	}
-	return n, err
-}
-
-// release forgets the stream before offset off: records already returned.
-func (rc *recorder) release(off int64) {
-	rc.start = int(off - rc.off)
-}
-
-// text returns the record at stream offsets [from, to) without the blank
-// lines csv skipped before it and the line break after it. "\r\n" becomes
-// "\n", as encoding/csv itself does inside quoted fields, so the text
-// survives a trip through a rejects file unchanged.
-func (rc *recorder) text(from, to int64) string {
-	b := rc.buf[from-rc.off : to-rc.off]
-	for len(b) > 0 && (b[0] == '\n' || b[0] == '\r' && len(b) > 1 && b[1] == '\n') {
-		if b[0] == '\r' {
-			b = b[1:]
-		}
-		b = b[1:]
-	}
-	b = bytes.TrimSuffix(b, []byte("\n"))
-	b = bytes.TrimSuffix(b, []byte("\r")) // csv drops a "\r" before EOF, or of "\r\n"
-	return strings.ReplaceAll(string(b), "\r\n", "\n")
 }

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -20,20 +21,27 @@ var update = flag.Bool("update", false, "rewrite the golden want.txt files under
 
 // transcript reads the whole export and renders what the Reader returned,
 // one line per value, strings Go-quoted so that every byte shows: the
-// header, every row, then how the stream ended.
-func transcript(t *testing.T, open func() (*Reader, error)) (string, error) {
+// header, every row and every notice, then how the stream ended.
+func transcript(t *testing.T, opts Options, open func(Options) (*Reader, error)) (string, error) {
 	t.Helper()
 	var b strings.Builder
-	r, err := open()
+	opts.Notify = func(n Notice) { fmt.Fprintf(&b, "notice %d %s %q\n", n.Line, n.Code, n.Message) }
+	r, err := open(opts)
 	if err != nil {
 		fmt.Fprintf(&b, "error %q\n", err)
 		return b.String(), err
 	}
 	defer r.Close()
 	fmt.Fprintf(&b, "header %q rejects=%t\n", r.Header(), r.IsRejects())
+	if r.Delimiter() != ',' || r.Encoding() != EncodingUTF8 {
+		fmt.Fprintf(&b, "delimiter %q encoding %s\n", r.Delimiter(), r.Encoding())
+	}
 	for {
 		row, err := r.Next()
 		if err == io.EOF {
+			if st := r.Stats(); st != (Stats{}) {
+				fmt.Fprintf(&b, "stats %+v\n", st)
+			}
 			b.WriteString("EOF\n")
 			return b.String(), nil
 		}
@@ -50,6 +58,9 @@ func transcript(t *testing.T, open func() (*Reader, error)) (string, error) {
 			b.WriteString("}")
 		} else if row.Key != "" {
 			fmt.Fprintf(&b, " key=%q", row.Key)
+		}
+		if len(row.Suspect) > 0 {
+			fmt.Fprintf(&b, " suspect=%v", row.Suspect)
 		}
 		if p := row.Problem; p != nil {
 			fmt.Fprintf(&b, " problem=%s %q", p.Code, p.Message)
@@ -75,6 +86,7 @@ func TestReaderFixtures(t *testing.T) {
 	tests := []struct {
 		name    string // folder under testdata/
 		file    string // default input.csv
+		golden  string // default want.txt
 		opts    Options
 		wantErr error // errors.Is target of the error that ends the stream, if any
 	}{
@@ -90,7 +102,7 @@ func TestReaderFixtures(t *testing.T) {
 		{name: "field_count"},
 		{name: "empty_key"},
 		{name: "invalid_email"},
-		{name: "invalid_utf8"},
+		{name: "invalid_utf8", wantErr: ErrEncoding},
 		{name: "nul_byte"},
 		{name: "header_names"},
 		{name: "extra_columns"},
@@ -107,16 +119,49 @@ func TestReaderFixtures(t *testing.T) {
 		{name: "empty", wantErr: ErrNoHeader},
 		{name: "header_syntax", wantErr: ErrBadHeader},
 		{name: "empty_column_name", wantErr: ErrBadHeader},
+
+		// Real-world exports (issue 12).
+		{name: "cr_only"},
+		{name: "crlf_verbatim"},
+		{name: "verbatim_values"},
+		{name: "concatenated_same_order"},
+		{name: "concatenated_other_order", wantErr: ErrRepeatedHeader},
+		{name: "windows1252", wantErr: ErrEncoding},
+		{name: "windows1252", golden: "want.decoded.txt", opts: Options{Encoding: "windows-1252"}},
+		{name: "latin1", golden: "want.txt", opts: Options{Encoding: "latin-1"}},
+		{name: "utf8_given_as_1252", opts: Options{Encoding: "windows-1252"}, wantErr: ErrEncoding},
+		{name: "utf16le_bom"},
+		{name: "utf16be_bom"},
+		{name: "utf16le_no_bom", wantErr: ErrEncoding},
+		{name: "utf16le_no_bom", golden: "want.decoded.txt", opts: Options{Encoding: "utf-16le"}},
+		{name: "utf16le_no_bom", golden: "want.guessed.txt", opts: Options{Encoding: "utf-16"}},
+		{name: "utf16_bad_surrogate"},
+		{name: "sep_line"},
+		{name: "sep_line", golden: "want.conflict.txt", opts: Options{Delimiter: ','}, wantErr: ErrBadDelimiter},
+		{name: "trailing_columns"},
+		{name: "blank_rows"},
+		{name: "space_before_quote"},
+		{name: "lazy_quotes"},
+		{name: "runaway_quote"},
+		{name: "runaway_quote", golden: "want.trusted.txt", opts: Options{TrustQuotes: true}},
+		{name: "mailchimp_headers", wantErr: ErrMissingColumn},
+		{name: "hubspot_headers", wantErr: ErrMissingColumn},
+		{name: "hubspot_headers", golden: "want.keyed.txt", opts: Options{Key: "Record ID"}},
+		{name: "salesforce_headers"},
+		{name: "one_column_semicolon", wantErr: ErrMissingColumn},
+		{name: "one_column_tab", wantErr: ErrMissingColumn},
+		{name: "nul_in_header", wantErr: ErrBadHeader},
+		{name: "header_only"},
 	}
 	for _, tc := range tests {
 		file := tc.file
 		if file == "" {
 			file = "input.csv"
 		}
-		t.Run(tc.name+"/"+file, func(t *testing.T) {
+		t.Run(tc.name+"/"+file+"/"+tc.golden, func(t *testing.T) {
 			dir := filepath.Join("testdata", tc.name)
 			path := filepath.Join(dir, file)
-			got, err := transcript(t, func() (*Reader, error) { return Open(path, tc.opts) })
+			got, err := transcript(t, tc.opts, func(o Options) (*Reader, error) { return Open(path, o) })
 			if !errors.Is(err, tc.wantErr) {
 				t.Errorf("error %v, want errors.Is %v", err, tc.wantErr)
 			}
@@ -125,7 +170,11 @@ func TestReaderFixtures(t *testing.T) {
 				t.Errorf("error %v does not name the file %s", err, path)
 			}
 
-			golden := filepath.Join(dir, "want.txt")
+			goldenName := tc.golden
+			if goldenName == "" {
+				goldenName = "want.txt"
+			}
+			golden := filepath.Join(dir, goldenName)
 			if *update && (file == "input.csv" || !exists(golden)) {
 				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
 					t.Fatal(err)
@@ -150,9 +199,11 @@ func TestReaderFixtures(t *testing.T) {
 				variants["gzipped"] = gzipBytes(t, input)
 			}
 			for vname, data := range variants {
-				got, _ := transcript(t, func() (*Reader, error) {
-					return NewReader(iotest.OneByteReader(bytes.NewReader(data)), path, int64(len(data)), tc.opts)
+				got, _ := transcript(t, tc.opts, func(o Options) (*Reader, error) {
+					return NewReader(iotest.OneByteReader(bytes.NewReader(data)), path, int64(len(data)), o)
 				})
+				// The conversion an encoding error suggests unzips first.
+				got = gunzipCommand.ReplaceAllString(got, "$2 $1 >")
 				if got != string(want) {
 					t.Errorf("%s: got:\n%s\nwant:\n%s", vname, got, want)
 				}
@@ -160,6 +211,8 @@ func TestReaderFixtures(t *testing.T) {
 		})
 	}
 }
+
+var gunzipCommand = regexp.MustCompile(`gunzip -c (\S+) \| (iconv -f \S+ -t UTF-8) >`)
 
 func exists(path string) bool {
 	_, err := os.Stat(path)
@@ -178,11 +231,10 @@ func TestResumeAfterSyntaxError(t *testing.T) {
 		wantRaw   string // Fields[0] of the csv_syntax row
 	}{
 		{
-			name:      "bare quote in unquoted field",
-			input:     "id,email\n1,a@x.io\n2,b\"@x.io\n3,c@x.io\n",
+			name:      "bare quote in unquoted field is data",
+			input:     "id,email,notes\n1,a@x.io,ok\n2,b@x.io,12\" pizza\n3,c@x.io,\n",
 			wantLines: []int{2, 3, 4},
-			wantCodes: []string{"", CodeCSVSyntax, ""},
-			wantRaw:   `2,b"@x.io`,
+			wantCodes: []string{"", "", ""},
 		},
 		{
 			name:      "text after closing quote",
@@ -193,17 +245,17 @@ func TestResumeAfterSyntaxError(t *testing.T) {
 		},
 		{
 			name:      "error in first field of last line without newline",
-			input:     "id,email\n1,a@x.io\nx\"y,z",
+			input:     "id,email\n1,a@x.io\n\"x\"y,z",
 			wantLines: []int{2, 3},
 			wantCodes: []string{"", CodeCSVSyntax},
-			wantRaw:   `x"y,z`,
+			wantRaw:   `"x"y,z`,
 		},
 		{
-			name:      "multi-line quoted field with bad quote: the record spans its lines",
+			name:      "multi-line quoted field with bad quote: the record spans its lines, CRLF kept",
 			input:     "id,email\r\n1,\"a\r\nb\"c,x\r\n3,c@x.io\r\n",
 			wantLines: []int{2, 4},
 			wantCodes: []string{CodeCSVSyntax, ""},
-			wantRaw:   "1,\"a\nb\"c,x",
+			wantRaw:   "1,\"a\r\nb\"c,x",
 		},
 		{
 			name:      "blank lines before the bad record are not part of it",
@@ -214,10 +266,24 @@ func TestResumeAfterSyntaxError(t *testing.T) {
 		},
 		{
 			name:      "two bad records in a row",
-			input:     "id,email\na\"b,c\nd\"e,f\n1,a@x.io\n",
+			input:     "id,email\n\"a\"b,c\n\"d\"e,f\n1,a@x.io\n",
 			wantLines: []int{2, 3, 4},
 			wantCodes: []string{CodeCSVSyntax, CodeCSVSyntax, ""},
-			wantRaw:   `a"b,c`,
+			wantRaw:   `"a"b,c`,
+		},
+		{
+			name:      "CR-only line endings",
+			input:     "id,email\r1,a@x.io\r\"2\"x,b@x.io\r3,c@x.io\r",
+			wantLines: []int{2, 3, 4},
+			wantCodes: []string{"", CodeCSVSyntax, ""},
+			wantRaw:   `"2"x,b@x.io`,
+		},
+		{
+			name:      "lone CR in an LF file is data",
+			input:     "id,email,notes\n1,a@x.io,x\ry\n\"2\"x,b@x.io,\n3,c@x.io,\n",
+			wantLines: []int{2, 3, 4},
+			wantCodes: []string{"", CodeCSVSyntax, ""},
+			wantRaw:   `"2"x,b@x.io,`,
 		},
 	}
 	for _, tc := range tests {
@@ -286,6 +352,7 @@ func TestRecordTooLarge(t *testing.T) {
 	// An unterminated quote near the top of a big file would make csv hold
 	// the rest of the file as one field; the limit turns that into an error.
 	input := "id,email\n1,\"a@x.io\n" + strings.Repeat("2,b@x.io\n", 200_000)
+	// (a quote opened on line 2 and never closed)
 	r, err := NewReader(strings.NewReader(input), "big.csv", int64(len(input)), Options{MaxRecordBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -294,7 +361,7 @@ func TestRecordTooLarge(t *testing.T) {
 	if !errors.Is(err, ErrRecordTooLarge) {
 		t.Fatalf("got %v, want ErrRecordTooLarge", err)
 	}
-	if !strings.Contains(err.Error(), "big.csv: after line 1") || !strings.Contains(err.Error(), "unterminated quote") {
+	if !strings.Contains(err.Error(), "big.csv: after line 1") || !strings.Contains(err.Error(), "quote opened on line 2 is never closed") {
 		t.Errorf("error %q should name the file, the line and the likely cause", err)
 	}
 	if _, again := r.Next(); again != err {
@@ -305,7 +372,7 @@ func TestRecordTooLarge(t *testing.T) {
 func TestLongRecordsWithinLimit(t *testing.T) {
 	// Records longer than the read buffers still come out whole.
 	long := strings.Repeat("x", 3*bufSize)
-	input := "id,email,notes\n1,a@x.io," + long + "\n2,b@x.io,\"" + long + "\n" + long + "\"\n3,c\"@x.io," + long + "\n4,d@x.io,\n"
+	input := "id,email,notes\n1,a@x.io," + long + "\n2,b@x.io,\"" + long + "\n" + long + "\"\n\"3\"c@x.io," + long + "\n4,d@x.io,\n"
 	r, err := NewReader(strings.NewReader(input), "t.csv", -1, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +381,7 @@ func TestLongRecordsWithinLimit(t *testing.T) {
 		line  int
 		code  string
 		bytes int
-	}{{2, "", len(long)}, {3, "", 2*len(long) + 1}, {5, CodeCSVSyntax, len("3,c\"@x.io,") + len(long)}, {6, "", 0}}
+	}{{2, "", len(long)}, {3, "", 2*len(long) + 1}, {5, CodeCSVSyntax, len("\"3\"c@x.io,") + len(long)}, {6, "", 0}}
 	for _, w := range want {
 		row, err := r.Next()
 		if err != nil {

@@ -63,9 +63,9 @@ func NewRejectsWriter(path string, header []string, delimiter rune) (*RejectsWri
 }
 
 // Write appends one rejected row: its line in the export, its original
-// fields (all of them, however many) and the reason. Note that encoding/csv
-// reads "\r\n" inside a field back as "\n"; fields from a Reader never hold
-// one that matters (Reader normalises raw text the same way).
+// fields (all of them, however many) and the reason. The Reader reads them
+// back verbatim, line breaks inside a field included; only the difference
+// between a quoted "" and an empty field is lost (both are written empty).
 func (w *RejectsWriter) Write(line int, fields []string, reason string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -45,18 +45,27 @@ func TestRejectsRoundTrip(t *testing.T) {
 		{"field_count", Options{}},
 		{"empty_key", Options{}},
 		{"invalid_email", Options{}},
-		{"invalid_utf8", Options{}},
 		{"crlf", Options{}},
 		{"quoted", Options{}},
 		{"semicolon", Options{Delimiter: ';'}},
 		{"key_column", Options{Key: "customer_no"}},
 		{"field_too_large", Options{MaxFieldBytes: 16}},
+		// Real-world exports: line breaks as in the file, values verbatim.
+		{"cr_only", Options{}},
+		{"crlf_verbatim", Options{}},
+		{"verbatim_values", Options{}},
+		{"lazy_quotes", Options{}},
+		{"space_before_quote", Options{}},
+		{"trailing_columns", Options{}},
+		{"runaway_quote", Options{}},
+		{"windows1252", Options{Encoding: EncodingWindows1252}}, // the rejects file is UTF-8: read back as it is
+		{"sep_line", Options{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			src, rows := readAll(t, filepath.Join("testdata", tc.name, "input.csv"), tc.opts)
 			path := filepath.Join(t.TempDir(), "rejects.csv")
-			w, err := NewRejectsWriter(path, src.Header(), tc.opts.Delimiter)
+			w, err := NewRejectsWriter(path, src.Header(), src.Delimiter())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -79,7 +88,7 @@ func TestRejectsRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			back, got := readAll(t, path, tc.opts)
+			back, got := readAll(t, path, Options{Delimiter: src.Delimiter(), Key: tc.opts.Key, MaxFieldBytes: tc.opts.MaxFieldBytes})
 			if !back.IsRejects() {
 				t.Errorf("rejects file not recognised")
 			}

@@ -67,7 +67,7 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 			return rep, err
 		}
 		if rejects == nil && cfg.RejectsPath != "" {
-			if rejects, err = export.NewRejectsWriter(cfg.RejectsPath, r.Header(), delimiter(cfg.Export)); err != nil {
+			if rejects, err = export.NewRejectsWriter(cfg.RejectsPath, r.Header(), r.Delimiter()); err != nil {
 				r.Close()
 				return rep, err
 			}
@@ -83,6 +83,9 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 				return rep, err
 			}
 			rep.Rows++
+			if len(row.Suspect) > 0 {
+				rep.Suspect++
+			}
 			if row.Problem != nil {
 				rep.RejectedInvalid++
 				if rejects != nil {
@@ -99,6 +102,9 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 				}
 			}
 		}
+		st := r.Stats()
+		rep.BlankRows += st.BlankRows
+		rep.RepeatedHeaders += st.RepeatedHeaders
 		r.Close()
 	}
 	if err := flush(); err != nil {

@@ -77,6 +77,11 @@ type Config struct {
 	Progress      io.Writer     // progress lines; nil: none
 	ProgressEvery time.Duration // default 5s
 	Logger        *slog.Logger
+
+	// MaxRejectRatio stops a run once more than RejectRatioMinimum rows
+	// are rejected and they are more than this share of the rows read: a
+	// file that is clearly garbage stops early. 0: no limit.
+	MaxRejectRatio float64
 }
 
 func (c *Config) setDefaults() {
@@ -164,6 +169,16 @@ type Report struct {
 	ElapsedSeconds float64 `json:"elapsed_seconds"`
 	RowsPerSecond  float64 `json:"rows_per_second"`
 	RejectsFile    string  `json:"rejects_file,omitempty"`
+
+	// Suspect counts rows, among the rejected or delivered ones, whose
+	// quoted field spans lines that look like rows (a quote left open).
+	Suspect int64 `json:"suspect,omitempty"`
+	// BlankRows and RepeatedHeaders count lines that were no rows: rows of
+	// empty fields only, and the header repeated in the same order.
+	BlankRows       int64 `json:"blank_rows,omitempty"`
+	RepeatedHeaders int64 `json:"repeated_headers,omitempty"`
+	// Error is why the run stopped, when it did not finish.
+	Error string `json:"error,omitempty"`
 }
 
 // Accounted reports whether every row is counted in exactly one outcome.
@@ -174,6 +189,11 @@ func (r *Report) Accounted() bool {
 
 // ErrTooManyRejects stops a run whose export looks broken.
 var ErrTooManyRejects = errors.New("too many rejected rows")
+
+// RejectRatioMinimum is how many rows must be rejected before
+// Config.MaxRejectRatio applies, so a few bad rows at the top of a file do
+// not stop it.
+const RejectRatioMinimum = 1000
 
 // rec is one valid row on its way to the CRM.
 type rec struct {
@@ -203,8 +223,9 @@ type item struct {
 type counters struct {
 	rows, valid, invalid, dupes, already, delivered, crmRejected,
 	failed, unfinished, recovered, retries atomic.Int64
-	maybe        atomic.Int64 // records that may be in the CRM, not settled yet: the recovery backlog
-	recoveryWait atomic.Int64 // longest wait for a dead run's calls, in ns
+	maybe                           atomic.Int64 // records that may be in the CRM, not settled yet: the recovery backlog
+	recoveryWait                    atomic.Int64 // longest wait for a dead run's calls, in ns
+	suspect, blank, repeatedHeaders atomic.Int64
 }
 
 type pipeline struct {
@@ -266,7 +287,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	if err != nil {
 		return rep, err
 	}
-	if p.rejects, err = export.NewRejectsWriter(cfg.RejectsPath, first.Header(), delimiter(cfg.Export)); err != nil {
+	if p.rejects, err = export.NewRejectsWriter(cfg.RejectsPath, first.Header(), first.Delimiter()); err != nil {
 		first.Close()
 		return rep, fmt.Errorf("rejects file: %w", err)
 	}
@@ -353,6 +374,7 @@ func (p *pipeline) fill(r *Report) {
 	if p.cfg.Lookups != nil {
 		r.Lookups = p.cfg.Lookups()
 	}
+	r.Suspect, r.BlankRows, r.RepeatedHeaders = p.n.suspect.Load(), p.n.blank.Load(), p.n.repeatedHeaders.Load()
 }
 
 func delimiter(o export.Options) rune {
@@ -416,6 +438,9 @@ func (p *pipeline) read(first *export.Reader) (err error) {
 		p.offset = func() (int64, int64) { return r.Offset(), r.Size() }
 		p.offMu.Unlock()
 		err = p.readFile(r)
+		st := r.Stats()
+		p.n.blank.Add(st.BlankRows)
+		p.n.repeatedHeaders.Add(st.RepeatedHeaders)
 		r.Close()
 		if err != nil || p.readCtx.Err() != nil || p.stopped() {
 			return err
@@ -454,9 +479,15 @@ func (p *pipeline) readFile(r *export.Reader) error {
 			break
 		}
 		if err != nil {
+			// The rows read but not yet in a block are never sent: count
+			// them, so the report still adds up.
+			p.n.unfinished.Add(int64(len(blk)))
 			return err
 		}
 		p.n.rows.Add(1)
+		if len(row.Suspect) > 0 {
+			p.n.suspect.Add(1)
+		}
 		if row.Problem != nil {
 			p.n.invalid.Add(1)
 			if err := p.reject(name, int64(row.Line), row.Fields, row.Problem.Code+": "+row.Problem.Message); err != nil {
@@ -488,8 +519,13 @@ func (p *pipeline) reject(file string, line int64, fields []string, reason strin
 	if err := p.rejects.Write(int(line), fields, reason); err != nil {
 		return fmt.Errorf("rejects file: %w", err)
 	}
-	if max := p.cfg.MaxRejects; max > 0 && p.n.invalid.Load()+p.n.crmRejected.Load() > int64(max) {
-		return fmt.Errorf("%w: more than %d (-max-rejects); the export looks broken, see %s", ErrTooManyRejects, max, p.cfg.RejectsPath)
+	rejected := p.n.invalid.Load() + p.n.crmRejected.Load()
+	if max := p.cfg.MaxRejects; max > 0 && rejected > int64(max) {
+		return fmt.Errorf("%w: more than %d (-max-rejects); the export looks broken, see %s; the last was line %d: %s", ErrTooManyRejects, max, p.cfg.RejectsPath, line, reason)
+	}
+	if ratio, rows := p.cfg.MaxRejectRatio, p.n.rows.Load(); ratio > 0 && rejected > RejectRatioMinimum && float64(rejected) > ratio*float64(rows) {
+		return fmt.Errorf("%w: %d of the first %d rows were rejected, more than %.0f%% (-max-reject-ratio); the export looks broken, see %s; the last was line %d: %s",
+			ErrTooManyRejects, rejected, rows, 100*ratio, p.cfg.RejectsPath, line, reason)
 	}
 	return nil
 }
