@@ -337,20 +337,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// The run's ledger check that it still owns what it sends is asked
 		// right before every Deliver is written; the run starts after the
 		// client, so the client asks through this.
-		var gate atomic.Pointer[func() error]
-		sendGate := func() error {
+		var gate atomic.Pointer[func(context.Context, string) error]
+		sendGate := func(ctx context.Context, instance string) error {
 			if g := gate.Load(); g != nil {
-				return (*g)()
+				return (*g)(ctx, instance)
 			}
 			return nil
 		}
-		cfg.SendGate = func(f func() error) { gate.Store(&f) }
+		cfg.SendGate = func(f func(context.Context, string) error) { gate.Store(&f) }
 		client, err := dialIntegrator(ctx, o, sendGate)
 		if err != nil {
 			return err
 		}
 		defer client.Close()
 		cfg.Lookups = client.Lookups
+		cfg.Instance = client.Instance
 		hello, err := client.Hello(ctx)
 		if err != nil {
 			return fmt.Errorf("integrator at %s: %w", o.integrators, err)
@@ -449,7 +450,7 @@ func redact(err error, dsn string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
 }
 
-func dialIntegrator(ctx context.Context, o *options, sendGate func() error) (*crmrpc.Client, error) {
+func dialIntegrator(ctx context.Context, o *options, sendGate func(context.Context, string) error) (*crmrpc.Client, error) {
 	cfg := crmrpc.ClientConfig{Token: o.rpcToken, CallTimeout: o.callTimeout, SendGate: sendGate}
 	for _, a := range strings.Split(o.integrators, ",") {
 		if a = strings.TrimSpace(a); a != "" {

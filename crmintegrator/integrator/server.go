@@ -14,9 +14,11 @@ package integrator
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/gob"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -115,16 +117,17 @@ func (c *Config) setDefaults() {
 
 // Server is the daemon.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	crm     *crmapi.Client
-	hc      *http.Client
-	limiter *Limiter
-	breaker *Breaker
-	met     *metrics
-	sem     chan struct{} // CRM requests in flight
-	holders *holders      // external ids live calls are working on
-	fates   *fates        // external ids the CRM was seen to hold
+	cfg      Config
+	log      *slog.Logger
+	crm      *crmapi.Client
+	hc       *http.Client
+	limiter  *Limiter
+	breaker  *Breaker
+	met      *metrics
+	sem      chan struct{} // CRM requests in flight
+	holders  *holders      // external ids live calls are working on
+	instance string        // this process, for Hello and Deliver replies
+	fates    *fates        // external ids the CRM was seen to hold
 
 	// ctx is the parent of all CRM work; cancelled when Close runs out of
 	// grace.
@@ -150,6 +153,13 @@ type Server struct {
 	// records (crmrpc.PackedVersion): tests play a daemon that predates
 	// them with 0.
 	packedRecords int
+}
+
+// newInstance names this process for Hello: 64 random bits.
+func newInstance() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // ErrServerClosed is returned by Serve after Close.
@@ -181,6 +191,7 @@ func New(cfg Config) (*Server, error) {
 		met:       newMetrics(),
 		sem:       make(chan struct{}, cfg.CRMConcurrency),
 		holders:   newHolders(),
+		instance:  newInstance(),
 		fates:     newFates(cfg.FateCache),
 		rpc:       rpc.NewServer(),
 		listeners: map[net.Listener]struct{}{},
@@ -426,6 +437,7 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 		reply.Idempotency = v.s.cfg.Idempotency
 		reply.CallTimeout = v.s.callTimeout()
 		reply.PackedRecords = v.s.packedRecords
+		reply.Instance = v.s.instance
 	}
 	v.s.met.rpcCall("Hello", resultOf(reply.Err))
 	return nil
@@ -435,6 +447,7 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 	if reply.Err = v.s.admit(args.Token); reply.Err == nil {
 		reply.PackedRecords = v.s.packedRecords
 		reply.CallTimeout = v.s.callTimeout()
+		reply.Instance = v.s.instance
 		var recs []crmrpc.Record
 		if recs, reply.Err = v.s.records(args); reply.Err == nil {
 			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs)

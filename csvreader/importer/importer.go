@@ -65,10 +65,17 @@ type Config struct {
 	// Lookups, when set, reports how many external ids the integrators
 	// looked up for this run so far (crmrpc.Client.Lookups), for progress.
 	Lookups func() int64
-	// SendGate, when set, is told the run's check that it still owns what
-	// it sends (ledger.Run.SendGate), to ask right before each write. The
+	// SendGate, when set, is told the run's check, to ask right before
+	// each write with the call's context and the Instance of the daemon it
+	// goes to: that the run still owns what it sends (ledger.Run.SendGate),
+	// that records released early for one daemon go to that one, and it
+	// records the daemons the run sends to (ledger.Run.NoteIntegrator). The
 	// client built by csvreader passes it to crmrpc.ClientConfig.SendGate.
-	SendGate func(func() error)
+	SendGate func(func(ctx context.Context, instance string) error)
+	// Instance, when set, names the integrator process the client talks to
+	// now (crmrpc.Client.Instance): records a dead run sent only through
+	// that process may be resolved through it without waiting out its calls.
+	Instance func() string
 
 	RejectsPath string // default: <first file's base name>.rejects.csv
 	SkippedPath string // optional: one line per duplicate skipped, with why
@@ -210,7 +217,12 @@ type rec struct {
 	// Its next send waits CallBound; should the run give it up first, the
 	// ledger keeps the flag for the run that takes it over.
 	orphan bool
-	last   string // last retry reason
+	// via: a dead run's record released early because that run sent only
+	// through the integrator process via: until fullDue it may be sent
+	// through that process alone (ledger.Decision.Via).
+	via     string
+	fullDue time.Time
+	last    string // last retry reason
 }
 
 // item is a group of records moving between stages.
@@ -305,7 +317,10 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	}
 	rep.RunID = p.run.ID()
 	if cfg.SendGate != nil {
-		cfg.SendGate(p.run.SendGate)
+		cfg.SendGate(p.gate)
+	}
+	if cfg.Instance != nil {
+		p.run.SetIntegrator(cfg.Instance())
 	}
 	if err := p.run.SetCallBound(ctx, cfg.CallBound); err != nil {
 		p.log.Warn("could not record the call bound; runs taking this run's claims over wait their own", "err", err)
@@ -583,8 +598,8 @@ func (p *pipeline) claim(it *item) {
 			p.skip(r, "duplicate_in_file", fmt.Sprintf("same key as %s line %d", keep[i].file, keep[i].line))
 		}
 	}
-	var send, busy, orphans []*rec
-	var orphanWait time.Duration
+	var send, busy, orphans, viaOrphans []*rec
+	var orphanWait, viaWait time.Duration
 	for i, d := range ds {
 		r := keep[i]
 		switch d.Status {
@@ -595,11 +610,17 @@ func (p *pipeline) claim(it *item) {
 			p.n.recovered.Add(1)
 			if d.Orphaned {
 				r.orphan = true
-				orphans = append(orphans, r)
 				w := d.Wait
 				if w < 0 { // the owner left no proof of life: a whole bound
 					w = p.cfg.CallBound
 				}
+				if d.Via != "" && d.ViaWait < w {
+					r.via, r.fullDue = d.Via, time.Now().Add(w)
+					viaOrphans = append(viaOrphans, r)
+					viaWait = max(viaWait, d.ViaWait)
+					continue
+				}
+				orphans = append(orphans, r)
 				orphanWait = max(orphanWait, w)
 			} else {
 				send = append(send, r)
@@ -628,6 +649,12 @@ func (p *pipeline) claim(it *item) {
 			"records", len(orphans), "after", orphanWait)
 		p.sched.add(&item{recs: orphans, due: time.Now().Add(orphanWait)})
 		p.noteRecoveryWait(orphanWait)
+	}
+	if len(viaOrphans) > 0 {
+		p.log.Info("claims of a crashed run taken over; its integrator is ours, which holds what it still works on: looking them up through it",
+			"records", len(viaOrphans), "after", viaWait)
+		p.sched.add(&item{recs: viaOrphans, due: time.Now().Add(viaWait)})
+		p.noteRecoveryWait(viaWait)
 	}
 	if len(send) > 0 {
 		p.add()
@@ -803,12 +830,29 @@ func (p *pipeline) send1(it *item) ([]crmrpc.Verdict, bool) {
 		}
 		recs := make([]crmrpc.Record, len(it.recs))
 		now := time.Now()
+		ctx := p.workCtx
 		for i, r := range it.recs {
 			recs[i] = crmrpc.Record{Contact: r.c, MaybeSent: r.maybeSent}
+			if r.via != "" {
+				if now.Before(r.fullDue) {
+					ctx = context.WithValue(p.workCtx, viaKey{}, r.via)
+				} else {
+					r.via = ""
+				}
+			}
 		}
-		verdicts, err := p.crm.Deliver(p.workCtx, recs)
+		verdicts, err := p.crm.Deliver(ctx, recs)
 		if errors.Is(err, ledger.ErrFenced) {
 			continue // nothing was sent: wait for the lock and the check
+		}
+		if errors.Is(err, errWrongDaemon) {
+			// Nothing was sent. The records released early for another
+			// daemon wait out the dead run's calls; the rest go now.
+			p.deferVia(it)
+			if len(it.recs) == 0 {
+				return nil, true
+			}
+			continue
 		}
 		for _, r := range it.recs {
 			r.orphan = false // sent only once CallBound has passed since it became one
@@ -853,6 +897,52 @@ func (p *pipeline) send1(it *item) ([]crmrpc.Verdict, bool) {
 		}
 		return verdicts, true
 	}
+}
+
+// viaKey is the context key of the integrator process a call must go to
+// (rec.via).
+type viaKey struct{}
+
+// errWrongDaemon: the call carries records released early for one
+// integrator process, and was about to go to another.
+var errWrongDaemon = errors.New("records released for another integrator process")
+
+// gate is asked right before each Deliver is written (Config.SendGate).
+func (p *pipeline) gate(ctx context.Context, instance string) error {
+	if err := p.run.SendGate(); err != nil {
+		return err
+	}
+	if need, _ := ctx.Value(viaKey{}).(string); need != "" && need != instance {
+		return errWrongDaemon
+	}
+	return p.run.NoteIntegrator(ctx, instance)
+}
+
+// deferVia takes out of it the records released early for an integrator
+// process the client no longer talks to, and schedules them for when the
+// dead run's calls must be over wherever they ran.
+func (p *pipeline) deferVia(it *item) {
+	var keep, later []*rec
+	due := time.Now()
+	for _, r := range it.recs {
+		if r.via != "" {
+			later = append(later, r)
+			due = maxTime(due, r.fullDue)
+			r.via = ""
+		} else {
+			keep = append(keep, r)
+		}
+	}
+	p.log.Warn("the integrator changed; records of a crashed run wait out its calls", "records", len(later), "until", due)
+	it.recs = keep
+	p.sched.add(&item{recs: later, due: due})
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // reclaimLost takes the records at lost out of it and claims them again:

@@ -53,6 +53,9 @@ type Run struct {
 	fenceMu    sync.Mutex
 	lost       map[string]bool // keys the fencing check found another run's
 	bound      time.Duration   // this run's call bound (SetCallBound)
+	via        string          // the integrator this run sends through (SetIntegrator)
+	noteMu     sync.Mutex
+	noted      map[string]bool // integrators recorded in runs.integrators
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 
@@ -76,7 +79,7 @@ type claim struct {
 // Start registers a run for files and takes its liveness lock.
 func Start(ctx context.Context, d *sql.DB, files []string) (*Run, error) {
 	host, _ := os.Hostname()
-	r := &Run{db: d, inflight: map[string]claim{}, open: map[int64]int{}, lost: map[string]bool{}}
+	r := &Run{db: d, inflight: map[string]claim{}, open: map[int64]int{}, lost: map[string]bool{}, noted: map[string]bool{}}
 	if err := d.QueryRowContext(ctx,
 		`INSERT INTO runs (host, pid, files) VALUES ($1, $2, $3) RETURNING id`,
 		host, os.Getpid(), pq.Array(append([]string{}, files...))).Scan(&r.id); err != nil {
@@ -196,6 +199,13 @@ type Decision struct {
 	// run's (SetCallBound) — or -1 when the owner recorded no proof of life
 	// (a run older than migration 0004): then wait a whole call bound.
 	Wait time.Duration
+	// Via, with Orphaned: the owner sent calls only to the integrator
+	// process this run sends through (SetIntegrator). Sent through that
+	// very process — which holds the keys of its live calls and answers
+	// record_in_flight for them — the key may go after ViaWait instead of
+	// Wait. Sent through any other, it must wait Wait.
+	Via     string
+	ViaWait time.Duration
 }
 
 // Where a key's holder was found, in order of precedence.
@@ -407,6 +417,9 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 	if err != nil {
 		return err
 	}
+	r.mu.Lock()
+	via := r.via
+	r.mu.Unlock()
 	keys := make([]string, len(take))
 	fps := make([]string, len(take))
 	files := make([]string, len(take))
@@ -430,11 +443,18 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 		} else {
 			// A run that ended cleanly had its calls answered, except
 			// those its records remember (t.orphan).
-			o := owners[t.run]
-			out[t.item] = Decision{Status: TakenOver, Orphaned: !o.clean || t.orphan, Wait: o.wait}
-			if _, ok := owners[t.run]; !ok {
-				out[t.item].Wait = -1
+			o, ok := owners[t.run]
+			if !ok {
+				o.wait = -1
 			}
+			dec := Decision{Status: TakenOver, Orphaned: !o.clean || t.orphan, Wait: o.wait}
+			if dec.Orphaned && via != "" && len(o.integrators) == 1 && o.integrators[0] == via {
+				dec.Via, dec.ViaWait = via, ViaWait
+				if o.wait >= 0 {
+					dec.ViaWait = min(o.wait, ViaWait)
+				}
+			}
+			out[t.item] = dec
 		}
 	}
 	return nil
@@ -514,6 +534,8 @@ type owner struct {
 	// have left calls an integrator is still working on.
 	clean bool
 	wait  time.Duration // until its calls must be over; -1: unknown
+	// integrators: the integrator processes it sent calls to.
+	integrators []string
 }
 
 // owners reads the runs whose claims are being taken over.
@@ -528,7 +550,7 @@ func (r *Run) owners(ctx context.Context, tx *sql.Tx, take []takeover) (map[int6
 	r.mu.Unlock()
 	// On the server's clock: alive_at and finished_at were written with it.
 	rows, err := tx.QueryContext(ctx, `
-		SELECT id, status IN ('done', 'interrupted'),
+		SELECT id, status IN ('done', 'interrupted'), integrators,
 		       CASE WHEN COALESCE(finished_at, alive_at) IS NULL THEN -1
 		       ELSE GREATEST(0, (EXTRACT(EPOCH FROM COALESCE(finished_at, alive_at) - clock_timestamp()) * 1000)::bigint
 		                        + $2 + GREATEST(call_bound_ms, $3)) END
@@ -540,7 +562,7 @@ func (r *Run) owners(ctx context.Context, tx *sql.Tx, take []takeover) (map[int6
 	for rows.Next() {
 		var id, ms int64
 		var o owner
-		if err := rows.Scan(&id, &o.clean, &ms); err != nil {
+		if err := rows.Scan(&id, &o.clean, pq.Array(&o.integrators), &ms); err != nil {
 			return nil, err
 		}
 		o.wait = -1
@@ -550,6 +572,41 @@ func (r *Run) owners(ctx context.Context, tx *sql.Tx, take []takeover) (map[int6
 		out[id] = o
 	}
 	return out, rows.Err()
+}
+
+// ViaWait is how long a key taken over from a dead run waits when it goes
+// through the very integrator process the dead run used (Decision.Via):
+// the lease, for a cut-off owner's last sends, and a margin for that
+// process to read what the owner wrote before it died.
+const ViaWait = LockLease + 2*time.Second
+
+// SetIntegrator names the integrator process (its Instance) this run sends
+// through, for Decision.Via; "" for none known.
+func (r *Run) SetIntegrator(instance string) {
+	r.mu.Lock()
+	r.via = instance
+	r.mu.Unlock()
+}
+
+// NoteIntegrator records, before this run's first call to it, that it sends
+// to the integrator process instance ("" : one that has not said who it
+// is). A run taking this run's claims over then knows where its calls may
+// still run. It fails (nothing may be sent) when the record cannot be
+// written.
+func (r *Run) NoteIntegrator(ctx context.Context, instance string) error {
+	if instance == "" {
+		instance = "?"
+	}
+	r.noteMu.Lock()
+	defer r.noteMu.Unlock()
+	if r.noted[instance] {
+		return nil
+	}
+	if _, err := r.db.ExecContext(ctx, `UPDATE runs SET integrators = array_append(integrators, $2) WHERE id = $1`, r.id, instance); err != nil {
+		return fmt.Errorf("record the integrator: %w (%w)", err, ErrFenced)
+	}
+	r.noted[instance] = true
+	return nil
 }
 
 // SetCallBound records how long an integrator call this run sends may go

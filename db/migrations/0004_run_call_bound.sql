@@ -7,3 +7,10 @@
 -- by alive_at (or finished_at) + LockLease + call_bound_ms.
 ALTER TABLE runs ADD COLUMN call_bound_ms bigint NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN alive_at timestamptz;
+-- integrators: the Instance of every integrator process the run sent a call
+-- to, recorded before the first such call ('?' for one that had not said
+-- who it was). A run taking this run's claims over through the very same
+-- integrator process need not wait out the calls: that process holds the
+-- keys of its live calls and answers record_in_flight to any other call
+-- carrying them.
+ALTER TABLE runs ADD COLUMN integrators text[] NOT NULL DEFAULT '{}';

@@ -30,10 +30,12 @@ type ClientConfig struct {
 	// address once.
 	RedialFor time.Duration
 	// SendGate, when set, is asked right before a Deliver is written to a
-	// connection, after any wait for a connection: an error stops the call
-	// with nothing sent, and Deliver returns it wrapped. A reader passes
-	// its ledger's check that it still owns what it sends.
-	SendGate func() error
+	// connection, after any wait for a connection, with the call's context
+	// and the Instance of the daemon on that connection ("" until it said):
+	// an error stops the call with nothing sent, and Deliver returns it
+	// wrapped. A reader passes its ledger's check that it still owns what
+	// it sends, and records the daemons it sends to.
+	SendGate func(ctx context.Context, instance string) error
 }
 
 // ConnError says a call may or may not have been carried out: the
@@ -89,6 +91,21 @@ type Client struct {
 	maxBound atomic.Int64 // the longest call bound a daemon advertised
 }
 
+// Instance is the Instance of the daemon on the current connection, "" when
+// there is none or it has not said.
+func (c *Client) Instance() string {
+	select {
+	case c.lock <- struct{}{}:
+	default:
+		return "" // busy redialing: no current daemon to speak of
+	}
+	defer func() { <-c.lock }()
+	if c.cn == nil {
+		return ""
+	}
+	return c.cn.instanceName()
+}
+
 // Lookups is how many external ids the daemons looked up in the CRM for
 // this client's Deliver calls so far (to resolve records that may exist).
 func (c *Client) Lookups() int64 { return c.lookups.Load() }
@@ -99,11 +116,20 @@ type conn struct {
 	addr        string
 	packed      atomic.Bool  // the daemon said it reads packed records
 	callTimeout atomic.Int64 // the bound it advertised for its calls; 0: not heard yet
+	instance    atomic.Value // string: its Instance; unset until it said
+}
+
+func (cn *conn) instanceName() string {
+	s, _ := cn.instance.Load().(string)
+	return s
 }
 
 // learn records what a reply says of its daemon.
-func (c *Client) learn(cn *conn, packedRecords int, callTimeout time.Duration) {
+func (c *Client) learn(cn *conn, packedRecords int, callTimeout time.Duration, instance string) {
 	cn.packed.Store(packedRecords >= PackedVersion)
+	if instance != "" {
+		cn.instance.Store(instance)
+	}
 	if callTimeout > 0 {
 		cn.callTimeout.Store(int64(callTimeout))
 		for {
@@ -249,7 +275,7 @@ func (c *Client) call(ctx context.Context, method string, args func(*conn) any, 
 }
 
 // callGated is call, asking gate (when set) right before each write.
-func (c *Client) callGated(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool, gate func() error) (*conn, error) {
+func (c *Client) callGated(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool, gate func(context.Context, string) error) (*conn, error) {
 	if c.cfg.CallTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
@@ -266,7 +292,7 @@ func (c *Client) callGated(ctx context.Context, method string, args func(*conn) 
 		}
 		a := args(cn)
 		if gate != nil {
-			if err := gate(); err != nil {
+			if err := gate(ctx, cn.instanceName()); err != nil {
 				return nil, fmt.Errorf("%s: not sent: %w", method, err)
 			}
 		}
@@ -334,7 +360,7 @@ func (c *Client) Hello(ctx context.Context) (*HelloReply, error) {
 	if reply.Err != nil {
 		return nil, reply.Err
 	}
-	c.learn(cn, reply.PackedRecords, reply.CallTimeout)
+	c.learn(cn, reply.PackedRecords, reply.CallTimeout, reply.Instance)
 	return &reply, nil
 }
 
@@ -369,7 +395,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 	if err != nil {
 		return nil, err
 	}
-	c.learn(cn, reply.PackedRecords, reply.CallTimeout)
+	c.learn(cn, reply.PackedRecords, reply.CallTimeout, reply.Instance)
 	c.lookups.Add(int64(reply.Lookups))
 	if reply.Err != nil {
 		return nil, reply.Err

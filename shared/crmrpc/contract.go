@@ -49,6 +49,11 @@ type HelloReply struct {
 	// (DeliverArgs.Packed) the daemon reads; zero from daemons that predate
 	// it, which must be sent Records.
 	PackedRecords int
+	// Instance names this daemon process: random, new at every start. A
+	// reader records the instances it sent calls to, so that a run taking
+	// its records over knows whether its own daemon is the one that may
+	// still be working on them. Empty from daemons that predate it.
+	Instance string
 }
 
 // Record is one contact to create in the CRM.
@@ -82,6 +87,8 @@ type DeliverReply struct {
 	// PackedRecords is HelloReply.PackedRecords, repeated so that a client
 	// learns it on a connection it sent no Hello on (after a redial).
 	PackedRecords int
+	// Instance is HelloReply.Instance, repeated for the same reason.
+	Instance string
 	// CallTimeout is HelloReply.CallTimeout, repeated for the same reason:
 	// a client must know how long a call that breaks may still run.
 	CallTimeout time.Duration
