@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/redact"
 	"crmsync/shared/runtimecfg"
 )
 
@@ -69,6 +69,24 @@ func (e *envFlags) secret(p *string, name, env, usage string) {
 		}
 	})
 }
+
+// url is a string flag for a URL that may carry secrets: -h prints its
+// environment default redacted.
+func (e *envFlags) url(p *string, name, env, usage string) {
+	*p = e.getenv(env)
+	e.fs.Var(urlFlag{p}, name, usage+" (env "+env+")")
+}
+
+type urlFlag struct{ p *string }
+
+func (f urlFlag) String() string {
+	if f.p == nil {
+		return ""
+	}
+	return redact.URL(*f.p)
+}
+
+func (f urlFlag) Set(s string) error { *f.p = s; return nil }
 
 func (e *envFlags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
 	if v, ok := e.env(env); ok {
@@ -127,7 +145,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e := &envFlags{fs: fs, getenv: getenv}
 	e.str(&o.listen, "listen", "INTEGRATOR_LISTEN", "127.0.0.1:4004", "RPC `address` to listen on")
 	e.str(&o.httpAddr, "http", "INTEGRATOR_HTTP", "127.0.0.1:9464", "`address` of the side port with /healthz, /readyz, /metrics; \"\" or \"off\" disables it")
-	e.str(&o.crmURL, "crm-url", "CRM_URL", "", "base `URL` of the CRM API (required)")
+	e.url(&o.crmURL, "crm-url", "CRM_URL", "base `URL` of the CRM API (required); -h shows it without password or query values")
 	e.secret(&o.crmToken, "crm-token", "CRM_TOKEN", "bearer `token` for the CRM; prefer -crm-token-file or the environment over the command line")
 	e.str(&o.crmTokenFile, "crm-token-file", "CRM_TOKEN_FILE", "", "read the CRM token from this `file`")
 	e.dur(&c.CRMTimeout, "crm-timeout", "CRM_TIMEOUT", 10*time.Second, "timeout of one CRM request")
@@ -230,7 +248,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	srv, err := integrator.New(cfg)
 	if err != nil {
-		return err
+		return redact.Error(err, cfg.CRMURL)
 	}
 
 	ln, err := net.Listen("tcp", o.listen)
@@ -253,7 +271,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		go func() { errc <- side.Serve(sideLn) }()
 	}
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
-	attrs := []any{"rpc", ln.Addr().String(), "crm", redactURL(cfg.CRMURL), "tls", cfg.TLS != nil,
+	attrs := []any{"rpc", ln.Addr().String(), "crm", redact.URL(cfg.CRMURL), "tls", cfg.TLS != nil,
 		"mutual_tls", o.tlsClientCA != "", "rpc_token", cfg.RPCToken != "", "crm_concurrency", cfg.CRMConcurrency,
 		"crm_rate", cfg.CRMRate, "idempotency", cfg.Idempotency}
 	if side != nil {
@@ -278,14 +296,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return runErr
-}
-
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable)"
-	}
-	return u.Redacted()
 }
 
 // exitCodeOf is the code the process exits with after run returned err:

@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/redact"
 	"crmsync/shared/runtimecfg"
 )
 
@@ -339,7 +339,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 func openDB(ctx context.Context, dsn string) (*sql.DB, error) {
 	d, err := sql.Open("postgres", dsn)
 	if err != nil {
-		return nil, fmt.Errorf("database: %w", redact(err, dsn))
+		return nil, fmt.Errorf("database: %w", redactErr(err, dsn))
 	}
 	d.SetMaxOpenConns(32)
 	d.SetMaxIdleConns(32)
@@ -347,38 +347,21 @@ func openDB(ctx context.Context, dsn string) (*sql.DB, error) {
 	defer cancel()
 	if err := d.PingContext(pctx); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("database %s: %w (check -db / DATABASE_URL)", safeDSN(dsn), redact(err, dsn))
+		return nil, fmt.Errorf("database %s: %w (check -db / DATABASE_URL)", safeDSN(dsn), redactErr(err, dsn))
 	}
 	if _, err := db.Migrate(ctx, d); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("database %s: %w", safeDSN(dsn), redact(err, dsn))
+		return nil, fmt.Errorf("database %s: %w", safeDSN(dsn), redactErr(err, dsn))
 	}
 	return d, nil
 }
 
 // safeDSN names the database without its password.
-func safeDSN(dsn string) string {
-	u, err := url.Parse(dsn)
-	if err != nil || u.Host == "" {
-		return "(from -db)"
-	}
-	return u.Redacted()
-}
+func safeDSN(dsn string) string { return redact.URL(dsn) }
 
-// redact removes the DSN's password from an error a driver built from it.
-func redact(err error, dsn string) error {
-	pw := ""
-	if u, perr := url.Parse(dsn); perr == nil {
-		pw, _ = u.User.Password()
-	}
-	if i := strings.Index(dsn, "password="); i >= 0 {
-		pw = strings.Fields(dsn[i+len("password="):] + " ")[0]
-	}
-	if pw == "" || !strings.Contains(err.Error(), pw) {
-		return err
-	}
-	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
-}
+// redact removes the DSN's secrets from an error a driver built from it,
+// malformed DSNs included.
+func redactErr(err error, dsn string) error { return redact.Error(err, dsn) }
 
 func dialIntegrator(ctx context.Context, o *options) (*crmrpc.Client, error) {
 	cfg := crmrpc.ClientConfig{Token: o.rpcToken, CallTimeout: o.callTimeout}

@@ -24,6 +24,7 @@ import (
 	"crmsync/crmintegrator/fakecrm"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/redact"
 )
 
 func main() {
@@ -51,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	env := envDefaults{getenv: getenv}
 	var (
 		listen     = fs.String("listen", env.str("FAKECRM_LISTEN", "127.0.0.1:8090"), "`address` to listen on; port 0 picks a free one ($FAKECRM_LISTEN)")
-		token      = fs.String("token", env.str("FAKECRM_TOKEN", ""), "bearer `token` required on /v1 requests; empty: none ($FAKECRM_TOKEN)")
+		token      = fs.String("token", "", "bearer `token` required on /v1 requests; empty: none; prefer the environment, a command line shows in ps ($FAKECRM_TOKEN"+tokenShown(getenv("FAKECRM_TOKEN"))+")")
 		failRate   = fs.Float64("fail-rate", env.float("FAKECRM_FAIL_RATE", 0), "`fraction` of POSTs answered 503 before creating anything ($FAKECRM_FAIL_RATE)")
 		ambRate    = fs.Float64("ambiguous-rate", env.float("FAKECRM_AMBIGUOUS_RATE", 0), "`fraction` of POSTs that create, then answer 500/502/504, reset or hang ($FAKECRM_AMBIGUOUS_RATE)")
 		ambModes   = fs.String("ambiguous-modes", env.str("FAKECRM_AMBIGUOUS_MODES", ""), "comma separated `modes` among 500,502,504,reset,hang; empty: all ($FAKECRM_AMBIGUOUS_MODES)")
@@ -79,6 +80,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q: fakecrm takes only flags (see -h)", fs.Args())
+	}
+	if *token == "" {
+		*token = getenv("FAKECRM_TOKEN") // after parsing, so that -h never prints it
 	}
 	log, err := logging.New("text", *logLevelIn, stderr)
 	if err != nil {
@@ -148,6 +152,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// tokenShown is what -h says of a token set in the environment.
+func tokenShown(v string) string {
+	if v == "" {
+		return ""
+	}
+	return ", set: " + redact.Secret(v)
 }
 
 // envDefaults reads flag defaults from the environment and keeps the first

@@ -179,8 +179,11 @@ func TestRunRejectsBadConfig(t *testing.T) {
 
 func TestRunHelp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"-h"}, envOf(nil), &stdout, &stderr); err != nil {
+	if err := run(context.Background(), []string{"-h"}, envOf(map[string]string{"FAKECRM_TOKEN": "tok-SECRET"}), &stdout, &stderr); err != nil {
 		t.Fatalf("-h: %v", err)
+	}
+	if strings.Contains(stderr.String(), "tok-SECRET") {
+		t.Errorf("usage shows FAKECRM_TOKEN:\n%s", stderr.String())
 	}
 	for _, s := range []string{"-listen", "FAKECRM_LISTEN", "-ambiguous-rate", "-state"} {
 		if !strings.Contains(stderr.String(), s) {
