@@ -165,6 +165,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e.str(&o.tlsKey, "tls-key", "INTEGRATOR_TLS_KEY", "", "private key `file` (PEM) of -tls-cert")
 	e.str(&o.tlsClientCA, "tls-client-ca", "INTEGRATOR_TLS_CLIENT_CA", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
 	e.dur(&c.IdleTimeout, "idle-timeout", "INTEGRATOR_IDLE_TIMEOUT", 5*time.Minute, "close RPC connections idle this long")
+	e.int(&c.MaxConns, "max-conns", "INTEGRATOR_MAX_CONNS", 256, "most RPC connections at once; the oldest unauthenticated one makes way for a new one")
+	e.int(&c.MaxConnsPerPeer, "max-conns-per-peer", "INTEGRATOR_MAX_CONNS_PER_PEER", 32, "most RPC connections at once from one IP address")
+	e.dur(&c.HandshakeTimeout, "handshake-timeout", "INTEGRATOR_HANDSHAKE_TIMEOUT", 5*time.Second, "time a new connection has for TLS and the token handshake")
+	e.dur(&c.ReadTimeout, "read-timeout", "INTEGRATOR_READ_TIMEOUT", 30*time.Second, "time one RPC message may take to arrive once it has begun")
+	e.int(&c.MaxMessageBytes, "max-message-bytes", "INTEGRATOR_MAX_MESSAGE_BYTES", 16<<20, "largest RPC message (a Deliver's block), in bytes; checked before it is read")
 	e.dur(&o.grace, "grace", "INTEGRATOR_GRACE", 30*time.Second, "on SIGTERM/SIGINT, time for calls in flight to finish")
 	e.str(&o.logFormat, "log-format", "INTEGRATOR_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&o.logLevel, "log-level", "INTEGRATOR_LOG_LEVEL", "info", "log level: debug, info, warn or error")
@@ -197,7 +202,7 @@ func loadTLS(o *options) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load tls key pair: %w", err)
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cfg := crmrpc.ModernTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
 	if o.tlsClientCA != "" {
 		pem, err := os.ReadFile(o.tlsClientCA)
 		if err != nil {

@@ -307,21 +307,27 @@ func (c *serverConn) idleDeadlineLocked(nc net.Conn) {
 }
 
 // frameReader passes gob messages from br to the decoder, one whole
-// message at a time, after checking the byte count that starts each one:
-// against max and the budget left for the current request, before gob
-// reserves a buffer of that size. It also counts type definitions and
-// sets the deadlines serverConn describes. Errors are sticky.
+// message at a time (gob then copies it whole), after checking the byte count that starts each one
+// against max and the budget left for the current request: gob would
+// reserve a buffer of the size a message claims (up to 10 MB at once)
+// before a byte of it arrived, while here a message costs only what has
+// arrived of it. It also counts type definitions and sets the deadlines
+// serverConn describes. Errors are sticky.
 type frameReader struct {
 	c       *serverConn
 	nc      net.Conn
 	br      *bufio.Reader
 	max     int
 	timeout time.Duration
-	budget  int // bytes the messages of the current phase may still take
-	left    int // bytes of the current message not yet passed on
-	defs    int // type definitions so far
+	budget  int      // bytes the messages of the current phase may still take
+	msg     [][]byte // what is left of the current message, count included
+	defs    int      // type definitions so far
 	err     error
 }
+
+// chunkBytes is the unit in which a message's bytes are read and held: a
+// message costs what has arrived of it, rounded up to this.
+const chunkBytes = 64 << 10
 
 // errMessageTooLarge is wrapped by the errors of messages over a limit.
 var errMessageTooLarge = errors.New("rpc message too large")
@@ -330,20 +336,20 @@ func (f *frameReader) Read(p []byte) (int, error) {
 	if f.err != nil {
 		return 0, f.err
 	}
-	if f.left == 0 {
+	if len(f.msg) == 0 {
 		if f.err = f.next(); f.err != nil {
 			return 0, f.err
 		}
 	}
-	n, err := f.br.Read(p[:min(len(p), f.left)])
-	f.left -= n
-	if err != nil {
-		f.err = err
+	n := copy(p, f.msg[0])
+	if f.msg[0] = f.msg[0][n:]; len(f.msg[0]) == 0 {
+		f.msg[0] = nil
+		f.msg = f.msg[1:]
 	}
-	return n, err
+	return n, nil
 }
 
-// next starts a message.
+// next reads a whole message into f.msg.
 func (f *frameReader) next() error {
 	f.c.mu.Lock()
 	f.c.waiting = true
@@ -397,7 +403,17 @@ func (f *frameReader) next() error {
 			return fmt.Errorf("rpc: more than %d type definitions on one connection", maxTypeDefs)
 		}
 	}
-	f.left = prefix + int(size)
+	// Chunk by chunk as bytes arrive, never the claim at once.
+	f.msg = f.msg[:0]
+	for left := prefix + int(size); left > 0; {
+		c := make([]byte, min(left, chunkBytes))
+		if _, err := io.ReadFull(f.br, c); err != nil {
+			f.msg = nil
+			return err
+		}
+		f.msg = append(f.msg, c)
+		left -= len(c)
+	}
 	return nil
 }
 
