@@ -587,6 +587,9 @@ type connGuard struct {
 	logs  map[string]*logState
 	tls   *tls.Config
 	once  sync.Once
+	// pace overrides wrongTokenDelay and maxWrongTokenDelay when set
+	// (tests that send many wrong tokens).
+	pace, maxPace time.Duration
 }
 
 type peerState struct {
@@ -666,7 +669,11 @@ func (g *connGuard) wrongToken(peer string, now time.Time) (time.Duration, int) 
 	}
 	p.fails++
 	p.lastFail = now
-	gap := min(wrongTokenDelay<<min(p.fails-1, 16), maxWrongTokenDelay)
+	base, most := wrongTokenDelay, maxWrongTokenDelay
+	if g.pace > 0 {
+		base, most = g.pace, g.maxPace
+	}
+	gap := min(base<<min(p.fails-1, 16), most)
 	at := p.next
 	if at.Before(now) {
 		at = now
