@@ -56,9 +56,9 @@ func TestWrongTokenPacing(t *testing.T) {
 		wantFails int
 	}{
 		{0, "a", 100 * time.Millisecond, 1},
-		{0, "a", 300 * time.Millisecond, 2},               // after the first, then 200ms
-		{0, "a", 700 * time.Millisecond, 3},               // 400ms more
-		{0, "b", 100 * time.Millisecond, 1},               // another peer is not slowed
+		{0, "a", 300 * time.Millisecond, 2},                // after the first, then 200ms
+		{0, "a", 700 * time.Millisecond, 3},                // 400ms more
+		{0, "b", 100 * time.Millisecond, 1},                // another peer is not slowed
 		{10 * time.Second, "a", 800 * time.Millisecond, 4}, // the queue is gone; the gap is not
 		{20 * time.Second, "a", 1600 * time.Millisecond, 5},
 		{30 * time.Second, "a", 3 * time.Second, 6}, // capped
