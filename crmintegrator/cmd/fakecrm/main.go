@@ -67,6 +67,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		seed       = fs.Int64("seed", env.int64("FAKECRM_SEED", 0), "seed of the fault decisions; 0: random, logged so the run can be repeated ($FAKECRM_SEED)")
 		stateFile  = fs.String("state", env.str("FAKECRM_STATE", ""), "`file` keeping contacts and idempotency keys across restarts ($FAKECRM_STATE)")
 		saveEvery  = fs.Duration("save-interval", env.duration("FAKECRM_SAVE_INTERVAL", fakecrm.DefaultSaveInterval), "how often the state file is rewritten when changed ($FAKECRM_SAVE_INTERVAL)")
+		readTO     = fs.Duration("read-timeout", env.duration("FAKECRM_READ_TIMEOUT", time.Minute), "time to read a whole request, body included; keep it above -hang and -latency ($FAKECRM_READ_TIMEOUT)")
+		idleTO     = fs.Duration("idle-timeout", env.duration("FAKECRM_IDLE_TIMEOUT", 2*time.Minute), "close keep-alive connections idle this long ($FAKECRM_IDLE_TIMEOUT)")
+		idemKeys   = fs.Int("idempotency-keys", env.int("FAKECRM_IDEMPOTENCY_KEYS", fakecrm.DefaultIdempotencyKeys), "most Idempotency-Keys kept; the oldest is forgotten first ($FAKECRM_IDEMPOTENCY_KEYS)")
+		idemTTL    = fs.Duration("idempotency-ttl", env.duration("FAKECRM_IDEMPOTENCY_TTL", fakecrm.DefaultIdempotencyTTL), "how long an Idempotency-Key is kept after its first use ($FAKECRM_IDEMPOTENCY_TTL)")
 		logLevelIn = fs.String("log-level", env.str("FAKECRM_LOG_LEVEL", "info"), "`level` of stderr logs: debug, info, warn or error ($FAKECRM_LOG_LEVEL)")
 	)
 	if env.err != nil {
@@ -107,6 +111,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		},
 		MaxBatch:           *maxBatch,
 		DisableIdempotency: !*idem,
+		IdempotencyKeys:    *idemKeys,
+		IdempotencyTTL:     *idemTTL,
 		Seed:               *seed,
 		StateFile:          *stateFile,
 		SaveInterval:       *saveEvery,
@@ -123,9 +129,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// Scripts and tests wait for this exact first line.
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
 
+	// Operators may expose it for rehearsals: no request may hold a
+	// connection forever, nor a header grow without bound.
+	headerTO := 10 * time.Second
+	if *readTO > 0 {
+		headerTO = min(headerTO, *readTO)
+	}
 	hs := &http.Server{
 		Handler:           srv,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: headerTO,
+		ReadTimeout:       *readTO,
+		IdleTimeout:       *idleTO,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	served := make(chan error, 1)
