@@ -320,6 +320,7 @@ type frameReader struct {
 	max     int
 	timeout time.Duration
 	budget  int      // bytes the messages of the current phase may still take
+	skip    int      // a message over the limits but not over this is skipped, not fatal
 	msg     [][]byte // what is left of the current message, count included
 	defs    int      // type definitions so far
 	err     error
@@ -332,12 +333,27 @@ const chunkBytes = 64 << 10
 // errMessageTooLarge is wrapped by the errors of messages over a limit.
 var errMessageTooLarge = errors.New("rpc message too large")
 
+// skippedError is a message over the limit that was read and dropped as
+// it arrived: the stream is still in step, so the call is refused with a
+// message that says what to change, and the connection goes on.
+type skippedError struct{ size, limit int }
+
+func (e *skippedError) Error() string {
+	return fmt.Sprintf("rpc message of %d bytes over the daemon's limit of %d: lower the reader's -block-size, or raise the daemon's -max-message-bytes", e.size, e.limit)
+}
+
+func (e *skippedError) Is(target error) bool { return target == errMessageTooLarge }
+
 func (f *frameReader) Read(p []byte) (int, error) {
 	if f.err != nil {
 		return 0, f.err
 	}
 	if len(f.msg) == 0 {
-		if f.err = f.next(); f.err != nil {
+		err := f.next()
+		if _, skipped := err.(*skippedError); skipped {
+			return 0, err
+		}
+		if f.err = err; f.err != nil {
 			return 0, f.err
 		}
 	}
@@ -387,6 +403,17 @@ func (f *frameReader) next() error {
 		return fmt.Errorf("rpc: empty message")
 	}
 	if size > uint64(f.max) || size > uint64(f.budget) {
+		limit := f.budget
+		if size > uint64(f.max) {
+			limit = f.max
+		}
+		if size <= uint64(f.skip) {
+			// Costs the bandwidth, within the message deadline, not memory.
+			if _, err := io.CopyN(io.Discard, f.br, int64(prefix)+int64(size)); err != nil {
+				return err
+			}
+			return &skippedError{int(size), limit}
+		}
 		return fmt.Errorf("%w: %d bytes (the limit here is %d)", errMessageTooLarge, size, min(f.max, f.budget))
 	}
 	f.budget -= int(size)
@@ -455,7 +482,7 @@ type serverCodec struct {
 }
 
 func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
-	c.fr.budget = smallBudget
+	c.fr.budget, c.fr.skip = smallBudget, 0
 	if err := c.decode(r); err != nil {
 		c.logLimit(err)
 		return err
@@ -495,7 +522,9 @@ func (c *serverCodec) ReadRequestBody(body any) error {
 	case *crmrpc.LookupArgs:
 		c.fr.budget = smallBudget + cfg.MaxRecords*(cfg.MaxFieldBytes+10)
 	case *crmrpc.DeliverArgs:
-		c.fr.budget = cfg.MaxMessageBytes
+		// A block too large is a reader's setting, not an attack: it is
+		// refused with what to change (up to 4 times the limit).
+		c.fr.budget, c.fr.skip = cfg.MaxMessageBytes, 4*cfg.MaxMessageBytes
 		if c.s.packedRecords >= crmrpc.PackedVersion {
 			var w deliverWire
 			if err := c.decode(&w); err != nil {
@@ -518,7 +547,9 @@ func (c *serverCodec) ReadRequestBody(body any) error {
 
 // logLimit logs a message over a limit, once in a while per peer.
 func (c *serverCodec) logLimit(err error) {
-	if errors.Is(err, errMessageTooLarge) {
+	if se := (*skippedError)(nil); errors.As(err, &se) {
+		c.s.guard.log(c.s.log, "size", c.c.peer, "refused an rpc call over the message limit", "remote", c.c.peer, "error", err)
+	} else if errors.Is(err, errMessageTooLarge) {
 		c.s.guard.log(c.s.log, "size", c.c.peer, "refused an rpc message over the limit; closing", "remote", c.c.peer, "error", err)
 	}
 }
@@ -534,7 +565,7 @@ func (c *serverCodec) decode(v any) (err error) {
 			c.s.guard.log(c.s.log, "panic", c.c.peer, "undecodable rpc request; closing the connection", "remote", c.c.peer, "panic", fmt.Sprint(p))
 			err = fmt.Errorf("rpc: undecodable request: %v", p)
 		}
-		if err != nil {
+		if se := (*skippedError)(nil); err != nil && !errors.As(err, &se) {
 			c.fr.err = err // net/rpc may read on after a bad body: stop it
 			c.c.Close()
 		}

@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -153,5 +154,70 @@ func TestMessageOverBudget(t *testing.T) {
 	err = rc.Call(crmrpc.MethodHello, &crmrpc.HelloArgs{Token: strings.Repeat("t", smallBudget)}, &h)
 	if err == nil {
 		t.Fatalf("a %d-byte Hello was served: %+v", smallBudget, h)
+	}
+}
+
+// A block over -max-message-bytes is a reader's setting: the call is
+// refused with what to change, and the connection goes on.
+func TestDeliverOverMessageLimit(t *testing.T) {
+	_, url := startCRM(t, fakecrm.Config{})
+	cfg := testConfig(url)
+	cfg.MaxMessageBytes = 16 << 10
+	_, addr := startDaemon(t, cfg)
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+	big := makeRecords("big", 200)
+	for i := range big {
+		big[i].Contact.Attributes = map[string]string{"note": strings.Repeat("n", 200)}
+	}
+	_, err := c.Deliver(context.Background(), big)
+	var ce *crmrpc.ConnError
+	if err == nil || errors.As(err, &ce) || !strings.Contains(err.Error(), "-max-message-bytes") {
+		t.Fatalf("got %v, want the call refused saying what to change", err)
+	}
+	vs, err := c.Deliver(context.Background(), makeRecords("small", 2))
+	if err != nil || vs[0].Outcome != crmrpc.Delivered {
+		t.Fatalf("the next call: %v %+v", err, vs)
+	}
+}
+
+// The daemon speaks TLS 1.2 with ECDHE and AEAD suites, or TLS 1.3, and
+// logs refused handshakes once per peer.
+func TestTLSModernOnly(t *testing.T) {
+	_, url := startCRM(t, fakecrm.Config{})
+	ca, serverCert, _ := certs(t)
+	cfg := testConfig(url)
+	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}}
+	var logs syncBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	_, addr := startDaemon(t, cfg)
+	tests := []struct {
+		name   string
+		cfg    *tls.Config
+		wantOK bool
+	}{
+		{"tls 1.3", &tls.Config{RootCAs: ca}, true},
+		{"tls 1.2 gcm", &tls.Config{RootCAs: ca, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}, true},
+		{"tls 1.2 cbc sha1", &tls.Config{RootCAs: ca, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}}, false},
+		{"tls 1.2 cbc sha256", &tls.Config{RootCAs: ca, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256}}, false},
+		{"tls 1.1", &tls.Config{RootCAs: ca, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc.cfg)
+			if err == nil {
+				c.Close()
+			}
+			if (err == nil) != tc.wantOK {
+				t.Fatalf("got %v, want ok=%v", err, tc.wantOK)
+			}
+		})
+	}
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "refused a tls handshake"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no refused handshake logged:\n%s", logs.String())
+		}
+	}
+	if n := strings.Count(logs.String(), "refused a tls handshake"); n != 1 {
+		t.Errorf("%d lines for three refused handshakes from one peer, want 1:\n%s", n, logs.String())
 	}
 }
