@@ -136,7 +136,7 @@ func (c *Client) dialRound(ctx context.Context) error {
 		if err != nil {
 			var e *Error
 			if errors.As(err, &e) {
-				return fmt.Errorf("crmrpc: %s refused the connection: %w", addr, err)
+				return fmt.Errorf("crmrpc: connection refused: %w", err)
 			}
 			errs = append(errs, err)
 			continue
@@ -167,7 +167,7 @@ func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, *Handshake
 		}
 		nc, err = (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", addr)
 		if err != nil {
-			return nil, nil, fmt.Errorf("dial %s: %w", addr, tlsFatal(addr, err))
+			return nil, nil, fmt.Errorf("dial %s: %w", addr, tlsFatal(err))
 		}
 	}
 	if err != nil {
@@ -182,7 +182,7 @@ func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, *Handshake
 	if err != nil {
 		nc.Close()
 		if c.cfg.TLS != nil {
-			err = tlsFatal(addr, err) // TLS 1.3 refuses a client certificate after the client's handshake
+			err = tlsFatal(err) // TLS 1.3 refuses a client certificate after the client's handshake
 		}
 		return nil, nil, fmt.Errorf("%s: %w", addr, err)
 	}

@@ -85,7 +85,7 @@ func ClientHandshake(c net.Conn, token string, deadline time.Time) (*HandshakeRe
 	var hdr [5]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("handshake: the daemon hung up without answering (a crmintegrator older than this reader? upgrade it): %w", err)
+			return nil, fmt.Errorf("handshake: the daemon hung up without answering: is it a crmintegrator older than this reader (upgrade it), or does it want TLS (-tls)? %w", err)
 		}
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
@@ -213,7 +213,7 @@ const CodeTLSRefused = "tls_refused"
 
 // tlsFatal turns a TLS handshake error that cannot succeed on retry into a
 // fatal *Error; other errors (a timeout, a reset) are returned as they are.
-func tlsFatal(addr string, err error) error {
+func tlsFatal(err error) error {
 	var (
 		cve *tls.CertificateVerificationError
 		ua  x509.UnknownAuthorityError
@@ -224,11 +224,11 @@ func tlsFatal(addr string, err error) error {
 	)
 	switch {
 	case errors.As(err, &cve), errors.As(err, &ua), errors.As(err, &he), errors.As(err, &ci):
-		return &Error{Code: CodeTLSRefused, Message: fmt.Sprintf("%s: the daemon's certificate is not trusted (%v): check -tls-ca and -tls-server-name", addr, err)}
+		return &Error{Code: CodeTLSRefused, Message: fmt.Sprintf("the daemon's certificate is not trusted (%v): check -tls-ca and -tls-server-name", err)}
 	case errors.As(err, &oe) && oe.Op == "remote error": // a TLS alert from the daemon
-		return &Error{Code: CodeTLSRefused, Message: fmt.Sprintf("%s: the daemon refused the TLS handshake (%v): check the client certificate (-tls-cert) and that both sides allow TLS 1.2+ with modern suites", addr, err)}
+		return &Error{Code: CodeTLSRefused, Message: fmt.Sprintf("the daemon refused the TLS handshake (%v): check the client certificate (-tls-cert) and that both sides allow TLS 1.2+ with modern suites", err)}
 	case errors.As(err, &rh):
-		return &Error{Code: CodeTLSRefused, Message: fmt.Sprintf("%s: the daemon does not speak TLS (%v): drop -tls or enable TLS on the daemon", addr, err)}
+		return &Error{Code: CodeTLSRefused, Message: fmt.Sprintf("the daemon does not speak TLS (%v): drop -tls or enable TLS on the daemon", err)}
 	}
 	return err
 }
