@@ -155,7 +155,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.integrators, "integrator", env("CSVREADER_INTEGRATOR", "127.0.0.1:4004"), "`ADDR[,ADDR...]` of crmintegrator; later ones are fallbacks [CSVREADER_INTEGRATOR]")
 	// Secrets are read from the environment after parsing, so that -h never
 	// prints them as a default.
-	fs.StringVar(&o.dsn, "db", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db) [DATABASE_URL]")
+	fs.StringVar(&o.dsn, "db", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db); prefer the environment variable, a command line is visible in ps [DATABASE_URL]")
 	fs.IntVar(&o.workers, "workers", envInt("CSVREADER_WORKERS", 12), "concurrent blocks in flight to the integrator [CSVREADER_WORKERS]")
 	fs.IntVar(&o.blockSize, "block-size", envInt("CSVREADER_BLOCK_SIZE", 1000), "records per block (per integrator call); capped by the integrator's limit [CSVREADER_BLOCK_SIZE]")
 	fs.StringVar(&o.rejects, "rejects", env("CSVREADER_REJECTS", ""), "rejects file `PATH` (default: <file>.rejects.csv in the current directory) [CSVREADER_REJECTS]")
