@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/redact"
 	"crmsync/shared/runtimecfg"
 )
 
@@ -69,6 +69,24 @@ func (e *envFlags) secret(p *string, name, env, usage string) {
 		}
 	})
 }
+
+// url is a string flag for a URL that may carry secrets: -h prints its
+// environment default redacted.
+func (e *envFlags) url(p *string, name, env, usage string) {
+	*p = e.getenv(env)
+	e.fs.Var(urlFlag{p}, name, usage+" (env "+env+")")
+}
+
+type urlFlag struct{ p *string }
+
+func (f urlFlag) String() string {
+	if f.p == nil {
+		return ""
+	}
+	return redact.URL(*f.p)
+}
+
+func (f urlFlag) Set(s string) error { *f.p = s; return nil }
 
 func (e *envFlags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
 	if v, ok := e.env(env); ok {
@@ -127,7 +145,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e := &envFlags{fs: fs, getenv: getenv}
 	e.str(&o.listen, "listen", "INTEGRATOR_LISTEN", "127.0.0.1:4004", "RPC `address` to listen on")
 	e.str(&o.httpAddr, "http", "INTEGRATOR_HTTP", "127.0.0.1:9464", "`address` of the side port with /healthz, /readyz, /metrics; \"\" or \"off\" disables it")
-	e.str(&o.crmURL, "crm-url", "CRM_URL", "", "base `URL` of the CRM API (required)")
+	e.url(&o.crmURL, "crm-url", "CRM_URL", "base `URL` of the CRM API (required); -h shows it without password or query values")
 	e.secret(&o.crmToken, "crm-token", "CRM_TOKEN", "bearer `token` for the CRM; prefer -crm-token-file or the environment over the command line")
 	e.str(&o.crmTokenFile, "crm-token-file", "CRM_TOKEN_FILE", "", "read the CRM token from this `file`")
 	e.dur(&c.CRMTimeout, "crm-timeout", "CRM_TIMEOUT", 10*time.Second, "timeout of one CRM request")
@@ -147,6 +165,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e.str(&o.tlsKey, "tls-key", "INTEGRATOR_TLS_KEY", "", "private key `file` (PEM) of -tls-cert")
 	e.str(&o.tlsClientCA, "tls-client-ca", "INTEGRATOR_TLS_CLIENT_CA", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
 	e.dur(&c.IdleTimeout, "idle-timeout", "INTEGRATOR_IDLE_TIMEOUT", 5*time.Minute, "close RPC connections idle this long")
+	e.int(&c.MaxConns, "max-conns", "INTEGRATOR_MAX_CONNS", 256, "most RPC connections at once; the oldest unauthenticated one makes way for a new one")
+	e.int(&c.MaxConnsPerPeer, "max-conns-per-peer", "INTEGRATOR_MAX_CONNS_PER_PEER", 32, "most RPC connections at once from one IP address")
+	e.dur(&c.HandshakeTimeout, "handshake-timeout", "INTEGRATOR_HANDSHAKE_TIMEOUT", 5*time.Second, "time a new connection has for TLS and the token handshake")
+	e.dur(&c.ReadTimeout, "read-timeout", "INTEGRATOR_READ_TIMEOUT", 30*time.Second, "time one RPC message may take to arrive once it has begun")
+	e.int(&c.MaxMessageBytes, "max-message-bytes", "INTEGRATOR_MAX_MESSAGE_BYTES", 16<<20, "largest RPC message (a Deliver's block), in bytes; checked before it is read")
 	e.dur(&o.grace, "grace", "INTEGRATOR_GRACE", 30*time.Second, "on SIGTERM/SIGINT, time for calls in flight to finish")
 	e.str(&o.logFormat, "log-format", "INTEGRATOR_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&o.logLevel, "log-level", "INTEGRATOR_LOG_LEVEL", "info", "log level: debug, info, warn or error")
@@ -179,7 +202,7 @@ func loadTLS(o *options) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load tls key pair: %w", err)
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cfg := crmrpc.ModernTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
 	if o.tlsClientCA != "" {
 		pem, err := os.ReadFile(o.tlsClientCA)
 		if err != nil {
@@ -230,7 +253,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	srv, err := integrator.New(cfg)
 	if err != nil {
-		return err
+		return redact.Error(err, cfg.CRMURL)
 	}
 
 	ln, err := net.Listen("tcp", o.listen)
@@ -253,7 +276,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		go func() { errc <- side.Serve(sideLn) }()
 	}
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
-	attrs := []any{"rpc", ln.Addr().String(), "crm", redactURL(cfg.CRMURL), "tls", cfg.TLS != nil,
+	attrs := []any{"rpc", ln.Addr().String(), "crm", redact.URL(cfg.CRMURL), "tls", cfg.TLS != nil,
 		"mutual_tls", o.tlsClientCA != "", "rpc_token", cfg.RPCToken != "", "crm_concurrency", cfg.CRMConcurrency,
 		"crm_rate", cfg.CRMRate, "idempotency", cfg.Idempotency}
 	if side != nil {
@@ -278,14 +301,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return runErr
-}
-
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable)"
-	}
-	return u.Redacted()
 }
 
 // exitCodeOf is the code the process exits with after run returned err:

@@ -38,7 +38,8 @@ func envOf(m map[string]string) func(string) string { return func(k string) stri
 
 func TestHelpExitsZero(t *testing.T) {
 	var stderr bytes.Buffer
-	err := run(context.Background(), []string{"-h"}, envOf(map[string]string{"CRM_TOKEN": "tok-SECRET"}), io.Discard, &stderr)
+	env := map[string]string{"CRM_TOKEN": "tok-SECRET", "INTEGRATOR_RPC_TOKEN": "rpc-SECRET", "CRM_URL": "https://bot:url-SECRET@crm.example.com/?api_key=key-SECRET"}
+	err := run(context.Background(), []string{"-h"}, envOf(env), io.Discard, &stderr)
 	if err != nil {
 		t.Fatalf("got %v, want nil", err)
 	}
@@ -46,8 +47,11 @@ func TestHelpExitsZero(t *testing.T) {
 	if !strings.Contains(out, "-crm-url") || !strings.Contains(out, "INTEGRATOR_LISTEN") {
 		t.Fatalf("usage lacks flags:\n%s", out)
 	}
-	if strings.Contains(out, "tok-SECRET") {
-		t.Fatal("usage prints the token from the environment")
+	if strings.Contains(out, "SECRET") {
+		t.Fatalf("usage prints a secret from the environment:\n%s", out)
+	}
+	if !strings.Contains(out, "https://bot:xxxxx@crm.example.com/?api_key=xxxxx") {
+		t.Errorf("usage does not show CRM_URL redacted:\n%s", out)
 	}
 }
 
@@ -65,12 +69,25 @@ func TestBadConfiguration(t *testing.T) {
 		{"client ca without cert", []string{"-crm-url", "http://127.0.0.1:1", "-tls-client-ca", "ca.pem"}, nil, "-tls-client-ca", 2},
 		{"missing token file", []string{"-crm-url", "http://127.0.0.1:1", "-crm-token-file", "/nonexistent/token"}, nil, "crm token file", 1},
 		{"unknown flag", []string{"-nope"}, nil, "not defined", 2},
+		// Malformed CRM URLs: url.Parse's error quotes them whole.
+		{"crm url bad port", []string{"-crm-url", "https://bot:SECRET@crm.example.com:8o/"}, nil, "crm url", 1},
+		{"crm url bad escape", []string{"-crm-url", "https://bot:SEC%zzRET@crm.example.com/"}, nil, "crm url", 1},
+		{"crm url space in password", []string{"-crm-url", "https://bot:SEC RET SECRET@crm.example.com/"}, nil, "crm url", 1},
+		{"crm url missing ]", []string{"-crm-url", "https://bot:SECRET@[::1/"}, nil, "crm url", 1},
+		{"crm url query", []string{"-crm-url", "ftp://crm.example.com/?api_key=SECRET"}, nil, "crm url", 1},
+		{"crm url from env", nil, map[string]string{"CRM_URL": "https://bot:SECRET@crm.example.com:8o/?k=SECRET"}, "crm url", 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := run(context.Background(), tc.args, envOf(tc.env), io.Discard, io.Discard)
+			var out syncBuffer
+			err := run(context.Background(), tc.args, envOf(tc.env), &out, &out)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+			for _, piece := range []string{"SECRET", "SEC", "RET"} {
+				if strings.Contains(err.Error()+out.String(), piece) {
+					t.Errorf("error or output shows the secret: %v\n%s", err, out.String())
+				}
 			}
 			if code := exitCodeOf(err); code != tc.code {
 				t.Errorf("exit code = %d, want %d", code, tc.code)

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/redact"
 	"crmsync/shared/runtimecfg"
 )
 
@@ -171,7 +171,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.integrators, "integrator", env("CSVREADER_INTEGRATOR", "127.0.0.1:4004"), "`ADDR[,ADDR...]` of crmintegrator; later ones are fallbacks [CSVREADER_INTEGRATOR]")
 	// Secrets are read from the environment after parsing, so that -h never
 	// prints them as a default.
-	fs.StringVar(&o.dsn, "db", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db) [DATABASE_URL]")
+	fs.StringVar(&o.dsn, "db", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db); prefer the environment variable, a command line is visible in ps [DATABASE_URL]")
 	fs.IntVar(&o.workers, "workers", envInt("CSVREADER_WORKERS", 12), "concurrent blocks in flight to the integrator [CSVREADER_WORKERS]")
 	fs.IntVar(&o.blockSize, "block-size", envInt("CSVREADER_BLOCK_SIZE", 1000), "records per block (per integrator call); capped by the integrator's limit [CSVREADER_BLOCK_SIZE]")
 	fs.StringVar(&o.rejects, "rejects", env("CSVREADER_REJECTS", ""), "rejects file `PATH` (default: <file>.rejects.csv in the current directory) [CSVREADER_REJECTS]")
@@ -409,7 +409,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 func openDB(ctx context.Context, dsn string) (*sql.DB, error) {
 	d, err := sql.Open("postgres", dsn)
 	if err != nil {
-		return nil, fmt.Errorf("database: %w", redact(err, dsn))
+		return nil, fmt.Errorf("database: %w", redactErr(err, dsn))
 	}
 	d.SetMaxOpenConns(32)
 	d.SetMaxIdleConns(32)
@@ -417,38 +417,21 @@ func openDB(ctx context.Context, dsn string) (*sql.DB, error) {
 	defer cancel()
 	if err := d.PingContext(pctx); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("database %s: %w (check -db / DATABASE_URL)", safeDSN(dsn), redact(err, dsn))
+		return nil, fmt.Errorf("database %s: %w (check -db / DATABASE_URL)", safeDSN(dsn), redactErr(err, dsn))
 	}
 	if _, err := db.Migrate(ctx, d); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("database %s: %w", safeDSN(dsn), redact(err, dsn))
+		return nil, fmt.Errorf("database %s: %w", safeDSN(dsn), redactErr(err, dsn))
 	}
 	return d, nil
 }
 
 // safeDSN names the database without its password.
-func safeDSN(dsn string) string {
-	u, err := url.Parse(dsn)
-	if err != nil || u.Host == "" {
-		return "(from -db)"
-	}
-	return u.Redacted()
-}
+func safeDSN(dsn string) string { return redact.URL(dsn) }
 
-// redact removes the DSN's password from an error a driver built from it.
-func redact(err error, dsn string) error {
-	pw := ""
-	if u, perr := url.Parse(dsn); perr == nil {
-		pw, _ = u.User.Password()
-	}
-	if i := strings.Index(dsn, "password="); i >= 0 {
-		pw = strings.Fields(dsn[i+len("password="):] + " ")[0]
-	}
-	if pw == "" || !strings.Contains(err.Error(), pw) {
-		return err
-	}
-	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
-}
+// redact removes the DSN's secrets from an error a driver built from it,
+// malformed DSNs included.
+func redactErr(err error, dsn string) error { return redact.Error(err, dsn) }
 
 func dialIntegrator(ctx context.Context, o *options, sendGate func(context.Context, string) error) (*crmrpc.Client, error) {
 	cfg := crmrpc.ClientConfig{Token: o.rpcToken, CallTimeout: o.callTimeout, SendGate: sendGate}

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -12,6 +14,11 @@ func TestRunUsage(t *testing.T) {
 		"DATABASE_URL":        "postgres://u:hunter2pw@127.0.0.1:1/db",
 		"CSVREADER_RPC_TOKEN": "tok-s3cret",
 	}
+	csv := filepath.Join(t.TempDir(), "x.csv")
+	if err := os.WriteFile(csv, []byte("id,email\n1,a@example.com\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dsn := func(s string) map[string]string { return map[string]string{"DATABASE_URL": s} }
 	tests := []struct {
 		name     string
 		args     []string
@@ -30,6 +37,14 @@ func TestRunUsage(t *testing.T) {
 		{"bad reject ratio", []string{"-max-reject-ratio", "2", "x.csv"}, secretEnv, exitUsage, "-max-reject-ratio"},
 		{"bad env ratio", []string{"x.csv"}, map[string]string{"DATABASE_URL": "postgres://x", "CSVREADER_MAX_REJECT_RATIO": "half"}, exitUsage, "CSVREADER_MAX_REJECT_RATIO"},
 		{"bad log level", []string{"-log-level", "loud", "x.csv"}, secretEnv, exitUsage, "-log-level"},
+		// Malformed DSNs: the parser's error quotes them whole.
+		{"dsn bad port", []string{"-dry-run", csv}, dsn("postgres://u:hunter2pw@127.0.0.1:54x/db"), exitFatal, "database"},
+		{"dsn bad escape", []string{"-dry-run", csv}, dsn("postgres://u:hunter2pw%zz@127.0.0.1:1/db"), exitFatal, "database"},
+		{"dsn space in password", []string{"-dry-run", csv}, dsn("postgres://u:hunter2pw hunter2pw@127.0.0.1:1/db"), exitFatal, "database"},
+		{"dsn missing ]", []string{"-dry-run", csv}, dsn("postgres://u:hunter2pw@[::1:1/db"), exitFatal, "database"},
+		{"dsn key=value", []string{"-dry-run", csv}, dsn("host=127.0.0.1 port=1 password=hunter2pw connect_timeout=1"), exitFatal, "database"},
+		{"dsn password in the query", []string{"-dry-run", csv}, dsn("postgres://u@127.0.0.1:1/db?password=hunter2pw&connect_timeout=1"), exitFatal, "database"},
+		{"dsn on the command line", []string{"-dry-run", "-db", "postgres://u:hunter2pw@127.0.0.1:54x/db", csv}, nil, exitFatal, "database"},
 		{"missing file", []string{"-dry-run", "/nonexistent/x.csv"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2pw@127.0.0.1:1/db?connect_timeout=1"}, exitFatal, ""},
 	}
 	for _, tc := range tests {

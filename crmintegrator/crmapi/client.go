@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"crmsync/shared/redact"
 )
 
 // Class is what an answer of the CRM (or the lack of one) means for the
@@ -159,10 +161,10 @@ type Client struct {
 func NewClient(baseURL, token string, timeout time.Duration, hc *http.Client) (*Client, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil {
-		return nil, fmt.Errorf("crm url: %w", err)
+		return nil, fmt.Errorf("crm url: %w", redact.Error(err, baseURL))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("crm url %q: want http://host[:port] or https://host[:port]", u.Redacted())
+		return nil, fmt.Errorf("crm url %q: want http://host[:port] or https://host[:port]", redact.URL(baseURL))
 	}
 	if hc == nil {
 		hc = &http.Client{Transport: NewTransport(8)}

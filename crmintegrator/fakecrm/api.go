@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"crmsync/crmintegrator/crmapi"
 	"crmsync/shared/contact"
@@ -172,6 +173,10 @@ func (s *Server) list(c *call) {
 		c.fail(http.StatusBadRequest, crmapi.CodeMalformed, "the external_id query parameter is required")
 		return
 	}
+	if !utf8.ValidString(ext) {
+		c.fail(http.StatusBadRequest, contact.CodeInvalidUTF8, "the external_id query parameter is not valid UTF-8")
+		return
+	}
 	c.reply(http.StatusOK, marshal(crmapi.ListResponse{Contacts: s.store.lookup(ext)}))
 }
 
@@ -224,9 +229,9 @@ func (s *Server) post(c *call, o op, d decision) {
 	useKey := false
 	if vals, ok := r.Header[crmapi.HeaderIdempotencyKey]; ok && !s.idemOff.Load() {
 		key, useKey = vals[0], true
-		if key == "" || len(key) > MaxIdempotencyKeyLen {
+		if key == "" || len(key) > MaxIdempotencyKeyLen || !utf8.ValidString(key) {
 			c.fail(http.StatusBadRequest, crmapi.CodeInvalidIdempotency,
-				"Idempotency-Key must be 1 to "+strconv.Itoa(MaxIdempotencyKeyLen)+" characters long")
+				"Idempotency-Key must be 1 to "+strconv.Itoa(MaxIdempotencyKeyLen)+" characters of UTF-8")
 			return
 		}
 	}
@@ -238,6 +243,12 @@ func (s *Server) post(c *call, o op, d decision) {
 			return
 		}
 		c.fail(http.StatusBadRequest, crmapi.CodeMalformed, "reading the body: "+err.Error())
+		return
+	}
+	// JSON decoding would turn every invalid byte into U+FFFD, folding
+	// different keys into one external id.
+	if !utf8.Valid(body) || loneSurrogate(body) {
+		c.fail(http.StatusBadRequest, contact.CodeInvalidUTF8, "the body is not valid UTF-8 (or escapes half a surrogate pair)")
 		return
 	}
 
@@ -299,15 +310,12 @@ func (s *Server) post(c *call, o op, d decision) {
 	c.reply(status, resp)
 }
 
-// readBody reads the whole body, at most MaxBodyBytes.
+// readBody reads the whole body, at most MaxBodyBytes, counted as the
+// bytes arrive: Content-Length is a claim, so it may refuse a body early
+// but never sizes a buffer.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if n := r.ContentLength; n >= 0 {
-		if n > MaxBodyBytes {
-			return nil, &http.MaxBytesError{Limit: MaxBodyBytes}
-		}
-		b := make([]byte, n)
-		_, err := io.ReadFull(r.Body, b)
-		return b, err
+	if r.ContentLength > MaxBodyBytes {
+		return nil, &http.MaxBytesError{Limit: MaxBodyBytes}
 	}
 	return io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 }
@@ -410,4 +418,42 @@ func (s *Server) drop(w http.ResponseWriter, reset bool) {
 		tc.SetLinger(0) //nolint:errcheck // best effort: a plain close still drops
 	}
 	conn.Close()
+}
+
+// loneSurrogate reports a \uD800-\uDFFF escape that is not half of a
+// pair: JSON decoding turns it into U+FFFD, as it does invalid bytes.
+func loneSurrogate(body []byte) bool {
+	hex4 := func(i int) (rune, bool) {
+		if i+6 > len(body) || body[i] != '\\' || body[i+1] != 'u' {
+			return 0, false
+		}
+		v, err := strconv.ParseUint(string(body[i+2:i+6]), 16, 16)
+		return rune(v), err == nil
+	}
+	for i := 0; i < len(body); i++ {
+		if body[i] != '\\' {
+			continue
+		}
+		if i+1 < len(body) && body[i+1] != 'u' {
+			i++ // an escaped character, maybe a backslash
+			continue
+		}
+		r, ok := hex4(i)
+		if !ok {
+			continue
+		}
+		switch {
+		case r >= 0xdc00 && r <= 0xdfff:
+			return true
+		case r >= 0xd800 && r <= 0xdbff:
+			lo, ok := hex4(i + 6)
+			if !ok || lo < 0xdc00 || lo > 0xdfff {
+				return true
+			}
+			i += 11
+		default:
+			i += 5
+		}
+	}
+	return false
 }

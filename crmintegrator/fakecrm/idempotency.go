@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -61,26 +62,77 @@ const (
 	idemInProgress                    // the first request still runs: 409
 )
 
-// idemStore keeps Idempotency-Keys until Reset. Only successful responses
-// are kept; a failed request frees its key for a retry.
+// Default bounds of the idempotency store.
+const (
+	DefaultIdempotencyKeys = 100_000
+	DefaultIdempotencyTTL  = 24 * time.Hour
+)
+
+// idemStore keeps Idempotency-Keys until Reset, for ttl after their first
+// use and at most max of them: a new key past max evicts the oldest (even
+// one still in progress; its request then finishes unrecorded). Only
+// successful responses are kept; a failed request frees its key for a
+// retry.
 type idemStore struct {
 	mu      sync.Mutex
 	m       map[string]*idemRecord
+	order   []idemEntry // keys in the order they were first used
+	max     int
+	ttl     time.Duration
 	version uint64
 }
 
-func newIdemStore() *idemStore { return &idemStore{m: make(map[string]*idemRecord)} }
+// idemEntry is a key and the record it had when it was queued: a key
+// deleted or reused since is skipped when its turn comes.
+type idemEntry struct {
+	key string
+	rec *idemRecord
+}
+
+func newIdemStore(max int, ttl time.Duration) *idemStore {
+	if max <= 0 {
+		max = DefaultIdempotencyKeys
+	}
+	if ttl <= 0 {
+		ttl = DefaultIdempotencyTTL
+	}
+	return &idemStore{m: make(map[string]*idemRecord), max: max, ttl: ttl}
+}
+
+// evictLocked drops keys older than ttl and, when room is needed for one
+// more, the oldest ones.
+func (is *idemStore) evictLocked(now time.Time, room bool) {
+	i := 0
+	for ; i < len(is.order); i++ {
+		e := is.order[i]
+		if is.m[e.key] != e.rec {
+			continue // gone already
+		}
+		if now.Sub(e.rec.created) < is.ttl && (!room || len(is.m) < is.max) {
+			break
+		}
+		delete(is.m, e.key)
+		is.version++
+	}
+	is.order = is.order[i:]
+	if cap(is.order) > 2*len(is.order)+64 {
+		is.order = append([]idemEntry(nil), is.order...) // let the evicted prefix go
+	}
+}
 
 // begin looks key up and reserves it when it is new. For a replay it also
 // returns the stored status and body.
 func (is *idemStore) begin(key string, fp fingerprint, now time.Time) (rec *idemRecord, out idemOutcome, status int, body []byte) {
 	is.mu.Lock()
 	defer is.mu.Unlock()
+	is.evictLocked(now, false)
 	old, ok := is.m[key]
 	switch {
 	case !ok:
+		is.evictLocked(now, true)
 		rec = &idemRecord{fp: fp, created: now}
 		is.m[key] = rec
+		is.order = append(is.order, idemEntry{key, rec})
 		return rec, idemFresh, 0, nil
 	case old.fp != fp:
 		return nil, idemReused, 0, nil
@@ -133,12 +185,17 @@ func (is *idemStore) snapshot() ([]savedKey, uint64) {
 // replace swaps in a whole new content: nil for Reset, a state file's keys
 // at start.
 func (is *idemStore) replace(keys []savedKey) {
+	keys = slices.Clone(keys)
+	slices.SortStableFunc(keys, func(a, b savedKey) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	m := make(map[string]*idemRecord, len(keys))
+	order := make([]idemEntry, 0, len(keys))
 	for _, k := range keys {
-		m[k.Key] = &idemRecord{fp: k.Fingerprint, done: true, status: k.Status, body: k.Body, created: k.CreatedAt}
+		rec := &idemRecord{fp: k.Fingerprint, done: true, status: k.Status, body: k.Body, created: k.CreatedAt}
+		m[k.Key] = rec
+		order = append(order, idemEntry{k.Key, rec})
 	}
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	is.m = m
+	is.m, is.order = m, order
 	is.version++
 }

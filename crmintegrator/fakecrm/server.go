@@ -43,6 +43,11 @@ type Config struct {
 	MaxBatch int
 	// DisableIdempotency makes the CRM ignore Idempotency-Key entirely.
 	DisableIdempotency bool
+	// IdempotencyKeys and IdempotencyTTL bound the keys kept: each for
+	// IdempotencyTTL after its first use (default 24h), at most
+	// IdempotencyKeys of them (default 100,000), the oldest evicted first.
+	IdempotencyKeys int
+	IdempotencyTTL  time.Duration
 	// Seed seeds the fault decisions: the same seed gives the same faults
 	// to the k-th POST.
 	Seed int64
@@ -106,7 +111,7 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger,
 		now:      time.Now,
 		store:    newStore(),
-		idem:     newIdemStore(),
+		idem:     newIdemStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
 		stop:     make(chan struct{}),
 	}
 	if s.maxBatch == 0 {

@@ -61,6 +61,12 @@ type fuzzStack struct {
 
 func newFuzzStack(tb testing.TB) *fuzzStack {
 	tb.Helper()
+	return newFuzzStackToken(tb, "")
+}
+
+// newFuzzStackToken is newFuzzStack with a daemon that requires token.
+func newFuzzStackToken(tb testing.TB, token string) *fuzzStack {
+	tb.Helper()
 	crm, url := fakecrmtest.Start(tb, fakecrm.Config{Seed: 1})
 	cfg := Config{
 		CRMURL:        url,
@@ -70,11 +76,15 @@ func newFuzzStack(tb testing.TB) *fuzzStack {
 		MaxRecords:    fuzzMaxRecords,
 		MaxFieldBytes: fuzzMaxFieldBytes,
 		IdleTimeout:   10 * time.Second,
+		RPCToken:      token,
+		// Short, so that an input that stops mid-handshake ends quickly.
+		HandshakeTimeout: 300 * time.Millisecond,
 	}
 	srv, err := New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	srv.guard.pace, srv.guard.maxPace = time.Millisecond, 10*time.Millisecond // inputs refused by the hundred
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -84,7 +94,7 @@ func newFuzzStack(tb testing.TB) *fuzzStack {
 	s := &fuzzStack{crm: crm, srv: srv, addr: ln.Addr().String()}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if s.client, err = crmrpc.Dial(ctx, crmrpc.ClientConfig{Addrs: []string{s.addr}, CallTimeout: 20 * time.Second}); err != nil {
+	if s.client, err = crmrpc.Dial(ctx, crmrpc.ClientConfig{Addrs: []string{s.addr}, Token: token, CallTimeout: 20 * time.Second}); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
@@ -266,8 +276,8 @@ func checkVerdicts(t *testing.T, crm *fakecrm.Server, recs []crmrpc.Record, vs [
 	return delivered
 }
 
-// FuzzRPCWire writes arbitrary bytes to the daemon's RPC port, then closes
-// its side. The daemon must not crash, must close the connection once it
+// FuzzRPCWire writes arbitrary bytes to the daemon's RPC port after a valid
+// handshake (they reach the frame reader and gob), then closes its side. The daemon must not crash, must close the connection once it
 // has answered what it could decode, must count no call as still in flight
 // (or Close would wait its whole grace), and must go on serving a
 // well-formed client.
@@ -278,42 +288,79 @@ func FuzzRPCWire(f *testing.F) {
 	crashOutput(f)
 	s := newFuzzStack(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s.crm.Reset()
-		conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(15 * time.Second))
-		conn.Write(data) // the daemon may hang up early: that is fine
-		conn.(*net.TCPConn).CloseWrite()
-		if _, err := io.Copy(io.Discard, conn); err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("the daemon kept the connection open 15s after the client stopped sending")
-			}
-		}
-		conn.Close()
-
-		deadline := time.Now().Add(5 * time.Second)
-		for s.srv.active.Load() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d calls still counted in flight after the connection closed", s.srv.active.Load())
-			}
-			time.Sleep(time.Millisecond)
-		}
-
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err := crmrpc.Dial(ctx, crmrpc.ClientConfig{Addrs: []string{s.addr}, CallTimeout: 5 * time.Second})
-		if err != nil {
-			t.Fatalf("dial after garbage: %v", err)
-		}
-		defer c.Close()
-		if h, err := c.Hello(ctx); err != nil || h.Version != Version {
-			t.Fatalf("hello after garbage: %+v, %v", h, err)
-		}
+		// After a valid handshake: the frame reader and gob.
+		wireInput(t, s, append(handshakeBytes(""), data...), "")
 	})
+}
+
+// FuzzPreAuth writes arbitrary bytes to the port of a daemon that requires
+// a token, from the first byte: what a stranger can send before it is
+// authenticated. The same checks as FuzzRPCWire hold.
+func FuzzPreAuth(f *testing.F) {
+	const token = "fuzz-token"
+	ok := handshakeBytes(token)
+	for _, seed := range wireSeeds(f) {
+		f.Add(seed)                                          // old readers
+		f.Add(append(bytes.Clone(ok), seed...))              // admitted
+		f.Add(append(handshakeBytes("fuzz-tokem"), seed...)) // refused
+	}
+	claim := handshakeBytes("")
+	claim[len(claim)-1] = 0x40 // a 1 GiB token
+	f.Add(claim)
+	f.Add([]byte(crmrpc.HandshakeMagic[:5]))
+	f.Add(append([]byte(crmrpc.HandshakeMagic), 2, 0, 0, 0, 0))
+	crashOutput(f)
+	s := newFuzzStackToken(f, token)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		wireInput(t, s, data, token)
+	})
+}
+
+// handshakeBytes is what a reader sends first.
+func handshakeBytes(token string) []byte {
+	b := append([]byte(crmrpc.HandshakeMagic), crmrpc.HandshakeVersion)
+	b = append(b, byte(len(token)>>24), byte(len(token)>>16), byte(len(token)>>8), byte(len(token)))
+	return append(b, token...)
+}
+
+// wireInput writes data on a fresh connection and checks that the daemon
+// hangs up in time, counts no call in flight, and serves a client after.
+func wireInput(t *testing.T, s *fuzzStack, data []byte, token string) {
+	s.crm.Reset()
+	conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(15 * time.Second))
+	conn.Write(data) // the daemon may hang up early: that is fine
+	conn.(*net.TCPConn).CloseWrite()
+	if _, err := io.Copy(io.Discard, conn); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the daemon kept the connection open 15s after the client stopped sending")
+		}
+	}
+	conn.Close()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for s.srv.active.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls still counted in flight after the connection closed", s.srv.active.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := crmrpc.Dial(ctx, crmrpc.ClientConfig{Addrs: []string{s.addr}, Token: token, CallTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("dial after garbage: %v", err)
+	}
+	defer c.Close()
+	if h, err := c.Hello(ctx); err != nil || h.Version != Version {
+		t.Fatalf("hello after garbage: %+v, %v", h, err)
+	}
 }
 
 // wireSeeds are what net/rpc's gob client codec writes for real calls, some

@@ -465,6 +465,9 @@ func TestIdleConnectionsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	if _, err := crmrpc.ClientHandshake(conn, "", time.Now().Add(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
 	start := time.Now()
 	if _, err := conn.Read(make([]byte, 1)); err == nil || time.Since(start) > 2*time.Second {

@@ -86,8 +86,11 @@ func TestDeliverAfterBrokenConnectionIsConnError(t *testing.T) {
 				return
 			}
 			go func() {
-				buf := make([]byte, 1)
-				c.Read(buf)
+				if _, err := crmrpc.ReadClientHandshake(c); err == nil {
+					crmrpc.WriteHandshakeOK(c, crmrpc.HandshakeReply{})
+					buf := make([]byte, 1)
+					c.Read(buf)
+				}
 				time.Sleep(50 * time.Millisecond)
 				c.Close()
 			}()
@@ -163,8 +166,8 @@ func TestTLSAndTokens(t *testing.T) {
 		{"mutual tls and token", crmrpc.ClientConfig{Token: "rpc-secret", TLS: good}, ""},
 		{"wrong token", crmrpc.ClientConfig{Token: "nope", TLS: good}, crmrpc.CodeUnauthorized},
 		{"no token", crmrpc.ClientConfig{TLS: good}, crmrpc.CodeUnauthorized},
-		{"no client certificate", crmrpc.ClientConfig{Token: "rpc-secret", TLS: &tls.Config{RootCAs: ca}}, "-"},
-		{"untrusted server", crmrpc.ClientConfig{Token: "rpc-secret", TLS: &tls.Config{Certificates: []tls.Certificate{clientCert}}}, "-"},
+		{"no client certificate", crmrpc.ClientConfig{Token: "rpc-secret", TLS: &tls.Config{RootCAs: ca}}, crmrpc.CodeTLSRefused},
+		{"untrusted server", crmrpc.ClientConfig{Token: "rpc-secret", TLS: &tls.Config{Certificates: []tls.Certificate{clientCert}}}, crmrpc.CodeTLSRefused},
 		{"plain tcp", crmrpc.ClientConfig{Token: "rpc-secret"}, "-"},
 	}
 	for _, tc := range tests {
@@ -188,6 +191,7 @@ func TestTLSAndTokens(t *testing.T) {
 				if err == nil || errors.As(err, &e) {
 					t.Fatalf("got %v, want a connection failure", err)
 				}
+
 			default:
 				if !errors.As(err, &e) || e.Code != tc.wantCode {
 					t.Fatalf("got %v, want %s", err, tc.wantCode)
@@ -258,8 +262,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	s, addr := startDaemon(t, cfg)
 
 	var errs []string
-	bad := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}, Token: "wrong"})
-	if _, err := bad.Hello(context.Background()); err != nil {
+	if _, err := crmrpc.Dial(context.Background(), crmrpc.ClientConfig{Addrs: []string{addr}, Token: "wrong"}); err != nil {
 		errs = append(errs, err.Error())
 	}
 	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}, Token: rpcSecret})

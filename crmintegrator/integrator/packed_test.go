@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/rpc"
@@ -32,12 +33,24 @@ type v1DeliverArgs struct {
 	Records []crmrpc.Record
 }
 
+// rawDial connects and shakes hands as a reader does, and returns a bare
+// net/rpc client on the connection.
 func rawDial(t *testing.T, addr string) *rpc.Client {
 	t.Helper()
-	rc, err := rpc.Dial("tcp", addr)
+	return rawDialToken(t, addr, "")
+}
+
+func rawDialToken(t *testing.T, addr, token string) *rpc.Client {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := crmrpc.ClientHandshake(nc, token, time.Now().Add(5*time.Second)); err != nil {
+		nc.Close()
+		t.Fatal(err)
+	}
+	rc := rpc.NewClient(nc)
 	t.Cleanup(func() { rc.Close() })
 	return rc
 }
@@ -51,24 +64,33 @@ func recordsWithAttributes(prefix string, n int) []crmrpc.Record {
 	return recs
 }
 
-// A reader that predates packed records sends Records and decodes the
-// Hello it knows; the daemon serves it as before.
+// A reader that predates the handshake speaks gob from its first byte: its
+// first call fails with an error that says to upgrade, at once. One that
+// shakes hands but sends gob Records, not packed ones, is refused too,
+// and the records never reach the CRM.
 func TestDeliverOldReader(t *testing.T) {
 	crm, url := startCRM(t, fakecrm.Config{})
 	_, addr := startDaemon(t, testConfig(url))
-	rc := rawDial(t, addr)
 
+	rc, err := rpc.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
 	var h v1HelloReply
-	if err := rc.Call(crmrpc.MethodHello, &crmrpc.HelloArgs{}, &h); err != nil || h.Err != nil || h.Version != Version {
-		t.Fatalf("Hello: %+v, %v", h, err)
+	err = rc.Call(crmrpc.MethodHello, &crmrpc.HelloArgs{}, &h)
+	var se rpc.ServerError
+	if !errors.As(err, &se) || !strings.Contains(err.Error(), "upgrade csvreader") {
+		t.Fatalf("old reader's Hello: got %v, want a server error saying to upgrade csvreader", err)
 	}
-	recs := recordsWithAttributes("old", 5)
+
+	rc = rawDial(t, addr)
 	var reply crmrpc.DeliverReply
-	if err := rc.Call(crmrpc.MethodDeliver, &v1DeliverArgs{Records: recs}, &reply); err != nil || reply.Err != nil {
-		t.Fatalf("Deliver: %v, %v", err, reply.Err)
+	err = rc.Call(crmrpc.MethodDeliver, &v1DeliverArgs{Records: recordsWithAttributes("old", 5)}, &reply)
+	if !errors.As(err, &se) || !strings.Contains(err.Error(), "packed") {
+		t.Fatalf("Records: got %v, %+v; want refused", err, reply.Err)
 	}
-	checkVerdicts(t, crm, recs, reply.Verdicts)
-	checkAudit(t, crm, 4)
+	checkAudit(t, crm, 0)
 }
 
 // A daemon reports packed records in Hello, and delivers them as it
@@ -97,13 +119,13 @@ func TestDeliverPacked(t *testing.T) {
 
 // A packed call the daemon must refuse is refused as a whole, before
 // anything reaches the CRM, and the limits refuse it in the very words
-// they refuse Records.
+// Deliver refuses Records.
 func TestDeliverPackedRefused(t *testing.T) {
 	crm, url := startCRM(t, fakecrm.Config{})
 	cfg := testConfig(url)
 	cfg.MaxRecords, cfg.MaxFieldBytes, cfg.RPCToken = 5, 32, "rpc-token"
-	_, addr := startDaemon(t, cfg)
-	rc := rawDial(t, addr)
+	s, addr := startDaemon(t, cfg)
+	rc := rawDialToken(t, addr, cfg.RPCToken)
 	call := func(args *crmrpc.DeliverArgs) *crmrpc.Error {
 		t.Helper()
 		if args.Token == "" {
@@ -128,8 +150,6 @@ func TestDeliverPackedRefused(t *testing.T) {
 		code     string
 		contains string
 	}{
-		{"both", crmrpc.DeliverArgs{Records: makeRecords("b", 1), Packed: pack(makeRecords("b", 1))},
-			crmrpc.CodeMalformedCall, "both as Records (1) and Packed"},
 		{"truncated", crmrpc.DeliverArgs{Packed: pack(makeRecords("t", 2))[:40]},
 			crmrpc.CodeMalformedCall, "packed records: record 1"},
 		{"unknown version", crmrpc.DeliverArgs{Packed: "\x07\x00"}, crmrpc.CodeMalformedCall, "version 7"},
@@ -157,7 +177,7 @@ func TestDeliverPackedRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			crm.Reset()
 			packed := call(&crmrpc.DeliverArgs{Packed: pack(tc.recs)})
-			gob := call(&crmrpc.DeliverArgs{Records: tc.recs})
+			_, gob := s.Deliver(context.Background(), tc.recs)
 			if *packed != *gob || packed.Code != tc.code {
 				t.Fatalf("packed: %+v; Records: %+v; want the same %s", packed, gob, tc.code)
 			}
@@ -208,7 +228,7 @@ func TestClientEncodingFollowsDaemon(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			if want := []bool{false, tc.wantPacked, tc.wantPacked}; !slices.Equal(packed, want) {
+			if want := []bool{tc.wantPacked, tc.wantPacked, tc.wantPacked}; !slices.Equal(packed, want) {
 				t.Fatalf("packed per call: got %v, want %v", packed, want)
 			}
 			if got := s.met.recordsReceived.Load(); got != 12 {

@@ -12,12 +12,10 @@
 package integrator
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
-	"encoding/gob"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -81,6 +79,13 @@ type Config struct {
 	TLS           *tls.Config   // when set, Serve speaks TLS
 	IdleTimeout   time.Duration // close RPC connections idle this long; default 5m, <0: never
 
+	// Limits of the connection layer (conn.go); zero values are defaults.
+	MaxConns         int           // connections at once; default 256
+	MaxConnsPerPeer  int           // connections at once from one IP address; default 32
+	HandshakeTimeout time.Duration // TLS and token handshake; default 5s
+	ReadTimeout      time.Duration // one message, once begun; default 30s, <0: none
+	MaxMessageBytes  int           // one gob message; default 16 MiB
+
 	Logger     *slog.Logger // default: discard
 	HTTPClient *http.Client // default: one on crmapi.NewTransport(CRMConcurrency)
 }
@@ -110,6 +115,11 @@ func (c *Config) setDefaults() {
 	if c.FateCache == 0 {
 		c.FateCache = 1 << 16
 	}
+	defInt(&c.MaxConns, 256)
+	defInt(&c.MaxConnsPerPeer, 32)
+	defInt(&c.MaxMessageBytes, 16<<20)
+	def(&c.HandshakeTimeout, 5*time.Second)
+	def(&c.ReadTimeout, 30*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -143,6 +153,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
 	wg        sync.WaitGroup // Serve loops and connections
+	guard     connGuard      // per-peer limits and logs of the connection layer
 
 	ready readiness
 
@@ -215,76 +226,6 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve accepts RPC connections on ln until Close. It always closes ln and
-// returns ErrServerClosed after Close, or the accept error.
-func (s *Server) Serve(ln net.Listener) error {
-	if s.cfg.TLS != nil {
-		ln = tls.NewListener(ln, s.cfg.TLS)
-	}
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.listeners[ln] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-	var tempDelay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.closing.Load() {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-				time.Sleep(tempDelay)
-				continue
-			}
-			return fmt.Errorf("accept: %w", err)
-		}
-		tempDelay = 0
-		sc := &serverConn{Conn: c, idle: s.cfg.IdleTimeout}
-		s.mu.Lock()
-		if s.closing.Load() {
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		s.conns[sc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serveConn(sc)
-	}
-}
-
-func (s *Server) serveConn(c *serverConn) {
-	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.Close()
-	}()
-	buf := bufio.NewWriter(c)
-	s.rpc.ServeCodec(&serverCodec{
-		s:   s,
-		c:   c,
-		dec: gob.NewDecoder(bufio.NewReader(c)),
-		enc: gob.NewEncoder(buf),
-		buf: buf,
-	})
-}
-
 // Close stops accepting connections, answers calls that arrive from now on
 // with CodeShuttingDown, and waits for the calls in flight to be answered
 // until ctx is done; then it aborts what is left and closes every
@@ -321,109 +262,6 @@ func (s *Server) Close(ctx context.Context) error {
 	s.wg.Wait()
 	s.hc.CloseIdleConnections()
 	return err
-}
-
-// serverConn is an RPC connection that is closed once it has been idle —
-// no bytes read and no call in flight — for idle. A call whose body is
-// still being read is not in flight: a client that stalls part way through
-// a request is idle.
-type serverConn struct {
-	net.Conn
-	idle    time.Duration
-	pending atomic.Int64 // calls whose header was read, not yet answered
-	inBody  atomic.Bool  // a request body is being read
-}
-
-func (c *serverConn) Read(p []byte) (int, error) {
-	for {
-		if c.idle > 0 {
-			c.Conn.SetReadDeadline(time.Now().Add(c.idle))
-		}
-		n, err := c.Conn.Read(p)
-		var ne net.Error
-		if n == 0 && errors.As(err, &ne) && ne.Timeout() && c.pending.Load() > 0 && !c.inBody.Load() {
-			continue // a slow call is not idleness
-		}
-		return n, err
-	}
-}
-
-// serverCodec is net/rpc's gob codec plus the bookkeeping Close needs: a
-// call counts as active from its header until its answer is written.
-type serverCodec struct {
-	s      *Server
-	c      *serverConn
-	dec    *gob.Decoder
-	enc    *gob.Encoder
-	buf    *bufio.Writer
-	closed bool
-}
-
-func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
-	if err := c.decode(r); err != nil {
-		return err
-	}
-	c.c.pending.Add(1)
-	c.s.active.Add(1)
-	c.s.reading.Add(1)
-	c.c.inBody.Store(true)
-	return nil
-}
-
-// ReadRequestBody is called exactly once after every header read, with a
-// nil body when the header names no known method.
-func (c *serverCodec) ReadRequestBody(body any) error {
-	defer func() {
-		c.c.inBody.Store(false)
-		c.s.reading.Add(-1)
-	}()
-	return c.decode(body)
-}
-
-// decode is dec.Decode, except that a panic becomes an error and hangs up.
-// encoding/gob can panic on crafted input (a nil pointer dereference while
-// skipping a value of a malformed type, found by FuzzRPCWire), and on a
-// connection goroutine that would take the whole daemon down. The decoder
-// may be out of step afterwards, so the connection is closed.
-func (c *serverCodec) decode(v any) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			c.s.log.Warn("undecodable rpc request; closing the connection", "remote", c.c.RemoteAddr().String(), "panic", fmt.Sprint(p))
-			c.c.Close()
-			err = fmt.Errorf("rpc: undecodable request: %v", p)
-		}
-	}()
-	return c.dec.Decode(v)
-}
-
-func (c *serverCodec) WriteResponse(r *rpc.Response, body any) (err error) {
-	defer func() {
-		c.c.pending.Add(-1)
-		c.s.active.Add(-1)
-	}()
-	if err = c.enc.Encode(r); err != nil {
-		if c.buf.Flush() == nil {
-			// Gob couldn't encode the header. Should not happen, so if it
-			// does, shut down the connection to signal that it did.
-			c.Close()
-		}
-		return err
-	}
-	if err = c.enc.Encode(body); err != nil {
-		if c.buf.Flush() == nil {
-			c.Close()
-		}
-		return err
-	}
-	return c.buf.Flush()
-}
-
-func (c *serverCodec) Close() error {
-	if c.closed {
-		return nil
-	}
-	c.closed = true
-	return c.c.Close()
 }
 
 // service is what net/rpc sees: exactly the three methods of the contract.

@@ -37,6 +37,9 @@ func TestStalledRequestIsIdle(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
+		if _, err := crmrpc.ClientHandshake(conn, "", time.Now().Add(5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := conn.Write(b.Bytes()); err != nil {
 			t.Fatal(err)
 		}

@@ -187,39 +187,69 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// dialRound tries every address once, starting at c.next. Lock held.
+// dialRound tries every address once, starting at c.next. Lock held. A
+// refusal no retry can fix (a wrong token, an untrusted certificate) ends
+// the round at once with that *Error.
 func (c *Client) dialRound(ctx context.Context) error {
 	var errs []error
 	for i := range c.cfg.Addrs {
 		j := (c.next + i) % len(c.cfg.Addrs)
 		addr := c.cfg.Addrs[j]
-		nc, err := c.dialOne(ctx, addr)
+		nc, hs, err := c.dialOne(ctx, addr)
 		if err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return fmt.Errorf("crmrpc: connection refused: %w", err)
+			}
 			errs = append(errs, err)
 			continue
 		}
 		c.cn, c.next = &conn{rc: rpc.NewClient(nc), addr: addr}, j
+		c.learn(c.cn, hs.PackedRecords, hs.CallTimeout, hs.Instance)
 		return nil
 	}
 	return fmt.Errorf("crmrpc: no daemon reachable: %w", errors.Join(errs...))
 }
 
-func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, error) {
-	d := &net.Dialer{Timeout: c.cfg.DialTimeout, KeepAlive: 30 * time.Second}
+// dialOne connects to addr (over TLS when configured) and runs the
+// handshake, within DialTimeout.
+func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, *HandshakeReply, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	d := &net.Dialer{KeepAlive: 30 * time.Second}
+	var nc net.Conn
+	var err error
 	if c.cfg.TLS == nil {
-		return d.DialContext(ctx, "tcp", addr)
-	}
-	cfg := c.cfg.TLS.Clone()
-	if cfg.ServerName == "" {
-		if host, _, err := net.SplitHostPort(addr); err == nil {
-			cfg.ServerName = host
+		nc, err = d.DialContext(ctx, "tcp", addr)
+	} else {
+		cfg := ModernTLS(c.cfg.TLS)
+		if cfg.ServerName == "" {
+			if host, _, err := net.SplitHostPort(addr); err == nil {
+				cfg.ServerName = host
+			}
+		}
+		nc, err = (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dial %s: %w", addr, tlsFatal(err))
 		}
 	}
-	conn, err := (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
+		return nil, nil, err
 	}
-	return conn, nil
+	deadline, _ := ctx.Deadline()
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) }) // a cancelled ctx ends the handshake
+	hs, err := ClientHandshake(nc, c.cfg.Token, deadline)
+	if !stop() && err == nil {
+		err = ctx.Err() // the deadline set by the AfterFunc may outlive the handshake
+	}
+	if err != nil {
+		nc.Close()
+		if c.cfg.TLS != nil {
+			err = tlsFatal(err) // TLS 1.3 refuses a client certificate after the client's handshake
+		}
+		return nil, nil, fmt.Errorf("%s: %w", addr, err)
+	}
+	return nc, hs, nil
 }
 
 // conn returns the current connection, redialing with backoff when there
@@ -244,6 +274,9 @@ func (c *Client) conn(ctx context.Context) (*conn, error) {
 		err := c.dialRound(ctx)
 		if err == nil {
 			return c.cn, nil
+		}
+		if e := (*Error)(nil); errors.As(err, &e) {
+			return nil, err // refused: redialing cannot help
 		}
 		if werr := bo.Wait(ctx); werr != nil {
 			return nil, err

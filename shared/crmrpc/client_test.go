@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"net/rpc"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,17 +47,7 @@ func (f *fakeDaemon) Lookup(a *LookupArgs, r *LookupReply) error { return nil }
 
 func serveFake(t *testing.T, f *fakeDaemon) string {
 	t.Helper()
-	srv := rpc.NewServer()
-	if err := srv.RegisterName(ServiceV1, f); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go srv.Accept(ln)
-	return ln.Addr().String()
+	return serveHandshake(t, f, "", 0)
 }
 
 func deadAddr(t *testing.T) string {

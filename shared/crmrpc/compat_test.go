@@ -2,8 +2,6 @@ package crmrpc
 
 import (
 	"context"
-	"net"
-	"net/rpc"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -92,20 +90,15 @@ func (d *newDaemon) Deliver(a *DeliverArgs, r *DeliverReply) error {
 
 func (d *newDaemon) Lookup(a *LookupArgs, r *LookupReply) error { return nil }
 
-// serveRPC serves rcvr as IntegratorV1 on 127.0.0.1 until the test ends.
+// serveRPC serves rcvr as IntegratorV1 on 127.0.0.1 until the test ends;
+// its handshake says it reads packed records when it is a newDaemon.
 func serveRPC(t *testing.T, rcvr any) string {
 	t.Helper()
-	srv := rpc.NewServer()
-	if err := srv.RegisterName(ServiceV1, rcvr); err != nil {
-		t.Fatal(err)
+	packed := 0
+	if _, ok := rcvr.(*newDaemon); ok {
+		packed = PackedVersion
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go srv.Accept(ln)
-	return ln.Addr().String()
+	return serveHandshake(t, rcvr, "", packed)
 }
 
 func checkDelivered(t *testing.T, vs []Verdict, err error, recs []Record, prefix string) {
@@ -155,9 +148,8 @@ func TestClientOldDaemon(t *testing.T) {
 	}
 }
 
-// A new client talking to a new daemon sends packed records once it knows
-// the daemon reads them: from the caller's Hello, or else from the reply
-// to its first Deliver, which goes as Records.
+// A new client talking to a new daemon sends packed records from the
+// first Deliver on: the handshake said the daemon reads them.
 func TestClientNewDaemon(t *testing.T) {
 	recs := packedRecordsForTest()
 	for _, hello := range []bool{true, false} {
@@ -184,7 +176,7 @@ func TestClientNewDaemon(t *testing.T) {
 			}
 			d.mu.Lock()
 			defer d.mu.Unlock()
-			if want := []bool{hello, true, true}; !slices.Equal(d.packed, want) {
+			if want := []bool{true, true, true}; !slices.Equal(d.packed, want) {
 				t.Errorf("packed per Deliver: got %v, want %v", d.packed, want)
 			}
 			for i, got := range d.received {

@@ -153,7 +153,9 @@ func (u *unpacker) record(r *Record) bool {
 	if left := uint64(len(u.p) - u.off); n > left/2 {
 		return u.failed("attribute count", fmt.Sprintf("%d attributes cannot fit in the %d bytes left", n, left))
 	}
-	m := make(map[string]string, n)
+	// The count is a claim: size the map for a few, and let real
+	// entries, which cost bytes, grow it.
+	m := make(map[string]string, min(n, 64))
 	for range n {
 		k, ok := u.string("attribute name")
 		if !ok {

@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
-	"fmt"
 	"net/url"
 	"os"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	_ "github.com/lib/pq"
 
 	"crmsync/db"
+	"crmsync/shared/redact"
 )
 
 // DSN creates an empty database for tb, dropped when the test ends, and
@@ -30,7 +30,7 @@ func DSN(tb testing.TB, migrate bool) string {
 	}
 	admin, err := sql.Open("postgres", base)
 	if err != nil {
-		tb.Fatalf("open DATABASE_URL: %v", err)
+		tb.Fatalf("open DATABASE_URL: %v", redact.Error(err, base))
 	}
 	defer admin.Close()
 	var b [6]byte
@@ -53,7 +53,7 @@ func DSN(tb testing.TB, migrate bool) string {
 	})
 	u, err := url.Parse(base)
 	if err != nil {
-		tb.Fatalf("DATABASE_URL is not a URL (postgres://user:pass@host:port/db): %v", redact(err))
+		tb.Fatalf("DATABASE_URL is not a URL (postgres://user:pass@host:port/db): %v", redact.Error(err, base))
 	}
 	u.Path = "/" + name
 	dsn := u.String()
@@ -81,12 +81,4 @@ func Open(tb testing.TB, dsn string) *sql.DB {
 	}
 	tb.Cleanup(func() { d.Close() })
 	return d
-}
-
-// redact keeps a URL parse error from echoing the password.
-func redact(err error) error {
-	if ue, ok := err.(*url.Error); ok {
-		return fmt.Errorf("%s: %v", ue.Op, ue.Err)
-	}
-	return err
 }

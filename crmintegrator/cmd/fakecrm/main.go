@@ -24,6 +24,7 @@ import (
 	"crmsync/crmintegrator/fakecrm"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
+	"crmsync/shared/redact"
 )
 
 func main() {
@@ -51,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	env := envDefaults{getenv: getenv}
 	var (
 		listen     = fs.String("listen", env.str("FAKECRM_LISTEN", "127.0.0.1:8090"), "`address` to listen on; port 0 picks a free one ($FAKECRM_LISTEN)")
-		token      = fs.String("token", env.str("FAKECRM_TOKEN", ""), "bearer `token` required on /v1 requests; empty: none ($FAKECRM_TOKEN)")
+		token      = fs.String("token", "", "bearer `token` required on /v1 requests; empty: none; prefer the environment, a command line shows in ps ($FAKECRM_TOKEN"+tokenShown(getenv("FAKECRM_TOKEN"))+")")
 		failRate   = fs.Float64("fail-rate", env.float("FAKECRM_FAIL_RATE", 0), "`fraction` of POSTs answered 503 before creating anything ($FAKECRM_FAIL_RATE)")
 		ambRate    = fs.Float64("ambiguous-rate", env.float("FAKECRM_AMBIGUOUS_RATE", 0), "`fraction` of POSTs that create, then answer 500/502/504, reset or hang ($FAKECRM_AMBIGUOUS_RATE)")
 		ambModes   = fs.String("ambiguous-modes", env.str("FAKECRM_AMBIGUOUS_MODES", ""), "comma separated `modes` among 500,502,504,reset,hang; empty: all ($FAKECRM_AMBIGUOUS_MODES)")
@@ -67,6 +68,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		seed       = fs.Int64("seed", env.int64("FAKECRM_SEED", 0), "seed of the fault decisions; 0: random, logged so the run can be repeated ($FAKECRM_SEED)")
 		stateFile  = fs.String("state", env.str("FAKECRM_STATE", ""), "`file` keeping contacts and idempotency keys across restarts ($FAKECRM_STATE)")
 		saveEvery  = fs.Duration("save-interval", env.duration("FAKECRM_SAVE_INTERVAL", fakecrm.DefaultSaveInterval), "how often the state file is rewritten when changed ($FAKECRM_SAVE_INTERVAL)")
+		readTO     = fs.Duration("read-timeout", env.duration("FAKECRM_READ_TIMEOUT", time.Minute), "time to read a whole request, body included; keep it above -hang and -latency ($FAKECRM_READ_TIMEOUT)")
+		idleTO     = fs.Duration("idle-timeout", env.duration("FAKECRM_IDLE_TIMEOUT", 2*time.Minute), "close keep-alive connections idle this long ($FAKECRM_IDLE_TIMEOUT)")
+		idemKeys   = fs.Int("idempotency-keys", env.int("FAKECRM_IDEMPOTENCY_KEYS", fakecrm.DefaultIdempotencyKeys), "most Idempotency-Keys kept; the oldest is forgotten first ($FAKECRM_IDEMPOTENCY_KEYS)")
+		idemTTL    = fs.Duration("idempotency-ttl", env.duration("FAKECRM_IDEMPOTENCY_TTL", fakecrm.DefaultIdempotencyTTL), "how long an Idempotency-Key is kept after its first use ($FAKECRM_IDEMPOTENCY_TTL)")
 		logLevelIn = fs.String("log-level", env.str("FAKECRM_LOG_LEVEL", "info"), "`level` of stderr logs: debug, info, warn or error ($FAKECRM_LOG_LEVEL)")
 	)
 	if env.err != nil {
@@ -80,6 +85,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q: fakecrm takes only flags (see -h)", fs.Args())
+	}
+	if *token == "" {
+		*token = getenv("FAKECRM_TOKEN") // after parsing, so that -h never prints it
 	}
 	log, err := logging.New("text", *logLevelIn, stderr)
 	if err != nil {
@@ -104,6 +112,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		},
 		MaxBatch:           *maxBatch,
 		DisableIdempotency: !*idem,
+		IdempotencyKeys:    *idemKeys,
+		IdempotencyTTL:     *idemTTL,
 		Seed:               *seed,
 		StateFile:          *stateFile,
 		SaveInterval:       *saveEvery,
@@ -120,9 +130,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// Scripts and tests wait for this exact first line.
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
 
+	// Operators may expose it for rehearsals: no request may hold a
+	// connection forever, nor a header grow without bound.
+	headerTO := 10 * time.Second
+	if *readTO > 0 {
+		headerTO = min(headerTO, *readTO)
+	}
 	hs := &http.Server{
 		Handler:           srv,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: headerTO,
+		ReadTimeout:       *readTO,
+		IdleTimeout:       *idleTO,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	served := make(chan error, 1)
@@ -149,6 +168,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// tokenShown is what -h says of a token set in the environment.
+func tokenShown(v string) string {
+	if v == "" {
+		return ""
+	}
+	return ", set: " + redact.Secret(v)
 }
 
 // envDefaults reads flag defaults from the environment and keeps the first

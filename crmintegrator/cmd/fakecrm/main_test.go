@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -179,8 +180,11 @@ func TestRunRejectsBadConfig(t *testing.T) {
 
 func TestRunHelp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"-h"}, envOf(nil), &stdout, &stderr); err != nil {
+	if err := run(context.Background(), []string{"-h"}, envOf(map[string]string{"FAKECRM_TOKEN": "tok-SECRET"}), &stdout, &stderr); err != nil {
 		t.Fatalf("-h: %v", err)
+	}
+	if strings.Contains(stderr.String(), "tok-SECRET") {
+		t.Errorf("usage shows FAKECRM_TOKEN:\n%s", stderr.String())
 	}
 	for _, s := range []string{"-listen", "FAKECRM_LISTEN", "-ambiguous-rate", "-state"} {
 		if !strings.Contains(stderr.String(), s) {
@@ -265,4 +269,38 @@ func TestEnvKnobsAct(t *testing.T) {
 			t.Errorf("batch of 2 with FAKECRM_MAX_BATCH=1: got %d, want 413", got)
 		}
 	})
+}
+
+// A request whose body never comes, and a connection that sends nothing,
+// are closed after the read and idle timeouts.
+func TestRunTimeouts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	base, done, _ := startRun(t, ctx, []string{"-listen", "127.0.0.1:0", "-read-timeout", "300ms", "-idle-timeout", "300ms"}, nil)
+	host := strings.TrimPrefix(base, "http://")
+	for _, tc := range []struct {
+		name, send string
+	}{
+		{"body never sent", "POST " + crmapi.PathBatch + " HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"},
+		{"header never finished", "POST " + crmapi.PathBatch + " HTTP/1.1\r\nHost: x\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, tc.send)
+			start := time.Now()
+			c.SetReadDeadline(start.Add(5 * time.Second))
+			_, err = io.Copy(io.Discard, c)
+			if err != nil || time.Since(start) > 3*time.Second {
+				t.Fatalf("got %v after %v, want the connection closed after ~300ms", err, time.Since(start))
+			}
+		})
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }
