@@ -217,6 +217,7 @@ type rec struct {
 	// Its next send waits CallBound; should the run give it up first, the
 	// ledger keeps the flag for the run that takes it over.
 	orphan bool
+	spare  bool // it holds a token of the spare room, not of the room (spareRoom)
 	// via: a dead run's record released early because that run sent only
 	// through the integrator process via: until fullDue it may be sent
 	// through that process alone (ledger.Decision.Via).
@@ -256,8 +257,9 @@ type pipeline struct {
 	blocks  chan *item
 	send    chan *item
 	reclaim chan *item
-	confirm chan []ledger.Delivery // deliveries for the writer
-	room    chan struct{}          // one token per record allowed in flight
+	confirm chan confirmJob // deliveries for the writer
+	room    chan struct{}   // one token per record allowed in flight
+	spare   chan struct{}   // tokens of records waiting out a dead run's calls (rec.spare)
 	sched   *scheduler
 
 	pending  atomic.Int64 // items not yet finished
@@ -284,8 +286,9 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	}
 	p := &pipeline{cfg: cfg, crm: crm, log: cfg.Logger,
 		blocks: make(chan *item, 1), send: make(chan *item, cfg.Workers),
-		reclaim: make(chan *item, 1), confirm: make(chan []ledger.Delivery, cfg.Workers), room: make(chan struct{}, MaxInFlight(cfg.Workers, cfg.BlockSize)),
-		stop: make(chan struct{})}
+		reclaim: make(chan *item, 1), confirm: make(chan confirmJob, cfg.Workers), room: make(chan struct{}, MaxInFlight(cfg.Workers, cfg.BlockSize)),
+		spare: make(chan struct{}, MaxInFlight(cfg.Workers, cfg.BlockSize)),
+		stop:  make(chan struct{})}
 	p.readCtx = ctx
 	p.started = start
 	var cancel context.CancelCauseFunc
@@ -415,6 +418,43 @@ func (p *pipeline) release(n int) {
 	for range n {
 		<-p.room
 	}
+}
+
+// releaseRecs gives back the room (or the spare room) finished records took.
+func (p *pipeline) releaseRecs(recs ...*rec) {
+	for _, r := range recs {
+		if r.spare {
+			<-p.spare
+		} else {
+			<-p.room
+		}
+	}
+}
+
+// spareRoom moves records that wait out a dead run's calls from the room
+// in flight to the spare room, as far as it goes, so that the records
+// after them in the file are read and sent meanwhile instead of waiting
+// behind them. Records in memory stay bounded: by MaxInFlight in each.
+func (p *pipeline) spareRoom(recs []*rec) {
+	for _, r := range recs {
+		if r.spare {
+			continue
+		}
+		select {
+		case p.spare <- struct{}{}:
+			r.spare = true
+			<-p.room
+		default:
+			return
+		}
+	}
+}
+
+// confirmJob is what a worker hands the writer: deliveries, and how many
+// of them hold spare room.
+type confirmJob struct {
+	ds    []ledger.Delivery
+	spare int
 }
 
 func (p *pipeline) stopped() bool {
@@ -647,6 +687,7 @@ func (p *pipeline) claim(it *item) {
 	if len(orphans) > 0 {
 		p.log.Info("claims of a crashed run taken over; looking them up once its integrator calls are over",
 			"records", len(orphans), "after", orphanWait)
+		p.spareRoom(orphans)
 		p.sched.add(&item{recs: orphans, due: time.Now().Add(orphanWait)})
 		p.noteRecoveryWait(orphanWait)
 	}
@@ -696,7 +737,7 @@ func (p *pipeline) skip(r *rec, status, why string) {
 	} else {
 		p.n.dupes.Add(1)
 	}
-	p.release(1)
+	p.releaseRecs(r)
 	if p.skipped != nil {
 		p.skipped.write(r, status, why)
 	}
@@ -706,7 +747,7 @@ func (p *pipeline) skip(r *rec, status, why string) {
 func (p *pipeline) failUnclaimed(r *rec, why string) {
 	p.setMaybe(r, false)
 	p.n.failed.Add(1)
-	p.release(1)
+	p.releaseRecs(r)
 	if err := p.reject(r.file, r.line, r.fields, "failed: "+why); err != nil {
 		p.fatal(err)
 	}
@@ -718,7 +759,7 @@ func (p *pipeline) abandon(recs []*rec) {
 		p.setMaybe(r, false)
 	}
 	p.n.unfinished.Add(int64(len(recs)))
-	p.release(len(recs))
+	p.releaseRecs(recs...)
 }
 
 func (p *pipeline) workLoop() {
@@ -740,6 +781,7 @@ func (p *pipeline) deliver(it *item) {
 		return
 	}
 	delivered := make([]ledger.Delivery, 0, len(verdicts))
+	spare := 0
 	var rejKeys, rejReasons []string
 	var rejRecs []*rec
 	var failKeys, failReasons []string
@@ -751,6 +793,9 @@ func (p *pipeline) deliver(it *item) {
 		switch v.Outcome {
 		case crmrpc.Delivered:
 			p.setMaybe(r, false)
+			if r.spare {
+				spare++
+			}
 			delivered = append(delivered, ledger.Delivery{Contact: r.c, CRMID: v.CRMID, Fingerprint: r.fp, File: r.file, Line: r.line})
 		case crmrpc.Rejected:
 			p.setMaybe(r, false)
@@ -782,7 +827,7 @@ func (p *pipeline) deliver(it *item) {
 	if len(delivered) > 0 {
 		p.add() // done by the writer, once recorded
 		select {
-		case p.confirm <- delivered:
+		case p.confirm <- confirmJob{delivered, spare}:
 		case <-p.stop:
 			return
 		}
@@ -976,27 +1021,27 @@ const maxConfirm = 10000
 // is given back only once they are committed.
 func (p *pipeline) writeLoop() {
 	for {
-		var first []ledger.Delivery
+		var first confirmJob
 		select {
 		case <-p.stop:
 			return
 		case first = <-p.confirm:
 		}
-		jobs, n := [][]ledger.Delivery{first}, len(first)
+		jobs, n, spare := []confirmJob{first}, len(first.ds), first.spare
 	gather:
 		for n < maxConfirm {
 			select {
 			case more := <-p.confirm:
-				jobs, n = append(jobs, more), n+len(more)
+				jobs, n, spare = append(jobs, more), n+len(more.ds), spare+more.spare
 			default:
 				break gather
 			}
 		}
-		ds := first
+		ds := first.ds
 		if len(jobs) > 1 {
 			ds = make([]ledger.Delivery, 0, n)
 			for _, j := range jobs {
-				ds = append(ds, j...)
+				ds = append(ds, j.ds...)
 			}
 		}
 		var already []int
@@ -1016,7 +1061,10 @@ func (p *pipeline) writeLoop() {
 		}
 		p.n.already.Add(int64(len(already)))
 		p.n.delivered.Add(int64(len(ds) - len(already)))
-		p.release(len(ds))
+		p.release(len(ds) - spare)
+		for range spare {
+			<-p.spare
+		}
 		for range jobs {
 			p.done()
 		}
@@ -1034,7 +1082,7 @@ func (p *pipeline) finishAs(recs []*rec, keys, reasons []string, state string, n
 		return
 	}
 	n.Add(int64(len(recs)))
-	p.release(len(recs))
+	p.releaseRecs(recs...)
 	for i, r := range recs {
 		if err := p.reject(r.file, r.line, r.fields, reasons[i]); err != nil {
 			p.fatal(err)
