@@ -400,15 +400,11 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 	for j, i := range idx {
 		contacts[j] = d.recs[i].Contact
 	}
-	// A fresh buffer per batch, not a pooled one: net/http's write loop may
-	// still be reading the body after RoundTrip returned on an early answer
-	// (401, 413, 429), so the bytes must not be reused.
-	body := crmapi.AppendBatchRequest(nil, contacts)
-	key := crmapi.IdempotencyKey(body)
+	req := s.crm.Encode(contacts)
 	for {
 		var resp *crmapi.BatchResponse
 		err := s.crmDo(d.ctx, d.cutoff, func(ctx context.Context) (err error) {
-			resp, _, err = s.crm.CreateBatch(ctx, body, key)
+			resp, err = s.crm.Write(ctx, req)
 			if crmapi.ClassOf(err) != crmapi.ClassRateLimited {
 				for _, i := range idx {
 					d.sent[i] = true
@@ -624,18 +620,9 @@ func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 // lookupBatch looks up to MaxBatch external ids up in one CRM request.
 // found[j] lists the CRM ids of ids[j].
 func (s *Server) lookupBatch(ctx context.Context, cutoff time.Time, ids []string) (found [][]string, err error) {
-	err = s.crmDo(ctx, cutoff, func(ctx context.Context) error {
-		res, err := s.crm.LookupBatch(ctx, ids)
-		if err != nil {
-			return err
-		}
-		found = make([][]string, len(ids))
-		for j := range res {
-			for _, c := range res[j].Contacts {
-				found[j] = append(found[j], c.ID)
-			}
-		}
-		return nil
+	err = s.crmDo(ctx, cutoff, func(ctx context.Context) (err error) {
+		found, err = s.crm.Read(ctx, ids)
+		return err
 	})
 	if err == nil {
 		s.met.lookups.Add(int64(len(ids)))

@@ -129,7 +129,7 @@ func (c *Config) setDefaults() {
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
-	crm      *crmapi.Client
+	crm      Connector // the CRM's API
 	hc       *http.Client
 	limiter  *Limiter
 	breaker  *Breaker
@@ -189,14 +189,14 @@ func New(cfg Config) (*Server, error) {
 	if hc == nil {
 		hc = &http.Client{Transport: crmapi.NewTransport(cfg.CRMConcurrency)}
 	}
-	crm, err := crmapi.NewClient(cfg.CRMURL, cfg.CRMToken, cfg.CRMTimeout, hc)
+	client, err := crmapi.NewClient(cfg.CRMURL, cfg.CRMToken, cfg.CRMTimeout, hc)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
-		crm:       crm,
+		crm:       generic{client},
 		hc:        hc,
 		limiter:   NewLimiter(cfg.CRMRate, nil),
 		met:       newMetrics(),
@@ -219,7 +219,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.met.breakerState = s.breaker.State
 	s.met.rate = s.limiter.Rate
-	crm.Observe = s.met.observeCRM
+	client.Observe = s.met.observeCRM
 	if err := s.rpc.RegisterName(crmrpc.ServiceV1, &service{s}); err != nil {
 		return nil, fmt.Errorf("register rpc service: %w", err)
 	}

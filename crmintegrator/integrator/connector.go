@@ -1,0 +1,74 @@
+package integrator
+
+import (
+	"context"
+
+	"crmsync/crmintegrator/crmapi"
+	"crmsync/shared/contact"
+)
+
+// Connector is what the daemon needs of one CRM's API. It translates and
+// classifies; every promise of the daemon — verdicts, the shared limiter,
+// the breaker, the call's bound, the resolution of ambiguous answers,
+// metrics, logs without secrets — stays in the daemon, so a new CRM is a
+// connector of a file or two.
+//
+// Errors are *crmapi.Error: their Class tells the daemon what an answer
+// means (nothing created, maybe created, rate limited, …).
+type Connector interface {
+	// MaxBatch is the most records one Write or Read request may carry.
+	MaxBatch() int
+	// Encode prepares the request that writes contacts, once per batch:
+	// the daemon resends exactly these bytes, so that a CRM recognising a
+	// replay (an Idempotency-Key, an upsert) sees the same request.
+	Encode(contacts []contact.Contact) *WriteRequest
+	// Write sends the request and returns one result per contact, in
+	// order.
+	Write(ctx context.Context, req *WriteRequest) (*crmapi.BatchResponse, error)
+	// Read returns, for each external id (at most MaxBatch), the CRM ids
+	// holding it, in order. It must never read an error as "not found".
+	Read(ctx context.Context, ids []string) ([][]string, error)
+	// Ping checks that the CRM answers and accepts the daemon's
+	// credentials.
+	Ping(ctx context.Context) error
+}
+
+// WriteRequest is an encoded batch write.
+type WriteRequest struct {
+	Body []byte
+	Key  string // Idempotency-Key, where the CRM takes one
+}
+
+// generic is the connector of our own API (docs/crm-api.md).
+type generic struct{ c *crmapi.Client }
+
+func (g generic) MaxBatch() int { return crmapi.MaxBatch }
+
+func (g generic) Encode(contacts []contact.Contact) *WriteRequest {
+	// A fresh buffer per batch, not a pooled one: net/http's write loop may
+	// still be reading the body after RoundTrip returned on an early answer
+	// (401, 413, 429), so the bytes must not be reused.
+	body := crmapi.AppendBatchRequest(nil, contacts)
+	return &WriteRequest{Body: body, Key: crmapi.IdempotencyKey(body)}
+}
+
+func (g generic) Write(ctx context.Context, req *WriteRequest) (*crmapi.BatchResponse, error) {
+	resp, _, err := g.c.CreateBatch(ctx, req.Body, req.Key)
+	return resp, err
+}
+
+func (g generic) Read(ctx context.Context, ids []string) ([][]string, error) {
+	res, err := g.c.LookupBatch(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	found := make([][]string, len(ids))
+	for j := range res {
+		for _, c := range res[j].Contacts {
+			found[j] = append(found[j], c.ID)
+		}
+	}
+	return found, nil
+}
+
+func (g generic) Ping(ctx context.Context) error { return g.c.Ping(ctx) }
