@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -220,8 +221,18 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 		if recs[i].MaybeSent {
 			d.maybe[i], d.backlog[i] = true, true
 			backlog++
+		} else if id, ok := s.fates.known(keys[i], 2*s.callTimeout()); ok {
+			// A record sent as new whose contact this daemon saw the CRM
+			// hold moments ago: a late call of a run whose claim was taken
+			// over (the taker went first). Creating it would be a
+			// duplicate. (Only moments ago: a contact deleted in the CRM
+			// later and sent anew must be created again.)
+			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: id}
+			s.met.lookupsSaved.Add(1)
 		}
 	}
+	// A new slice: the deferred release above holds the old one.
+	todo = slices.DeleteFunc(slices.Clone(todo), func(i int) bool { return d.verdicts[i].Outcome == crmrpc.Delivered })
 	s.met.backlog.Add(backlog)
 	defer d.clearBacklog()
 
@@ -549,7 +560,7 @@ func (d *delivery) resolve(idx []int) (rest []int, err error) {
 		if !d.maybe[i] {
 			continue
 		}
-		if id, ok := d.s.fates.known(d.recs[i].Contact.ExternalID); ok {
+		if id, ok := d.s.fates.known(d.recs[i].Contact.ExternalID, 0); ok {
 			d.deliveredFound(i, id)
 			d.s.met.lookupsSaved.Add(1)
 			continue

@@ -71,17 +71,23 @@ func (t *holders) release(h *callHold, keys []string, idx []int) {
 // Bounded: the oldest entry goes when the table is full. Keys and ids are
 // copied, so that an entry does not pin the whole call's buffer.
 type fates struct {
-	mu   sync.Mutex
-	ids  map[string]string
+	mu   sync.RWMutex
+	ids  map[string]fate
 	ring []string
 	next int
+}
+
+// fate is what the daemon saw the CRM hold for an external id, and when.
+type fate struct {
+	id string
+	at time.Time
 }
 
 func newFates(capacity int) *fates {
 	if capacity <= 0 {
 		return nil
 	}
-	return &fates{ids: make(map[string]string, capacity), ring: make([]string, 0, capacity)}
+	return &fates{ids: make(map[string]fate, capacity), ring: make([]string, 0, capacity)}
 }
 
 // remember records that the CRM holds externalID as crmID.
@@ -102,16 +108,20 @@ func (f *fates) remember(externalID, crmID string) {
 		f.ring[f.next] = externalID
 		f.next = (f.next + 1) % len(f.ring)
 	}
-	f.ids[externalID] = strings.Clone(crmID)
+	f.ids[externalID] = fate{strings.Clone(crmID), time.Now()}
 }
 
-// known returns the CRM id remembered for externalID.
-func (f *fates) known(externalID string) (string, bool) {
+// known returns the CRM id remembered for externalID, if it was seen
+// within the last within (0: whenever).
+func (f *fates) known(externalID string, within time.Duration) (string, bool) {
 	if f == nil {
 		return "", false
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	id, ok := f.ids[externalID]
-	return id, ok
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.ids[externalID]
+	if !ok || (within > 0 && time.Since(e.at) > within) {
+		return "", false
+	}
+	return e.id, true
 }

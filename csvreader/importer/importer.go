@@ -890,6 +890,15 @@ func (p *pipeline) send1(it *item) ([]crmrpc.Verdict, bool) {
 		if errors.Is(err, ledger.ErrFenced) {
 			continue // nothing was sent: wait for the lock and the check
 		}
+		if errors.Is(err, ledger.ErrNotRecorded) {
+			// Nothing was sent: the database is failing; pause, then the
+			// lease decides again.
+			p.log.Warn("could not record the integrator; pausing the send", "err", err)
+			if backoff.Sleep(p.workCtx, nil, 500*time.Millisecond) != nil {
+				return nil, false
+			}
+			continue
+		}
 		if errors.Is(err, errWrongDaemon) {
 			// Nothing was sent. The records released early for another
 			// daemon wait out the dead run's calls; the rest go now.
@@ -980,6 +989,7 @@ func (p *pipeline) deferVia(it *item) {
 	}
 	p.log.Warn("the integrator changed; records of a crashed run wait out its calls", "records", len(later), "until", due)
 	it.recs = keep
+	p.spareRoom(later)
 	p.sched.add(&item{recs: later, due: due})
 }
 

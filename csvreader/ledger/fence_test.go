@@ -76,3 +76,65 @@ func TestFenceAfterLostLock(t *testing.T) {
 		t.Errorf("K1's claim belongs to run %d, want b (%d)", owner, b.ID())
 	}
 }
+
+// The shortcut through the same integrator process (Decision.Via) holds
+// only when the owner's calls are all that may be outstanding. Here run a
+// sent K through integrator W and died; b took K over (so K must wait out
+// a's calls) and died too, having sent only through X; c, on X, takes K
+// over: b's calls it may shortcut, a's it may not.
+func TestViaShortcutRemembersEarlierOwners(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	a := must(ledger.Start(ctx, d, nil))
+	if err := a.SetCallBound(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.NoteIntegrator(ctx, "W"); err != nil {
+		t.Fatal(err)
+	}
+	must(a.Claim(ctx, items("K", "L")))
+	ledger.KillLock(t, a)
+
+	b := must(ledger.Start(ctx, d, nil))
+	if err := b.SetCallBound(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got := must(b.Claim(ctx, items("K")))
+	if !got[0].Orphaned || got[0].Wait < 50*time.Second || got[0].Via != "" {
+		t.Fatalf("b's takeover from a = %+v, want Orphaned with about a minute to wait, no shortcut", got[0])
+	}
+	if err := b.NoteIntegrator(ctx, "X"); err != nil {
+		t.Fatal(err)
+	}
+	ledger.KillLock(t, b)
+
+	c := must(ledger.Start(ctx, d, nil))
+	defer c.Close(ctx, "done", nil)
+	if err := c.SetCallBound(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	c.SetIntegrator("X")
+	got = must(c.Claim(ctx, items("K")))
+	if !got[0].Orphaned || got[0].Via != "" || got[0].Wait < 50*time.Second {
+		t.Errorf("c's takeover of K = %+v: a's calls through W may still run; want no shortcut and a's wait", got[0])
+	}
+
+	// A key only b held (its block) may take the shortcut.
+	d2 := pgtest.New(t)
+	e := must(ledger.Start(ctx, d2, nil))
+	if err := e.SetCallBound(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.NoteIntegrator(ctx, "X"); err != nil {
+		t.Fatal(err)
+	}
+	must(e.Claim(ctx, items("M")))
+	ledger.KillLock(t, e)
+	f := must(ledger.Start(ctx, d2, nil))
+	defer f.Close(ctx, "done", nil)
+	f.SetIntegrator("X")
+	got = must(f.Claim(ctx, items("M")))
+	if !got[0].Orphaned || got[0].Via != "X" || got[0].ViaWait > ledger.ViaWait || got[0].Wait < 50*time.Second {
+		t.Errorf("takeover of a key only a run on X sent = %+v, want the shortcut through X", got[0])
+	}
+}

@@ -223,6 +223,10 @@ type holder struct {
 	file   string
 	line   int64
 	orphan bool // a call that sent the key may still be running (claims.orphan; any block)
+	// prior: how long from now until the calls of the key's earlier owners
+	// must be over (claims.not_before, set by the takeover that made the
+	// current owner); 0: none outstanding.
+	prior time.Duration
 }
 
 // Claim decides, for each item, whether this run may send it, and claims
@@ -313,7 +317,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 			case live[h.run]:
 				out[i] = Decision{Status: Busy, Why: fmt.Sprintf("being delivered by run %d (%s line %d)", h.run, h.file, h.line)}
 			default:
-				take = append(take, takeover{i, h.state, h.run, h.orphan})
+				take = append(take, takeover{i, h.state, h.run, h.orphan, h.prior})
 			}
 		}
 		if err := r.takeOver(ctx, tx, items, take, out); err != nil {
@@ -379,9 +383,11 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[s
 	for rows.Next() {
 		var h holder
 		var key string
-		if err := rows.Scan(&h.src, &key, &h.run, &h.state, &h.file, &h.line, &h.orphan); err != nil {
+		var prior int64
+		if err := rows.Scan(&h.src, &key, &h.run, &h.state, &h.file, &h.line, &h.orphan, &prior); err != nil {
 			return nil, err
 		}
+		h.prior = time.Duration(prior) * time.Millisecond
 		if prev, ok := out[key]; !ok || h.src < prev.src {
 			out[key] = h
 		}
@@ -390,22 +396,24 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[s
 }
 
 const lookupQuery = `
-	SELECT 0, c.external_id, c.run_id, '', c.source_file, c.source_line, false
+	SELECT 0, c.external_id, c.run_id, '', c.source_file, c.source_line, false, 0::bigint
 	FROM unnest($1::text[]) AS k(key) JOIN customers c ON c.external_id = k.key
 	UNION ALL
-	SELECT 1, c.external_id, c.run_id, c.state, c.source_file, c.source_line, c.orphan
+	SELECT 1, c.external_id, c.run_id, c.state, c.source_file, c.source_line, c.orphan,
+	       COALESCE(GREATEST(0, (EXTRACT(EPOCH FROM c.not_before - clock_timestamp()) * 1000)::bigint), 0)
 	FROM unnest($1::text[]) AS k(key) JOIN claims c ON c.external_id = k.key
 	UNION ALL
-	SELECT 2, u.k, b.run_id, 'sending', b.source_file, u.l, true
+	SELECT 2, u.k, b.run_id, 'sending', b.source_file, u.l, true, 0::bigint
 	FROM claim_blocks b, unnest(b.keys, b.lines) AS u(k, l)
 	WHERE b.run_id <> $2 AND u.k = ANY($1)`
 
 // takeover is a claim of a dead run about to become this run's.
 type takeover struct {
-	item   int    // index in Claim's items
-	prev   string // its state
-	run    int64  // its owner
-	orphan bool   // a call that sent it may still be running
+	item   int           // index in Claim's items
+	prev   string        // its state
+	run    int64         // its owner
+	orphan bool          // a call that sent it may still be running
+	prior  time.Duration // until earlier owners' calls must be over (holder.prior)
 }
 
 // takeOver makes dead runs' claims on items this run's, as claims rows.
@@ -420,6 +428,52 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 	r.mu.Lock()
 	via := r.via
 	r.mu.Unlock()
+	// Decide first: the claims row remembers, on the server's clock, until
+	// when every call that sent the key may run — this owner's and, through
+	// not_before, those of the owners before it — for whoever takes it over
+	// next.
+	waits := make([]int64, len(take)) // ms from now; 0: none
+	for j, t := range take {
+		if t.prev == "rejected" {
+			out[t.item] = Decision{Status: Resend} // the CRM refused it: nothing was created
+			continue
+		}
+		// A run that ended cleanly had its calls answered, except those its
+		// records remember (t.orphan), and those of earlier owners.
+		o, ok := owners[t.run]
+		if !ok {
+			o.wait = -1
+		}
+		dec := Decision{Status: TakenOver}
+		if !o.clean || t.orphan {
+			dec.Orphaned, dec.Wait = true, o.wait
+			if dec.Wait < 0 {
+				dec.Wait = -1 // unknown: the taker waits a whole bound
+			}
+		}
+		if t.prior > 0 {
+			dec.Orphaned = true
+			if dec.Wait >= 0 {
+				dec.Wait = max(dec.Wait, t.prior)
+			}
+		}
+		// The shortcut through the very integrator process the owner used
+		// holds only when the owner's calls are all that is outstanding.
+		if dec.Orphaned && t.prior == 0 && via != "" && len(o.integrators) == 1 && o.integrators[0] == via {
+			dec.Via, dec.ViaWait = via, ViaWait
+			if dec.Wait >= 0 {
+				dec.ViaWait = min(dec.Wait, ViaWait)
+			}
+		}
+		out[t.item] = dec
+		w := dec.Wait
+		if w < 0 {
+			r.mu.Lock()
+			w = r.bound
+			r.mu.Unlock()
+		}
+		waits[j] = w.Milliseconds()
+	}
 	keys := make([]string, len(take))
 	fps := make([]string, len(take))
 	files := make([]string, len(take))
@@ -429,33 +483,15 @@ func (r *Run) takeOver(ctx context.Context, tx *sql.Tx, items []Item, take []tak
 		keys[j], fps[j], files[j], lines[j] = it.Key, it.Fingerprint, it.File, it.Line
 	}
 	if _, err := tx.ExecContext(ctx, `
-		INSERT INTO claims (external_id, run_id, state, fingerprint, source_file, source_line)
-		SELECT k, $5, 'sending', f, s, l FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(k, f, s, l)
+		INSERT INTO claims (external_id, run_id, state, fingerprint, source_file, source_line, not_before)
+		SELECT k, $5, 'sending', f, s, l, CASE WHEN w > 0 THEN clock_timestamp() + w * interval '1 millisecond' END
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $6::bigint[]) AS u(k, f, s, l, w)
 		ON CONFLICT (external_id) DO UPDATE SET run_id = excluded.run_id, state = 'sending',
 		       fingerprint = excluded.fingerprint, source_file = excluded.source_file,
-		       source_line = excluded.source_line, claimed_at = now(), reason = '', orphan = false`,
-		pq.Array(keys), pq.Array(fps), pq.Array(files), pq.Array(lines), r.id); err != nil {
+		       source_line = excluded.source_line, claimed_at = now(), reason = '', orphan = false,
+		       not_before = GREATEST(claims.not_before, excluded.not_before)`,
+		pq.Array(keys), pq.Array(fps), pq.Array(files), pq.Array(lines), r.id, pq.Array(waits)); err != nil {
 		return fmt.Errorf("take over claims: %w", err)
-	}
-	for _, t := range take {
-		if t.prev == "rejected" {
-			out[t.item] = Decision{Status: Resend}
-		} else {
-			// A run that ended cleanly had its calls answered, except
-			// those its records remember (t.orphan).
-			o, ok := owners[t.run]
-			if !ok {
-				o.wait = -1
-			}
-			dec := Decision{Status: TakenOver, Orphaned: !o.clean || t.orphan, Wait: o.wait}
-			if dec.Orphaned && via != "" && len(o.integrators) == 1 && o.integrators[0] == via {
-				dec.Via, dec.ViaWait = via, ViaWait
-				if o.wait >= 0 {
-					dec.ViaWait = min(o.wait, ViaWait)
-				}
-			}
-			out[t.item] = dec
-		}
 	}
 	return nil
 }
@@ -603,11 +639,15 @@ func (r *Run) NoteIntegrator(ctx context.Context, instance string) error {
 		return nil
 	}
 	if _, err := r.db.ExecContext(ctx, `UPDATE runs SET integrators = array_append(integrators, $2) WHERE id = $1`, r.id, instance); err != nil {
-		return fmt.Errorf("record the integrator: %w (%w)", err, ErrFenced)
+		return fmt.Errorf("%w: %w", ErrNotRecorded, err)
 	}
 	r.noted[instance] = true
 	return nil
 }
+
+// ErrNotRecorded: NoteIntegrator could not record the integrator, so
+// nothing may be sent to it yet; try again after a pause.
+var ErrNotRecorded = errors.New("could not record the integrator the run sends to")
 
 // SetCallBound records how long an integrator call this run sends may go
 // on after the run lost track of it, for the runs that may take its claims

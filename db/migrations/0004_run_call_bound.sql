@@ -14,3 +14,8 @@ ALTER TABLE runs ADD COLUMN alive_at timestamptz;
 -- keys of its live calls and answers record_in_flight to any other call
 -- carrying them.
 ALTER TABLE runs ADD COLUMN integrators text[] NOT NULL DEFAULT '{}';
+-- not_before: until when a call that sent this key may still run, on the
+-- server's clock, counting every run that held the key before its owner
+-- (set when a run takes the key over, never lowered): the next run to take
+-- it over waits at least until then, whatever its owner's own calls.
+ALTER TABLE claims ADD COLUMN not_before timestamptz;
