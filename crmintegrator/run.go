@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	_ "time/tzdata" // -crm-quota-reset zones, even in a container without zoneinfo
+
 	"crmsync/crmintegrator/integrator"
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
@@ -31,6 +33,7 @@ type options struct {
 	tlsCert, tlsKey, tlsClientCA   string
 	logFormat, logLevel            string
 	grace                          time.Duration
+	quotaZone                      string
 	cpuProfile                     *string
 	cfg                            integrator.Config
 }
@@ -148,6 +151,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e.url(&o.crmURL, "crm-url", "CRM_URL", "base `URL` of the CRM API (required); -h shows it without password or query values")
 	e.secret(&o.crmToken, "crm-token", "CRM_TOKEN", "bearer `token` for the CRM; prefer -crm-token-file or the environment over the command line")
 	e.str(&o.crmTokenFile, "crm-token-file", "CRM_TOKEN_FILE", "", "read the CRM token from this `file`")
+	e.str(&c.API, "crm-api", "CRM_API", "generic", "the CRM's `API`: generic (docs/crm-api.md) or hubspot (docs/crm/hubspot.md)")
+	e.str(&c.CRMIDField, "crm-id-field", "CRM_ID_FIELD", "", "the CRM `field` that holds the dedup key (hubspot: a contact property with unique values; default external_id)")
+	e.str(&c.CRMWrite, "crm-write", "CRM_WRITE", "", "upsert or create: upsert (the default where the CRM has it) is resend-safe; create looks contacts up before any resend")
+	e.str(&o.quotaZone, "crm-quota-reset", "CRM_QUOTA_RESET", "UTC", "time `zone` whose midnight resets the CRM's daily allocation, where the CRM does not say (hubspot: the account's time zone)")
 	e.dur(&c.CRMTimeout, "crm-timeout", "CRM_TIMEOUT", 10*time.Second, "timeout of one CRM request")
 	e.int(&c.CRMConcurrency, "crm-concurrency", "CRM_CONCURRENCY", 8, "most requests in flight to the CRM")
 	e.float(&c.CRMRate, "crm-rate", "CRM_RATE", 0, "hard cap on CRM requests per second; 0: adaptive only")
@@ -191,6 +198,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	if o.tlsClientCA != "" && (o.tlsCert == "" || o.tlsKey == "") {
 		return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
 	}
+	zone, err := time.LoadLocation(o.quotaZone)
+	if err != nil {
+		return nil, fmt.Errorf("-crm-quota-reset %q: want a time zone such as UTC or America/New_York: %w", o.quotaZone, err)
+	}
+	c.QuotaZone = zone
 	return o, nil
 }
 
@@ -255,6 +267,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return redact.Error(err, cfg.CRMURL)
 	}
+	cctx, ccancel := context.WithTimeout(ctx, 2*cfg.CRMTimeout+5*time.Second)
+	err = srv.Check(cctx)
+	ccancel()
+	if err != nil {
+		return fmt.Errorf("the CRM is not ready for crmintegrator: %w", redact.Error(err, cfg.CRMURL))
+	}
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -276,7 +294,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		go func() { errc <- side.Serve(sideLn) }()
 	}
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
-	attrs := []any{"rpc", ln.Addr().String(), "crm", redact.URL(cfg.CRMURL), "tls", cfg.TLS != nil,
+	attrs := []any{"rpc", ln.Addr().String(), "crm", redact.URL(cfg.CRMURL), "crm_api", cfg.API, "tls", cfg.TLS != nil,
 		"mutual_tls", o.tlsClientCA != "", "rpc_token", cfg.RPCToken != "", "crm_concurrency", cfg.CRMConcurrency,
 		"crm_rate", cfg.CRMRate, "idempotency", cfg.Idempotency}
 	if side != nil {

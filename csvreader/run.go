@@ -35,6 +35,7 @@ const (
 	exitFatal  = 1
 	exitUsage  = 2
 	exitFailed = 3 // finished, but some records failed after all retries
+	exitQuota  = 4 // stopped cleanly: the CRM's daily quota is spent
 )
 
 type exitCoder interface{ ExitCode() int }
@@ -110,7 +111,9 @@ never sends a customer twice.
 Every flag can also be set by the environment variable in brackets.
 
 Exit codes: 0 every row accounted for, none failed; 1 fatal error;
-2 usage error; 3 finished, but some records failed after all retries.
+2 usage error; 3 finished, but some records failed after all retries;
+4 stopped cleanly because the CRM's daily quota is spent: rerun after the
+time it says.
 
 Flags:
 `
@@ -399,6 +402,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch {
 	case runErr != nil:
 		return runErr
+	case rep.QuotaExhaustedUntil != "":
+		return &exitError{exitQuota, fmt.Errorf("CRM quota exhausted; rerun after %s to resume (%d rows read, %d left unfinished)", rep.QuotaExhaustedUntil, rep.Rows, rep.Unfinished)}
 	case rep.Interrupted:
 		return &exitError{exitFatal, fmt.Errorf("interrupted: %d rows read, %d left unfinished; run the same command again to resume", rep.Rows, rep.Unfinished)}
 	case rep.Failed > 0:
@@ -503,6 +508,9 @@ func printSummary(w io.Writer, r *importer.Report) {
 	fmt.Fprintf(w, "  failed             %d\n", r.Failed)
 	if r.Unfinished > 0 {
 		fmt.Fprintf(w, "  unfinished         %d (interrupted; rerun to resume)\n", r.Unfinished)
+	}
+	if r.QuotaExhaustedUntil != "" {
+		fmt.Fprintf(w, "  CRM quota spent    until %s: rerun then to resume\n", r.QuotaExhaustedUntil)
 	}
 	if r.Recovered > 0 {
 		fmt.Fprintf(w, "  recovered          %d (claims of an earlier, crashed run)\n", r.Recovered)

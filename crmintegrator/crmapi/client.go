@@ -45,9 +45,18 @@ const (
 	// ClassUnexpected: any other answer (3xx, 404, 405, other 4xx): the CRM
 	// did not act; most likely a misconfigured URL.
 	ClassUnexpected
+	// ClassSplit: the CRM refused the whole batch for what some of its
+	// records hold (HubSpot's 409 for an email another contact has, a 400
+	// naming one input): nothing was created; split the batch to find them,
+	// and reject only those.
+	ClassSplit
+	// ClassQuota: the CRM's daily allocation is spent (or below the
+	// reserve the operator keeps for other integrations): nothing was
+	// created; Error.RetryAfter says when it comes back.
+	ClassQuota
 )
 
-var classNames = [...]string{"ok", "rejected", "too_large", "unauthorized", "rate_limited", "unavailable", "in_progress", "ambiguous", "unexpected"}
+var classNames = [...]string{"ok", "rejected", "too_large", "unauthorized", "rate_limited", "unavailable", "in_progress", "ambiguous", "unexpected", "split", "quota"}
 
 func (c Class) String() string {
 	if int(c) < len(classNames) {

@@ -57,11 +57,22 @@ func (e *errNoTime) Error() string {
 	return fmt.Sprintf("the call's time ran out before a CRM request could start (%s)", e.why)
 }
 
+// errQuota is what crmDo returns while the CRM's daily allocation is
+// spent: nothing is sent until it comes back.
+type errQuota struct{ until time.Time }
+
+func (e *errQuota) Error() string {
+	return "the CRM's daily request allocation is spent until " + e.until.UTC().Format(time.RFC3339)
+}
+
 // crmDo runs one CRM request through the in-flight limit, the rate limiter
 // and the breaker, and feeds its outcome back to them. The request starts
 // only before cutoff, and every wait before it ends by then: the request
 // then ends, by the CRM client's own timeout, within the call's bound.
 func (s *Server) crmDo(ctx context.Context, cutoff time.Time, fn func(context.Context) error) error {
+	if until, spent := s.quota.spentUntil(time.Now()); spent {
+		return &errQuota{until}
+	}
 	if open, wait := s.breaker.Open(); open {
 		return &errCircuitOpen{wait} // fail fast rather than queue for a slot
 	}
@@ -115,6 +126,14 @@ func (s *Server) crmDo(ctx context.Context, cutoff time.Time, fn func(context.Co
 		// our own cancellation says nothing about the CRM
 	case class == crmapi.ClassAmbiguous || class == crmapi.ClassUnavailable:
 		result = ResultFailure
+	case class == crmapi.ClassQuota:
+		result = ResultSuccess
+		until := time.Now().Add(ce.RetryAfter)
+		if _, was := s.quota.spentUntil(time.Now()); !was {
+			s.log.Warn("crm daily request allocation spent; sending nothing until it comes back", "until", until.UTC().Format(time.RFC3339))
+		}
+		s.quota.spend(until)
+		s.met.quotaUntil.Store(until.Unix())
 	case class == crmapi.ClassRateLimited:
 		result = ResultSuccess
 		ra := ce.RetryAfter
@@ -342,6 +361,16 @@ func (d *delivery) retryLater(idx []int, wait time.Duration, code, msg string) {
 	}
 }
 
+// quotaSpent answers the records with the daily-quota verdict: nothing
+// was created for them, and nothing is sent until until.
+func (d *delivery) quotaSpent(idx []int, until time.Time) {
+	msg := "the CRM's daily request allocation is spent; it comes back at " + until.UTC().Format(time.RFC3339)
+	for _, i := range idx {
+		d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: max(time.Until(until), time.Second), Ambiguous: d.maybe[i],
+			NotAttempted: !d.sent[i], Code: crmrpc.CodeQuotaExhausted, Message: msg}
+	}
+}
+
 // outOfTime answers Retry for records whose turn the call's bound did not
 // reach: nothing more was sent for them.
 func (d *delivery) outOfTime(idx []int, err *errNoTime) {
@@ -416,7 +445,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		var resp *crmapi.BatchResponse
 		err := s.crmDo(d.ctx, d.cutoff, func(ctx context.Context) (err error) {
 			resp, err = s.crm.Write(ctx, req)
-			if crmapi.ClassOf(err) != crmapi.ClassRateLimited {
+			if c := crmapi.ClassOf(err); c != crmapi.ClassRateLimited && c != crmapi.ClassQuota {
 				for _, i := range idx {
 					d.sent[i] = true
 				}
@@ -435,6 +464,11 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		var nt *errNoTime
 		if errors.As(err, &nt) {
 			d.outOfTime(idx, nt)
+			return false, false
+		}
+		var eq *errQuota
+		if errors.As(err, &eq) {
+			d.quotaSpent(idx, eq.until)
 			return false, false
 		}
 		var ce *crmapi.Error
@@ -459,6 +493,20 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 				d.resolved(i)
 			}
 			return false, false
+		case crmapi.ClassQuota:
+			d.quotaSpent(idx, time.Now().Add(ce.RetryAfter))
+			return false, false
+		case crmapi.ClassSplit:
+			// The batch was refused for what some records hold (an email
+			// another contact has): halve it until the culprits stand alone,
+			// so the others are delivered and only they are rejected.
+			if len(idx) == 1 {
+				d.verdicts[idx[0]] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: cmp.Or(ce.Code, "crm_status_"+fmt.Sprint(ce.Status)), Message: ce.Message}
+				d.resolved(idx[0])
+				return false, false
+			}
+			s.met.retry("split")
+			return false, true
 		case crmapi.ClassTooLarge:
 			if len(idx) == 1 {
 				d.verdicts[idx[0]] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: CodeContactTooLarge, Message: "the CRM refuses this contact as too large: " + ce.Message}
@@ -491,8 +539,8 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 			d.markMaybe(idx)
 			wait, reason, code = bo.Next(), "ambiguous", CodeAmbiguous
 			s.log.Warn("crm answer ambiguous; resolving before any resend", "status", ce.Status, "error", ce.Message,
-				"contacts", len(idx), "resolve", map[bool]string{true: "same key", false: "lookup"}[s.cfg.Idempotency])
-			if !s.cfg.Idempotency {
+				"contacts", len(idx), "resolve", map[bool]string{true: "resend the same", false: "lookup"}[s.resendSafe])
+			if !s.resendSafe {
 				if !d.pause(attempts, wait, reason) {
 					d.retryLater(idx, wait, code, "the CRM may have created these contacts; resend with MaybeSent")
 					return false, false
@@ -612,11 +660,17 @@ func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 	if errors.As(err, &nt) {
 		return nt.wait, cmp.Or(nt.code, CodeNoTime), nt.Error()
 	}
+	var eq *errQuota
+	if errors.As(err, &eq) {
+		return max(time.Until(eq.until), time.Second), crmrpc.CodeQuotaExhausted, eq.Error()
+	}
 	var ce *crmapi.Error
 	if !errors.As(err, &ce) {
 		return time.Second, CodeShuttingDown, "call abandoned"
 	}
 	switch ce.Class {
+	case crmapi.ClassQuota:
+		return max(ce.RetryAfter, time.Second), crmrpc.CodeQuotaExhausted, ce.Error()
 	case crmapi.ClassUnauthorized:
 		s.log.Error("crm refused the daemon's credentials; fix -crm-token", "status", ce.Status)
 		return 0, crmrpc.CodeCRMUnauthorized, fmt.Sprintf("the CRM answered %d to the daemon's token: the operator must fix the daemon's -crm-token", ce.Status)

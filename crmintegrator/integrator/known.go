@@ -3,6 +3,7 @@ package integrator
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -124,4 +125,27 @@ func (f *fates) known(externalID string, within time.Duration) (string, bool) {
 		return "", false
 	}
 	return e.id, true
+}
+
+// quotaState is the CRM's daily allocation as the daemon knows it: spent
+// until a moment, after which requests may go again.
+type quotaState struct {
+	until atomic.Int64 // unix nanoseconds; 0: not spent
+}
+
+func (q *quotaState) spentUntil(now time.Time) (time.Time, bool) {
+	u := q.until.Load()
+	if u == 0 || now.UnixNano() >= u {
+		return time.Time{}, false
+	}
+	return time.Unix(0, u), true
+}
+
+func (q *quotaState) spend(until time.Time) {
+	for {
+		cur := q.until.Load()
+		if until.UnixNano() <= cur || q.until.CompareAndSwap(cur, until.UnixNano()) {
+			return
+		}
+	}
 }

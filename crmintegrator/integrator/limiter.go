@@ -253,6 +253,24 @@ func (l *Limiter) okRate(now time.Time) float64 {
 	return 0
 }
 
+// SetCeiling sets the hard cap to rate, as the CRM states its allowance
+// (HubSpot's rate-limit headers), and paces at it from now on: the
+// adaptive part still cuts below it on a 429.
+func (l *Limiter) SetCeiling(rate float64) {
+	if rate <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.maxRate == rate {
+		return
+	}
+	l.maxRate = rate
+	if l.rate == 0 || l.rate > rate {
+		l.rate = rate
+	}
+}
+
 // Rate reports the current pace in requests per second (0: unlimited).
 func (l *Limiter) Rate() float64 {
 	l.mu.Lock()

@@ -33,6 +33,9 @@ type metrics struct {
 	lookups         atomic.Int64 // external ids looked up
 	lookupsSaved    atomic.Int64 // MaybeSent records settled from what the daemon knew
 	overlapping     atomic.Int64 // records that arrived while another call held them
+	quotaLeft       atomic.Int64 // the CRM's daily allocation left, as it last said (-1: unknown)
+	quotaMax        atomic.Int64
+	quotaUntil      atomic.Int64 // unix seconds until which the daily allocation is spent; 0: not
 
 	breakerState func() BreakerState
 	rate         func() float64
@@ -172,6 +175,17 @@ func (m *metrics) WriteTo(w io.Writer) (int64, error) {
 	p("# HELP crmintegrator_overlapping_records_total Records that arrived while another call of this daemon held them (answered retry).\n")
 	p("# TYPE crmintegrator_overlapping_records_total counter\n")
 	p("crmintegrator_overlapping_records_total %d\n", m.overlapping.Load())
+	if m.quotaMax.Load() > 0 {
+		p("# HELP crmintegrator_crm_quota_remaining The CRM's daily request allocation left, as its last answer said.\n")
+		p("# TYPE crmintegrator_crm_quota_remaining gauge\n")
+		p("crmintegrator_crm_quota_remaining %d\n", m.quotaLeft.Load())
+		p("# HELP crmintegrator_crm_quota_limit The CRM's daily request allocation.\n")
+		p("# TYPE crmintegrator_crm_quota_limit gauge\n")
+		p("crmintegrator_crm_quota_limit %d\n", m.quotaMax.Load())
+	}
+	p("# HELP crmintegrator_crm_quota_exhausted_until Unix time until which the CRM's daily allocation is spent (0: it is not).\n")
+	p("# TYPE crmintegrator_crm_quota_exhausted_until gauge\n")
+	p("crmintegrator_crm_quota_exhausted_until %d\n", m.quotaUntil.Load())
 	p("# HELP crmintegrator_records_received_total Records received in authorised Deliver calls.\n")
 	p("# TYPE crmintegrator_records_received_total counter\n")
 	p("crmintegrator_records_received_total %d\n", m.recordsReceived.Load())

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"crmsync/crmintegrator/crmapi"
+	"crmsync/crmintegrator/hubspot"
 	"crmsync/shared/crmrpc"
 )
 
@@ -40,6 +41,20 @@ const Version = "crmintegrator/1"
 type Config struct {
 	CRMURL   string // base URL of the CRM API, e.g. http://127.0.0.1:8080
 	CRMToken string // bearer token; never logged
+	// API is the CRM's API: "generic" (docs/crm-api.md; the default) or
+	// "hubspot" (docs/crm/hubspot.md).
+	API string
+	// CRMIDField is the CRM field holding our dedup key (HubSpot: a contact
+	// property with unique values; default external_id).
+	CRMIDField string
+	// CRMWrite is "upsert" (the default where the CRM has it: resend-safe,
+	// so an ambiguous answer is resolved by resending the same batch) or
+	// "create" (look up before any resend).
+	CRMWrite string
+	// QuotaZone is the time zone whose midnight resets the CRM's daily
+	// allocation where the CRM does not say (HubSpot: the account's);
+	// default UTC.
+	QuotaZone *time.Location
 
 	CRMTimeout     time.Duration // per CRM request; default 10s
 	CRMConcurrency int           // most CRM requests in flight; default 8
@@ -129,7 +144,7 @@ func (c *Config) setDefaults() {
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
-	crm      Connector // the CRM's API
+	crm      crmapi.Connector // the CRM's API
 	hc       *http.Client
 	limiter  *Limiter
 	breaker  *Breaker
@@ -137,7 +152,11 @@ type Server struct {
 	sem      chan struct{} // CRM requests in flight
 	holders  *holders      // external ids live calls are working on
 	instance string        // this process, for Hello and Deliver replies
-	fates    *fates        // external ids the CRM was seen to hold
+	// resendSafe: an ambiguous write may be resent unchanged (a CRM that
+	// honours Idempotency-Key, or an upsert), rather than looked up first.
+	resendSafe bool
+	quota      quotaState
+	fates      *fates // external ids the CRM was seen to hold
 
 	// ctx is the parent of all CRM work; cancelled when Close runs out of
 	// grace.
@@ -164,6 +183,42 @@ type Server struct {
 	// records (crmrpc.PackedVersion): tests play a daemon that predates
 	// them with 0.
 	packedRecords int
+}
+
+// Check verifies at start that the CRM is set up for this tool (HubSpot:
+// the id property exists and has unique values), so that a daemon that
+// cannot work refuses to start with a message saying how to fix it.
+func (s *Server) Check(ctx context.Context) error {
+	if c, ok := s.crm.(interface {
+		Check(context.Context) ([]hubspot.Property, error)
+	}); ok {
+		props, err := c.Check(ctx)
+		if err != nil {
+			return err
+		}
+		s.log.Info("crm checked", "api", s.cfg.API, "id_field", s.cfg.CRMIDField, "properties", len(props))
+	}
+	return nil
+}
+
+// hubspotLimits paces all traffic from HubSpot's rate-limit headers: just
+// under its rolling window's allowance, so a run sits at the limit without
+// 429s; and keeps the daily allocation left for the metrics.
+func (s *Server) hubspotLimits(l hubspot.Limits) {
+	if l.Max > 0 && l.Interval > 0 {
+		s.limiter.SetCeiling(0.98 * float64(l.Max) / l.Interval.Seconds())
+	}
+	if l.Daily > 0 {
+		s.met.quotaLeft.Store(int64(l.DailyRemaining))
+		s.met.quotaMax.Store(int64(l.Daily))
+	}
+}
+
+// nextMidnight is the first midnight in zone after now.
+func nextMidnight(now time.Time, zone *time.Location) time.Time {
+	t := now.In(zone)
+	y, m, d := t.Date()
+	return time.Date(y, m, d+1, 0, 0, 0, 0, zone)
 }
 
 // newInstance names this process for Hello: 64 random bits.
@@ -193,20 +248,26 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch cfg.CRMWrite {
+	case "", "upsert", "create":
+	default:
+		return nil, fmt.Errorf("crm write %q: want upsert or create", cfg.CRMWrite)
+	}
 	s := &Server{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		crm:       generic{client},
-		hc:        hc,
-		limiter:   NewLimiter(cfg.CRMRate, nil),
-		met:       newMetrics(),
-		sem:       make(chan struct{}, cfg.CRMConcurrency),
-		holders:   newHolders(),
-		instance:  newInstance(),
-		fates:     newFates(cfg.FateCache),
-		rpc:       rpc.NewServer(),
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*serverConn]struct{}{},
+		cfg:        cfg,
+		log:        cfg.Logger,
+		crm:        crmapi.Generic(client),
+		resendSafe: cfg.Idempotency,
+		hc:         hc,
+		limiter:    NewLimiter(cfg.CRMRate, nil),
+		met:        newMetrics(),
+		sem:        make(chan struct{}, cfg.CRMConcurrency),
+		holders:    newHolders(),
+		instance:   newInstance(),
+		fates:      newFates(cfg.FateCache),
+		rpc:        rpc.NewServer(),
+		listeners:  map[net.Listener]struct{}{},
+		conns:      map[*serverConn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.deliver, s.packedRecords = s.deliverCall, crmrpc.PackedVersion
@@ -220,6 +281,30 @@ func New(cfg Config) (*Server, error) {
 	s.met.breakerState = s.breaker.State
 	s.met.rate = s.limiter.Rate
 	client.Observe = s.met.observeCRM
+	switch cfg.API {
+	case "", "generic":
+		if cfg.CRMWrite == "upsert" {
+			return nil, errors.New("-crm-write upsert: the generic API has no upsert; use create")
+		}
+	case "hubspot":
+		if cfg.MaxBatch > hubspot.MaxBatch {
+			return nil, fmt.Errorf("max batch %d exceeds HubSpot's limit of %d", cfg.MaxBatch, hubspot.MaxBatch)
+		}
+		zone := cfg.QuotaZone
+		if zone == nil {
+			zone = time.UTC
+		}
+		hs, err := hubspot.New(hubspot.Config{BaseURL: cfg.CRMURL, Token: cfg.CRMToken, IDProperty: cfg.CRMIDField,
+			Create: cfg.CRMWrite == "create", Timeout: cfg.CRMTimeout, HTTP: hc, Observe: s.met.observeCRM,
+			Limits: s.hubspotLimits, QuotaReset: func(now time.Time) time.Time { return nextMidnight(now, zone) }})
+		if err != nil {
+			return nil, err
+		}
+		s.crm = hs
+		s.resendSafe = cfg.Idempotency || cfg.CRMWrite != "create"
+	default:
+		return nil, fmt.Errorf("crm api %q: want generic or hubspot", cfg.API)
+	}
 	if err := s.rpc.RegisterName(crmrpc.ServiceV1, &service{s}); err != nil {
 		return nil, fmt.Errorf("register rpc service: %w", err)
 	}

@@ -169,6 +169,9 @@ type Report struct {
 	// claims taken over, for the integrator calls their dead owner may have
 	// left running.
 	RecoveryWaitSeconds float64 `json:"recovery_wait_seconds,omitempty"`
+	// QuotaExhaustedUntil: the run stopped because the CRM's daily request
+	// allocation was spent; it comes back then (RFC 3339, UTC).
+	QuotaExhaustedUntil string `json:"quota_exhausted_until,omitempty"`
 	// Lookups: external ids the integrators looked up for this run.
 	Lookups        int64   `json:"lookups,omitempty"`
 	Retries        int64   `json:"retries"`
@@ -238,6 +241,7 @@ type counters struct {
 	failed, unfinished, recovered, retries atomic.Int64
 	maybe                           atomic.Int64 // records that may be in the CRM, not settled yet: the recovery backlog
 	recoveryWait                    atomic.Int64 // longest wait for a dead run's calls, in ns
+	quotaUntil                      atomic.Int64 // unix ns the CRM's daily allocation comes back at; 0: not spent
 	suspect, blank, repeatedHeaders atomic.Int64
 }
 
@@ -267,6 +271,8 @@ type pipeline struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 
+	quotaStop func(until time.Time) // the CRM's daily allocation is spent: stop cleanly
+
 	offset func() (int64, int64) // bytes read, size of the current file
 	offMu  sync.Mutex
 	lookupProgress
@@ -289,7 +295,16 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 		reclaim: make(chan *item, 1), confirm: make(chan confirmJob, cfg.Workers), room: make(chan struct{}, MaxInFlight(cfg.Workers, cfg.BlockSize)),
 		spare: make(chan struct{}, MaxInFlight(cfg.Workers, cfg.BlockSize)),
 		stop:  make(chan struct{})}
-	p.readCtx = ctx
+	// Reading stops on an interrupt, and when the CRM's daily allocation is
+	// spent (quotaStop): then what is in flight finishes and the rest is
+	// left for a rerun.
+	var stopReading context.CancelFunc
+	p.readCtx, stopReading = context.WithCancel(ctx)
+	defer stopReading()
+	p.quotaStop = func(until time.Time) {
+		p.noteQuota(until)
+		stopReading()
+	}
 	p.started = start
 	var cancel context.CancelCauseFunc
 	p.workCtx, cancel = context.WithCancelCause(context.WithoutCancel(ctx))
@@ -353,7 +368,10 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 		runErr = readErr
 	}
 	p.fill(rep)
-	rep.Interrupted = ctx.Err() != nil && runErr == nil
+	if u := p.n.quotaUntil.Load(); u > 0 {
+		rep.QuotaExhaustedUntil = time.Unix(0, u).UTC().Format(time.RFC3339)
+	}
+	rep.Interrupted = (ctx.Err() != nil || rep.QuotaExhaustedUntil != "") && runErr == nil
 	rep.finish(start)
 	if cfg.Progress != nil {
 		p.printProgress(start, true)
@@ -706,6 +724,17 @@ func (p *pipeline) claim(it *item) {
 	}
 }
 
+// noteQuota keeps the latest moment the CRM said its daily allocation
+// comes back.
+func (p *pipeline) noteQuota(until time.Time) {
+	for {
+		cur := p.n.quotaUntil.Load()
+		if until.UnixNano() <= cur || p.n.quotaUntil.CompareAndSwap(cur, until.UnixNano()) {
+			return
+		}
+	}
+}
+
 // noteRecoveryWait keeps the longest wait for a dead run's calls, for the
 // report.
 func (p *pipeline) noteRecoveryWait(d time.Duration) {
@@ -808,6 +837,9 @@ func (p *pipeline) deliver(it *item) {
 			p.setMaybe(r, v.Ambiguous)
 			if v.NotAttempted {
 				r.attempts-- // nothing reached the CRM for it: not an attempt
+			}
+			if v.Code == crmrpc.CodeQuotaExhausted && p.quotaStop != nil {
+				p.quotaStop(time.Now().Add(v.RetryAfter))
 			}
 			r.last = v.Code
 			if v.Message != "" {

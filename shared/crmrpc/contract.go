@@ -184,6 +184,11 @@ const (
 	CodeMalformedCall = "malformed_call"
 	// The daemon is shutting down; call again (another address, or later).
 	CodeShuttingDown = "shutting_down"
+	// CodeQuotaExhausted, as a Retry verdict's Code: the CRM's daily
+	// allocation is spent (or below the reserve the operator keeps);
+	// RetryAfter says when it comes back. Nothing was created. A reader
+	// stops cleanly and tells the operator to rerun after that.
+	CodeQuotaExhausted = "crm_quota_exhausted"
 	// The CRM did not answer a Lookup in time (down, rate limited, circuit
 	// open); call again after Error.RetryAfter. Not fatal.
 	CodeCRMUnavailable = "crm_unavailable"

@@ -1,19 +1,18 @@
-package integrator
+package crmapi
 
 import (
 	"context"
 
-	"crmsync/crmintegrator/crmapi"
 	"crmsync/shared/contact"
 )
 
-// Connector is what the daemon needs of one CRM's API. It translates and
+// Connector is what the integrator needs of one CRM's API. It translates and
 // classifies; every promise of the daemon — verdicts, the shared limiter,
 // the breaker, the call's bound, the resolution of ambiguous answers,
 // metrics, logs without secrets — stays in the daemon, so a new CRM is a
 // connector of a file or two.
 //
-// Errors are *crmapi.Error: their Class tells the daemon what an answer
+// Errors are *Error: their Class tells the daemon what an answer
 // means (nothing created, maybe created, rate limited, …).
 type Connector interface {
 	// MaxBatch is the most records one Write or Read request may carry.
@@ -24,7 +23,7 @@ type Connector interface {
 	Encode(contacts []contact.Contact) *WriteRequest
 	// Write sends the request and returns one result per contact, in
 	// order.
-	Write(ctx context.Context, req *WriteRequest) (*crmapi.BatchResponse, error)
+	Write(ctx context.Context, req *WriteRequest) (*BatchResponse, error)
 	// Read returns, for each external id (at most MaxBatch), the CRM ids
 	// holding it, in order. It must never read an error as "not found".
 	Read(ctx context.Context, ids []string) ([][]string, error)
@@ -36,23 +35,26 @@ type Connector interface {
 // WriteRequest is an encoded batch write.
 type WriteRequest struct {
 	Body []byte
-	Key  string // Idempotency-Key, where the CRM takes one
+	Key  string   // Idempotency-Key, where the CRM takes one
+	Keys []string // the external ids of the batch, in order
 }
 
-// generic is the connector of our own API (docs/crm-api.md).
-type generic struct{ c *crmapi.Client }
+// Generic is the connector of our own API (docs/crm-api.md).
+func Generic(c *Client) Connector { return generic{c} }
 
-func (g generic) MaxBatch() int { return crmapi.MaxBatch }
+type generic struct{ c *Client }
+
+func (g generic) MaxBatch() int { return MaxBatch }
 
 func (g generic) Encode(contacts []contact.Contact) *WriteRequest {
 	// A fresh buffer per batch, not a pooled one: net/http's write loop may
 	// still be reading the body after RoundTrip returned on an early answer
 	// (401, 413, 429), so the bytes must not be reused.
-	body := crmapi.AppendBatchRequest(nil, contacts)
-	return &WriteRequest{Body: body, Key: crmapi.IdempotencyKey(body)}
+	body := AppendBatchRequest(nil, contacts)
+	return &WriteRequest{Body: body, Key: IdempotencyKey(body)}
 }
 
-func (g generic) Write(ctx context.Context, req *WriteRequest) (*crmapi.BatchResponse, error) {
+func (g generic) Write(ctx context.Context, req *WriteRequest) (*BatchResponse, error) {
 	resp, _, err := g.c.CreateBatch(ctx, req.Body, req.Key)
 	return resp, err
 }
