@@ -75,6 +75,7 @@ type options struct {
 	skipped        string
 	report         string
 	key            string
+	dropColumns    string
 	delimiter      string
 	encoding       string
 	trustQuotes    bool
@@ -181,6 +182,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.skipped, "skipped", env("CSVREADER_SKIPPED", ""), "optional `PATH` listing every duplicate skipped and why [CSVREADER_SKIPPED]")
 	fs.StringVar(&o.report, "report", env("CSVREADER_REPORT", ""), "write the final report as JSON to `PATH` [CSVREADER_REPORT]")
 	fs.StringVar(&o.key, "key", env("CSVREADER_KEY", "id"), "`COLUMN` holding the dedup key, sent as the CRM's external_id [CSVREADER_KEY]")
+	fs.StringVar(&o.dropColumns, "drop-columns", env("CSVREADER_DROP_COLUMNS", ""), "`COLUMN[,COLUMN...]` whose values are not sent (columns the CRM has no field for) [CSVREADER_DROP_COLUMNS]")
 	fs.StringVar(&o.delimiter, "delimiter", env("CSVREADER_DELIMITER", ""), "field delimiter: one character, or \"tab\" (default: a first line \"sep=X\" names it, else ',') [CSVREADER_DELIMITER]")
 	fs.StringVar(&o.encoding, "encoding", env("CSVREADER_ENCODING", "utf-8"), "text encoding of the files: utf-8, windows-1252, latin-1, utf-16, utf-16le or utf-16be (a byte order mark decides by itself) [CSVREADER_ENCODING]")
 	fs.BoolVar(&o.trustQuotes, "trust-quotes", envBool("CSVREADER_TRUST_QUOTES"), "deliver rows whose quoted field spans lines that look like rows, instead of rejecting them as runaway_quote (still counted as suspect) [CSVREADER_TRUST_QUOTES]")
@@ -311,7 +313,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	cfg := importer.Config{
 		Files: o.files,
-		Export: export.Options{Delimiter: delim, Key: o.key, Encoding: o.encoding, TrustQuotes: o.trustQuotes,
+		Export: export.Options{Delimiter: delim, Key: o.key, Encoding: o.encoding, TrustQuotes: o.trustQuotes, Drop: splitList(o.dropColumns),
 			Notify: func(n export.Notice) {
 				level := slog.LevelWarn // something in the file the operator should look at
 				if n.Code == export.NoticeEncoding || n.Code == export.NoticeSepLine {
@@ -366,6 +368,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if hello.MaxFieldBytes > 0 {
 			cfg.Export.MaxFieldBytes = hello.MaxFieldBytes
 		}
+		if hello.Fields != nil {
+			cfg.CheckColumns = checkColumns(hello.API, hello.Fields)
+		}
 		crm = client
 		if hello.CallTimeout > 0 {
 			cfg.CallBound = hello.CallTimeout + importer.CallBoundMargin
@@ -410,6 +415,50 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &exitError{exitFailed, fmt.Errorf("%d records failed after all retries; they are in %s and a rerun retries them", rep.Failed, rep.RejectsFile)}
 	}
 	return nil
+}
+
+// splitList is a comma separated list, trimmed, without empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// checkColumns refuses attribute columns the CRM has no field for, before
+// anything is sent: the CRM would refuse every batch naming them (HubSpot:
+// 400 PROPERTY_DOESNT_EXIST), row after row.
+func checkColumns(api string, fields []string) func([]string) error {
+	known := make(map[string]bool, len(fields))
+	lower := make(map[string]string, len(fields))
+	for _, f := range fields {
+		known[f] = true
+		lower[strings.ToLower(f)] = f
+	}
+	return func(attrs []string) error {
+		var missing, hints []string
+		for _, a := range attrs {
+			if known[a] {
+				continue
+			}
+			missing = append(missing, a)
+			if f, ok := lower[strings.ToLower(strings.ReplaceAll(a, " ", ""))]; ok {
+				hints = append(hints, fmt.Sprintf("%q is the CRM's %q", a, f))
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		hint := ""
+		if len(hints) > 0 {
+			hint = " (" + strings.Join(hints, "; ") + ")"
+		}
+		return &exitError{exitFatal, fmt.Errorf("the CRM (%s) has no field for the column(s) %q; nothing was sent. Create them in the CRM (HubSpot: a contact property of that internal name), rename the columns to fields it has%s, or leave them out with -drop-columns %q",
+			api, missing, hint, strings.Join(missing, ","))}
+	}
 }
 
 func openDB(ctx context.Context, dsn string) (*sql.DB, error) {

@@ -69,3 +69,36 @@ func TestRunUsage(t *testing.T) {
 		})
 	}
 }
+
+// A CRM that lists its fields (HubSpot's contact properties) refuses an
+// export whose attribute columns it lacks, before anything is sent, naming
+// them and the fixes.
+func TestCheckColumns(t *testing.T) {
+	check := checkColumns("hubspot", []string{"email", "firstname", "company", "external_id"})
+	tests := []struct {
+		attrs []string
+		want  []string // in the error; none: no error
+	}{
+		{[]string{"company"}, nil},
+		{nil, nil},
+		{[]string{"company", "Plan", "Company "}, []string{`"Plan"`, "-drop-columns \"Plan,Company \"", `"Company " is the CRM's "company"`}},
+	}
+	for _, tc := range tests {
+		err := check(tc.attrs)
+		if len(tc.want) == 0 {
+			if err != nil {
+				t.Errorf("%v: got %v, want no error", tc.attrs, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%v: no error", tc.attrs)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %q lacks %q", tc.attrs, err, w)
+			}
+		}
+	}
+}

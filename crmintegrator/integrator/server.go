@@ -12,6 +12,7 @@
 package integrator
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -156,7 +157,8 @@ type Server struct {
 	// honours Idempotency-Key, or an upsert), rather than looked up first.
 	resendSafe bool
 	quota      quotaState
-	fates      *fates // external ids the CRM was seen to hold
+	fields     []string // CRM fields attributes may go to (Check); nil: any
+	fates      *fates   // external ids the CRM was seen to hold
 
 	// ctx is the parent of all CRM work; cancelled when Close runs out of
 	// grace.
@@ -196,6 +198,11 @@ func (s *Server) Check(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		fields := make([]string, 0, len(props))
+		for _, p := range props {
+			fields = append(fields, p.Name)
+		}
+		s.fields = fields
 		s.log.Info("crm checked", "api", s.cfg.API, "id_field", s.cfg.CRMIDField, "properties", len(props))
 	}
 	return nil
@@ -361,6 +368,7 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 		reply.CallTimeout = v.s.callTimeout()
 		reply.PackedRecords = v.s.packedRecords
 		reply.Instance = v.s.instance
+		reply.API, reply.Fields = cmp.Or(v.s.cfg.API, "generic"), v.s.fields
 	}
 	v.s.met.rpcCall("Hello", resultOf(reply.Err))
 	return nil

@@ -139,6 +139,12 @@ type Options struct {
 	// DefaultMaxColumns.
 	MaxColumns int
 
+	// Drop names columns (compared as column names are: trimmed, ignoring
+	// case) whose values are not sent: an operator's explicit choice for
+	// columns the CRM has no field for. Naming a column the header lacks
+	// is an error.
+	Drop []string
+
 	// TrustQuotes delivers a row whose quoted field spans lines that look
 	// like records (still reported to Notify and in Row.Suspect) instead of
 	// rejecting it as CodeRunawayQuote.
@@ -403,6 +409,30 @@ func (r *Reader) readHeader() error {
 	cols, keyName, err := mapColumns(header, r.opts.Key, r.delim)
 	if err != nil {
 		return &Error{Name: r.name, Line: r.line, Offset: -1, Err: err}
+	}
+	if len(r.opts.Drop) > 0 {
+		drop := map[string]bool{}
+		for _, d := range r.opts.Drop {
+			drop[normalize(d)] = true
+		}
+		kept := cols.attrs[:0:0]
+		for _, a := range cols.attrs {
+			if drop[normalize(a.name)] {
+				delete(drop, normalize(a.name))
+				continue
+			}
+			kept = append(kept, a)
+		}
+		if len(drop) > 0 {
+			var missing []string
+			for d := range drop {
+				missing = append(missing, d)
+			}
+			slices.Sort(missing)
+			return &Error{Name: r.name, Line: r.line, Offset: -1, Err: fmt.Errorf("%w: -drop-columns names %s, which the header lacks or which is not an attribute column (the header: %s)",
+				ErrBadHeader, strings.Join(missing, ", "), strings.Join(header, ", "))}
+		}
+		cols.attrs = kept
 	}
 	r.cols, r.keyName = cols, keyName
 	r.trimmed = make([]string, len(header))
@@ -783,6 +813,16 @@ func (r *Reader) fail(err error) error {
 // stripped. For a rejects file, the marker columns are left out, and so are
 // unnamed columns at the end, so the header matches Row.Fields.
 func (r *Reader) Header() []string { return slices.Clone(r.header) }
+
+// AttributeColumns names the columns that go to the contact's attributes,
+// as they are sent (trimmed): the CRM must have a field of each name.
+func (r *Reader) AttributeColumns() []string {
+	out := make([]string, len(r.cols.attrs))
+	for i, a := range r.cols.attrs {
+		out[i] = a.name
+	}
+	return out
+}
 
 // IsRejects reports whether the file is a rejects file written by
 // RejectsWriter, whose marker columns the Reader drops. Row.Line is then the

@@ -504,3 +504,28 @@ func TestKeyOption(t *testing.T) {
 		})
 	}
 }
+
+// -drop-columns: the named attribute columns are not sent; a name the
+// header lacks is an error before any row.
+func TestDropColumns(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.csv")
+	os.WriteFile(path, []byte("id,email,Company,Plan\nK1,a@example.com,Acme,gold\n"), 0o644)
+	r, err := Open(path, Options{Drop: []string{" plan "}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got := r.AttributeColumns(); !slices.Equal(got, []string{"Company"}) {
+		t.Errorf("attribute columns %v, want [Company]", got)
+	}
+	row, err := r.Next()
+	if err != nil || row.Problem != nil {
+		t.Fatalf("row: %v %+v", err, row.Problem)
+	}
+	if _, ok := row.Contact.Attributes["Plan"]; ok || row.Contact.Attributes["Company"] != "Acme" {
+		t.Errorf("attributes %v, want Company only", row.Contact.Attributes)
+	}
+	if _, err := Open(path, Options{Drop: []string{"Nope"}}); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("dropping a column the header lacks: got %v, want an error naming it", err)
+	}
+}

@@ -72,6 +72,10 @@ type Config struct {
 	// records the daemons the run sends to (ledger.Run.NoteIntegrator). The
 	// client built by csvreader passes it to crmrpc.ClientConfig.SendGate.
 	SendGate func(func(ctx context.Context, instance string) error)
+	// CheckColumns, when set, is asked about the export's attribute
+	// columns before anything is claimed or sent: an error (the CRM has
+	// no field for some) stops the run.
+	CheckColumns func(attributes []string) error
 	// Instance, when set, names the integrator process the client talks to
 	// now (crmrpc.Client.Instance): records a dead run sent only through
 	// that process may be resolved through it without waiting out its calls.
@@ -316,6 +320,12 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	first, err := export.Open(cfg.Files[0], cfg.Export)
 	if err != nil {
 		return rep, err
+	}
+	if cfg.CheckColumns != nil {
+		if err := cfg.CheckColumns(first.AttributeColumns()); err != nil {
+			first.Close()
+			return rep, err
+		}
 	}
 	if p.rejects, err = export.NewRejectsWriter(cfg.RejectsPath, first.Header(), first.Delimiter()); err != nil {
 		first.Close()

@@ -49,6 +49,13 @@ type HelloReply struct {
 	// (DeliverArgs.Packed) the daemon reads; zero from daemons that predate
 	// it, which must be sent Records.
 	PackedRecords int
+	// API names the CRM's API the daemon speaks ("generic", "hubspot").
+	API string
+	// Fields, when not nil, are the CRM fields a record's attributes may
+	// go to (HubSpot: the account's contact properties). A reader refuses,
+	// before sending anything, an export with an attribute column the CRM
+	// has no field for: the CRM would refuse every batch. Nil: any.
+	Fields []string
 	// Instance names this daemon process: random, new at every start. A
 	// reader records the instances it sent calls to, so that a run taking
 	// its records over knows whether its own daemon is the one that may
