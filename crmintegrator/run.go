@@ -18,6 +18,7 @@ import (
 	_ "time/tzdata" // -crm-quota-reset zones, even in a container without zoneinfo
 
 	"crmsync/crmintegrator/integrator"
+	"crmsync/shared/buildinfo"
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
@@ -34,6 +35,7 @@ type options struct {
 	logFormat, logLevel            string
 	grace                          time.Duration
 	quotaZone                      string
+	version                        bool
 	cpuProfile                     *string
 	cfg                            integrator.Config
 }
@@ -180,8 +182,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e.dur(&o.grace, "grace", "INTEGRATOR_GRACE", 30*time.Second, "on SIGTERM/SIGINT, time for calls in flight to finish")
 	e.str(&o.logFormat, "log-format", "INTEGRATOR_LOG_FORMAT", "text", "log format: text or json")
 	e.str(&o.logLevel, "log-level", "INTEGRATOR_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&o.version, "version", false, "print the version, commit and build time, and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.version {
+		return o, nil // nothing else matters
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -237,6 +243,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if err != nil {
 		return usageError{err}
+	}
+	if o.version {
+		fmt.Fprintln(stdout, buildinfo.Read().String("crmintegrator"))
+		return nil
 	}
 	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {

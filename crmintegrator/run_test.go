@@ -178,3 +178,13 @@ func between(s, a, b string) string {
 func contactOf(id string) contact.Contact {
 	return contact.Contact{ExternalID: id, Email: id + "@example.com"}
 }
+
+func TestVersionFlag(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"-version"}, func(string) string { return "" }, &out, &errb); err != nil {
+		t.Fatalf("-version: %v\n%s", err, errb.String())
+	}
+	if !strings.HasPrefix(out.String(), "crmintegrator ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("-version printed %q", out.String())
+	}
+}

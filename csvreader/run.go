@@ -22,6 +22,7 @@ import (
 	"crmsync/csvreader/export"
 	"crmsync/csvreader/importer"
 	"crmsync/db"
+	"crmsync/shared/buildinfo"
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
@@ -99,6 +100,7 @@ type options struct {
 	files          []string
 	progressSet    bool
 	cpuProfile     *string
+	version        bool
 }
 
 const usageHead = `Usage: csvreader [flags] FILE [FILE...]
@@ -204,6 +206,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.logFormat, "log-format", env("CSVREADER_LOG_FORMAT", "text"), "log format: text or json [CSVREADER_LOG_FORMAT]")
 	fs.StringVar(&o.logLevel, "log-level", env("CSVREADER_LOG_LEVEL", "info"), "log level: debug, info, warn or error [CSVREADER_LOG_LEVEL]")
 	o.cpuProfile = profiling.Flag(fs)
+	fs.BoolVar(&o.version, "version", false, "print the version, commit and build time, and exit")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageHead)
 		profiling.PrintDefaults(fs)
@@ -213,6 +216,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 			return nil, &exitError{code: exitOK}
 		}
 		return nil, &exitError{exitUsage, errors.New("")}
+	}
+	if o.version {
+		return nil, errVersion
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "progress" {
@@ -274,8 +280,15 @@ func parseDelimiter(s string) (rune, error) {
 	return r[0], nil
 }
 
+// errVersion is parseFlags' answer to -version.
+var errVersion = errors.New("version asked")
+
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) (err error) {
 	o, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, buildinfo.Read().String("csvreader"))
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -102,3 +102,13 @@ func TestCheckColumns(t *testing.T) {
 		}
 	}
 }
+
+func TestVersionFlag(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"-version"}, func(string) string { return "" }, &out, &errb); err != nil {
+		t.Fatalf("-version: %v\n%s", err, errb.String())
+	}
+	if !strings.HasPrefix(out.String(), "csvreader ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("-version printed %q", out.String())
+	}
+}
