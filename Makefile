@@ -13,11 +13,14 @@ WITH_PG := PG_FAST=1 scripts/with-pg
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# Stamp the commit into the binaries (-version) when building from a checkout.
+BUILDVCS := $(if $(wildcard .git),true,false)
+
 build: ## build bin/csvreader, bin/crmintegrator and bin/fakecrm
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/csvreader ./csvreader
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/crmintegrator ./crmintegrator
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/fakecrm ./crmintegrator/cmd/fakecrm
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=$(BUILDVCS) -o $(BIN)/csvreader ./csvreader
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=$(BUILDVCS) -o $(BIN)/crmintegrator ./crmintegrator
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=$(BUILDVCS) -o $(BIN)/fakecrm ./crmintegrator/cmd/fakecrm
 
 test: fmt-check vet compose-check ## gofmt check, go vet, go test -race against a real PostgreSQL
 	$(WITH_PG) bash -c '$(GO) test -race -count=1 -timeout 12m ./... && \
