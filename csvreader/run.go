@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -101,6 +103,7 @@ type options struct {
 	progressSet    bool
 	cpuProfile     *string
 	version        bool
+	httpAddr       string
 }
 
 const usageHead = `Usage: csvreader [flags] FILE [FILE...]
@@ -205,6 +208,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.DurationVar(&o.callTimeout, "call-timeout", envDur("CSVREADER_CALL_TIMEOUT", 0), "longest wait for one integrator call; 0 takes the integrator's advice [CSVREADER_CALL_TIMEOUT]")
 	fs.StringVar(&o.logFormat, "log-format", env("CSVREADER_LOG_FORMAT", "text"), "log format: text or json [CSVREADER_LOG_FORMAT]")
 	fs.StringVar(&o.logLevel, "log-level", env("CSVREADER_LOG_LEVEL", "info"), "log level: debug, info, warn or error [CSVREADER_LOG_LEVEL]")
+	fs.StringVar(&o.httpAddr, "http", env("CSVREADER_HTTP", ""), "serve /metrics (Prometheus text) on `ADDR` while the run goes on, e.g. 127.0.0.1:9465; empty: none [CSVREADER_HTTP]")
 	o.cpuProfile = profiling.Flag(fs)
 	fs.BoolVar(&o.version, "version", false, "print the version, commit and build time, and exit")
 	fs.Usage = func() {
@@ -400,6 +404,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 
+	if o.httpAddr != "" {
+		stop, _, err := serveMetrics(o.httpAddr, &cfg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	rep, runErr := importer.Run(ctx, cfg, d, crm)
 	if runErr == nil && rep.Rows == 0 && !rep.Interrupted {
 		// A file of a header alone, or one whose lines all ended up in the
@@ -428,6 +439,38 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return &exitError{exitFailed, fmt.Errorf("%d records failed after all retries; they are in %s and a rerun retries them", rep.Failed, rep.RejectsFile)}
 	}
 	return nil
+}
+
+// serveMetrics serves the run's /metrics on addr until stop; the run hands
+// its snapshot over when it starts (importer.Config.OnStart).
+func serveMetrics(addr string, cfg *importer.Config, log *slog.Logger) (stop func(), bound string, err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", &exitError{exitUsage, fmt.Errorf("-http %s: %w", addr, err)}
+	}
+	var snap atomic.Pointer[func() importer.Snapshot]
+	cfg.OnStart = func(f func() importer.Snapshot) { snap.Store(&f) }
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		if f := snap.Load(); f != nil {
+			(*f)().WriteMetrics(w)
+		}
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	log.Info("metrics served", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	}, ln.Addr().String(), nil
 }
 
 // splitList is a comma separated list, trimmed, without empty entries.

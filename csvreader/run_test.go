@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"crmsync/csvreader/importer"
 )
 
 func TestRunUsage(t *testing.T) {
@@ -110,5 +116,32 @@ func TestVersionFlag(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "csvreader ") || !strings.Contains(out.String(), "go1.") {
 		t.Errorf("-version printed %q", out.String())
+	}
+}
+
+// -http serves the run's counters as Prometheus text while it goes on.
+func TestMetricsEndpoint(t *testing.T) {
+	var cfg importer.Config
+	stop, addr, err := serveMetrics("127.0.0.1:0", &cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	cfg.OnStart(func() importer.Snapshot {
+		return importer.Snapshot{Rows: 7, Delivered: 5, Invalid: 2, RecoveryBacklog: 3, Lookups: 4, Elapsed: time.Second, FileSize: -1}
+	})
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		"csvreader_rows_read_total 7", `csvreader_rows_total{outcome="delivered"} 5`, `csvreader_rows_total{outcome="invalid"} 2`,
+		"csvreader_recovery_backlog 3", "csvreader_lookups_total 4", "csvreader_rows_per_second 7.0", "# TYPE csvreader_in_flight gauge",
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, b)
+		}
 	}
 }

@@ -72,6 +72,9 @@ type Config struct {
 	// records the daemons the run sends to (ledger.Run.NoteIntegrator). The
 	// client built by csvreader passes it to crmrpc.ClientConfig.SendGate.
 	SendGate func(func(ctx context.Context, instance string) error)
+	// OnStart, when set, is given, once the run has started, a function
+	// that reads what it has done so far (csvreader's /metrics).
+	OnStart func(snapshot func() Snapshot)
 	// CheckColumns, when set, is asked about the export's attribute
 	// columns before anything is claimed or sent: an error (the CRM has
 	// no field for some) stops the run.
@@ -355,6 +358,9 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	}
 	p.log.Info("run started", "run", rep.RunID, "files", len(cfg.Files), "workers", cfg.Workers, "block_size", cfg.BlockSize)
 	p.sched = newScheduler(p)
+	if cfg.OnStart != nil {
+		cfg.OnStart(p.snapshot)
+	}
 
 	var wg sync.WaitGroup
 	var readErr error
