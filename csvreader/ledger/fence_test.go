@@ -21,6 +21,9 @@ func TestFenceAfterLostLock(t *testing.T) {
 	d := pgtest.New(t)
 	a := must(ledger.Start(ctx, d, nil))
 	defer a.Close(ctx, "done", nil)
+	if err := a.SetCallBound(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	must(a.Claim(ctx, items("K1", "K2", "K3")))
 	if !a.CanSend() {
 		t.Fatal("a fresh run may not send")
@@ -41,10 +44,10 @@ func TestFenceAfterLostLock(t *testing.T) {
 	if !slices.Equal(statuses(got), []ledger.Status{ledger.TakenOver, ledger.TakenOver}) {
 		t.Fatalf("b's claims: %v, want both taken over", statuses(got))
 	}
-	// a sends only within the lease of its last proof, and recorded no
-	// call bound: the wait is what is left of that lease.
-	if !got[0].Orphaned || got[0].Wait <= 0 || got[0].Wait > ledger.LockLease {
-		t.Errorf("taken over from a run still running: got %+v, want Orphaned with a wait within the lease", got[0])
+	// a sends only within the lease of its last proof, and its calls run
+	// for at most its call bound: the wait is what is left of both.
+	if !got[0].Orphaned || got[0].Wait < 30*time.Second || got[0].Wait > time.Minute+ledger.LockLease {
+		t.Errorf("taken over from a run still running: got %+v, want Orphaned with a wait of about a's call bound", got[0])
 	}
 	if _, err := b.Confirm(ctx, []ledger.Delivery{delivery("K2")}); err != nil {
 		t.Fatal(err)
