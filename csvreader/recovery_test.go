@@ -221,8 +221,10 @@ func TestTwoReadersOneCutOffFromPostgres(t *testing.T) {
 			case <-tick.C:
 			}
 			var n int
+			// Only this test's database: other tests' runs have the same ids.
 			d.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_locks
-				WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted`,
+				WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted
+				AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
 				int64(db.RunLockNamespace), victim&0xffffffff).Scan(&n)
 			cuts += n
 		}

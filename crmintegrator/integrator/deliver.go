@@ -219,11 +219,28 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 		}
 		todo = append(todo, i)
 	}
-	// Keys another live call of this process is working on wait for it.
 	keys := make([]string, len(recs))
 	for i := range recs {
 		keys[i] = recs[i].Contact.ExternalID
 	}
+	// A key repeated within the call is sent once: creating it twice would
+	// be the duplicate this daemon exists to prevent. The repeats get the
+	// first's verdict. (Readers never send a key twice in a block.)
+	var repeats [][2]int // {repeat, first}
+	if len(todo) > 1 {
+		first := make(map[string]int, len(todo))
+		uniq := todo[:0:0]
+		for _, i := range todo {
+			if j, ok := first[keys[i]]; ok {
+				repeats = append(repeats, [2]int{i, j})
+				continue
+			}
+			first[keys[i]] = i
+			uniq = append(uniq, i)
+		}
+		todo = uniq
+	}
+	// Keys another live call of this process is working on wait for it.
 	hold := &callHold{until: end}
 	todo, busy := s.holders.hold(hold, keys, todo)
 	defer s.holders.release(hold, keys, todo)
@@ -263,6 +280,9 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 		wg.Go(func() { d.runChunk(chunk) })
 	}
 	wg.Wait()
+	for _, r := range repeats {
+		d.verdicts[r[0]] = d.verdicts[r[1]]
+	}
 	lookups := int(d.lookups.Load())
 	if d.fail != nil {
 		return nil, lookups, d.fail

@@ -23,8 +23,10 @@ func KillLock(t *testing.T, r *Run) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var n int
+		// Other tests' databases on the cluster have runs of the same ids.
 		if err := r.db.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-			AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted`,
+			AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
 			int64(db.RunLockNamespace), r.id&0xffffffff).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
