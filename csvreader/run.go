@@ -307,6 +307,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			}
 		}
 	}()
+	// On a terminal, progress is one status line that the logs write
+	// around; elsewhere (a pipe, a file, CI) a plain line per interval.
+	var term *terminal
+	if isTerminal(stderr) && ((o.progressSet && o.progress) || !o.progressSet) {
+		term = &terminal{w: stderr}
+		stderr = term
+	}
 	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		return &exitError{exitUsage, err}
@@ -351,7 +358,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ProgressEvery:  o.progressEvery,
 		Logger:         log,
 	}
-	if (o.progressSet && o.progress) || (!o.progressSet && isTerminal(stderr)) {
+	switch {
+	case term != nil:
+		cfg.Progress = term
+	case o.progressSet && o.progress:
 		cfg.Progress = stderr
 	}
 

@@ -76,9 +76,21 @@ func (p *pipeline) printProgress(start time.Time, final bool) {
 	if backlog := p.n.maybe.Load(); backlog > 0 || lookups > 0 {
 		recovery = fmt.Sprintf(" · recovering %d (lookups %d, %.0f/s)", backlog, lookups, lookupRate)
 	}
-	fmt.Fprintf(p.cfg.Progress, "%s: %d rows (%.0f/s) · %s%s · delivered %d · retrying %d%s · rejected %d · skipped %d · elapsed %s\n",
+	line := fmt.Sprintf("%s: %d rows (%.0f/s) · %s%s · delivered %d · retrying %d%s · rejected %d · skipped %d · elapsed %s",
 		label, rows, rate, where, eta, p.n.delivered.Load(), retrying, recovery,
 		p.n.invalid.Load()+p.n.crmRejected.Load(), p.n.dupes.Load()+p.n.already.Load(), elapsed.Round(time.Second))
+	if st, ok := p.cfg.Progress.(StatusLine); ok {
+		st.Status(line, final)
+		return
+	}
+	fmt.Fprintln(p.cfg.Progress, line)
+}
+
+// StatusLine is a Progress writer that shows one status line rewritten in
+// place (a terminal), rather than a line per interval.
+type StatusLine interface {
+	// Status replaces the status line; final ends it with a newline.
+	Status(line string, final bool)
 }
 
 func bytesHuman(n int64) string {
