@@ -163,29 +163,18 @@ func (m *metrics) WriteTo(w io.Writer) (int64, error) {
 	for _, kv := range rpcs {
 		p("crmintegrator_rpc_calls_total{method=\"%s\",result=\"%s\"} %d\n", labelValue(kv.k[0]), labelValue(kv.k[1]), kv.v)
 	}
-	p("# HELP crmintegrator_recovery_backlog Records sent with MaybeSent that live calls have not resolved yet.\n")
-	p("# TYPE crmintegrator_recovery_backlog gauge\n")
-	p("crmintegrator_recovery_backlog %d\n", m.backlog.Load())
-	p("# HELP crmintegrator_lookups_total External ids looked up in the CRM to resolve records that may exist.\n")
-	p("# TYPE crmintegrator_lookups_total counter\n")
-	p("crmintegrator_lookups_total %d\n", m.lookups.Load())
-	p("# HELP crmintegrator_lookups_saved_total Records that may exist settled without a lookup, from the CRM's earlier answers.\n")
-	p("# TYPE crmintegrator_lookups_saved_total counter\n")
-	p("crmintegrator_lookups_saved_total %d\n", m.lookupsSaved.Load())
-	p("# HELP crmintegrator_overlapping_records_total Records that arrived while another call of this daemon held them (answered retry).\n")
-	p("# TYPE crmintegrator_overlapping_records_total counter\n")
-	p("crmintegrator_overlapping_records_total %d\n", m.overlapping.Load())
-	if m.quotaMax.Load() > 0 {
-		p("# HELP crmintegrator_crm_quota_remaining The CRM's daily request allocation left, as its last answer said.\n")
-		p("# TYPE crmintegrator_crm_quota_remaining gauge\n")
-		p("crmintegrator_crm_quota_remaining %d\n", m.quotaLeft.Load())
-		p("# HELP crmintegrator_crm_quota_limit The CRM's daily request allocation.\n")
-		p("# TYPE crmintegrator_crm_quota_limit gauge\n")
-		p("crmintegrator_crm_quota_limit %d\n", m.quotaMax.Load())
+	one := func(name, typ, help string, v int64) {
+		p("# HELP %s %s\n# TYPE %s %s\n%s %d\n", name, help, name, typ, name, v)
 	}
-	p("# HELP crmintegrator_crm_quota_exhausted_until Unix time until which the CRM's daily allocation is spent (0: it is not).\n")
-	p("# TYPE crmintegrator_crm_quota_exhausted_until gauge\n")
-	p("crmintegrator_crm_quota_exhausted_until %d\n", m.quotaUntil.Load())
+	one("crmintegrator_recovery_backlog", "gauge", "Records sent with MaybeSent that live calls have not resolved yet.", m.backlog.Load())
+	one("crmintegrator_lookups_total", "counter", "External ids looked up in the CRM to resolve records that may exist.", m.lookups.Load())
+	one("crmintegrator_lookups_saved_total", "counter", "Records that may exist settled without a lookup, from the CRM's earlier answers.", m.lookupsSaved.Load())
+	one("crmintegrator_overlapping_records_total", "counter", "Records that arrived while another call of this daemon held them (answered retry).", m.overlapping.Load())
+	if m.quotaMax.Load() > 0 {
+		one("crmintegrator_crm_quota_remaining", "gauge", "The CRM's daily request allocation left, as its last answer said.", m.quotaLeft.Load())
+		one("crmintegrator_crm_quota_limit", "gauge", "The CRM's daily request allocation.", m.quotaMax.Load())
+	}
+	one("crmintegrator_crm_quota_exhausted_until", "gauge", "Unix time until which the CRM's daily allocation is spent (0: it is not).", m.quotaUntil.Load())
 	p("# HELP crmintegrator_records_received_total Records received in authorised Deliver calls.\n")
 	p("# TYPE crmintegrator_records_received_total counter\n")
 	p("crmintegrator_records_received_total %d\n", m.recordsReceived.Load())
