@@ -142,7 +142,12 @@ func TestRunServesAndStops(t *testing.T) {
 		t.Fatalf("CRM holds %d contacts, want 2", a.Contacts)
 	}
 
-	// The side port address is in the start log line.
+	// The side port address is in the start log line, written just after
+	// the stdout line.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stderr.String(), `"http":"`) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	httpAddr := between(stderr.String(), `"http":"`, `"`)
 	resp, err := http.Get("http://" + httpAddr + "/readyz")
 	if err != nil {
