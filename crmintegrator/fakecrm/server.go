@@ -232,7 +232,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch p := r.URL.Path; {
-	case s.hs != nil && strings.HasPrefix(p, "/crm/"):
+	case s.hs != nil && !strings.HasPrefix(p, "/admin/"):
 		s.serveHubSpot(w, r)
 	case s.hs == nil && (p == "/v1" || strings.HasPrefix(p, "/v1/")):
 		s.serveV1(w, r)
