@@ -617,7 +617,7 @@ func (s *Server) hubSpotWrite(c *hsCall, e hsEndpoint, body []byte) (int, []byte
 		return 0, nil, false
 	}
 	if len(req.Inputs) > HubSpotMaxBatch {
-		c.validation("The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again")
+		c.validation(hsTooManyInputs)
 		return 0, nil, false
 	}
 	traced := len(req.Inputs) > 0
@@ -667,9 +667,7 @@ func (s *Server) hubSpotWrite(c *hsCall, e hsEndpoint, body []byte) (int, []byte
 		return 0, nil, false
 	}
 	if len(res.missing) > 0 {
-		errs = append(errs, hsStandardError{Status: "error", Category: "OBJECT_NOT_FOUND",
-			Message: "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.",
-			Context: map[string][]string{"ids": res.missing}})
+		errs = append(errs, notFound(res.missing))
 	}
 	out := hsBatchResponse{Status: "COMPLETE", Results: res.objects, StartedAt: started, CompletedAt: formatHSTime(s.now())}
 	if out.Results == nil {
@@ -683,6 +681,16 @@ func (s *Server) hubSpotWrite(c *hsCall, e hsEndpoint, body []byte) (int, []byte
 		status, out.NumErrors, out.Errors = http.StatusMultiStatus, len(errs), errs
 	}
 	return status, marshal(out), true
+}
+
+// hsTooManyInputs is HubSpot's answer to a batch of more than 100 inputs.
+const hsTooManyInputs = "The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again"
+
+// notFound is the one 207 item that names every id a batch did not find.
+func notFound(ids []string) hsStandardError {
+	return hsStandardError{Status: "error", Category: "OBJECT_NOT_FOUND",
+		Message: "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.",
+		Context: map[string][]string{"ids": ids}}
 }
 
 // defaultHSProperties are what reads and search return when no properties
@@ -764,7 +772,7 @@ func (s *Server) hubSpotRead(c *hsCall, body []byte) {
 		return
 	}
 	if len(req.Inputs) > HubSpotMaxBatch {
-		c.validation("The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again")
+		c.validation(hsTooManyInputs)
 		return
 	}
 	by := req.IDProperty
@@ -788,9 +796,7 @@ func (s *Server) hubSpotRead(c *hsCall, body []byte) {
 	status := http.StatusOK
 	if len(missing) > 0 {
 		status, out.NumErrors = http.StatusMultiStatus, 1
-		out.Errors = []hsStandardError{{Status: "error", Category: "OBJECT_NOT_FOUND",
-			Message: "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.",
-			Context: map[string][]string{"ids": missing}}}
+		out.Errors = []hsStandardError{notFound(missing)}
 	}
 	out.CompletedAt = formatHSTime(s.now())
 	c.reply(status, marshal(out))
