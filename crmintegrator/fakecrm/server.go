@@ -4,7 +4,9 @@
 // fail: 503 before creating, ambiguous answers after creating (500, 502,
 // 504, a reset connection, a hang then a drop), latency, rate limiting, or
 // being down altogether. Its audit counts exactly what was created, so tests
-// can assert that an integrator created no duplicates.
+// can assert that an integrator created no duplicates. With Config.API
+// "hubspot" it serves HubSpot's CRM v3 contacts API instead (hubspot.go,
+// docs/crm/hubspot-fake.md), under the same faults and audit.
 //
 // A Server is an http.Handler; serve it with net/http or, in tests, with
 // fakecrmtest.Start. All its methods are safe for concurrent use.
