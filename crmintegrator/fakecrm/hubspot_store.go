@@ -42,6 +42,7 @@ type hsStore struct {
 	unique  map[string]map[string]*hsContact
 	nextID  uint64
 	creates int64
+	keyed   int64 // contacts holding an id-property value
 }
 
 // hsFirstID is the first record id; HubSpot's ids are long digit strings.
@@ -56,7 +57,7 @@ func newHSStore(idProp string) *hsStore {
 func (st *hsStore) reset() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.byID, st.order, st.nextID, st.creates = map[uint64]*hsContact{}, nil, hsFirstID, 0
+	st.byID, st.order, st.nextID, st.creates, st.keyed = map[uint64]*hsContact{}, nil, hsFirstID, 0, 0
 	st.unique = map[string]map[string]*hsContact{"email": {}, st.idProp: {}}
 }
 
@@ -181,6 +182,7 @@ func (st *hsStore) apply(ops []hsOp, now time.Time) hsApplied {
 			st.order = append(st.order, c)
 			st.creates++
 		}
+		had := c.props[st.idProp] != ""
 		merged := copyProps(c.props)
 		for k, v := range sp.props {
 			if old, ok := merged[k]; ok && old != "" {
@@ -198,6 +200,12 @@ func (st *hsStore) apply(ops []hsOp, now time.Time) hsApplied {
 			}
 		}
 		c.props, c.updated = merged, now
+		switch has := merged[st.idProp] != ""; {
+		case has && !had:
+			st.keyed++
+		case had && !has:
+			st.keyed--
+		}
 		o := viewAll(*c)
 		if sp.upsert {
 			o.New = &created
@@ -255,10 +263,5 @@ func (st *hsStore) all() []hsContact {
 func (st *hsStore) counts() (creates, contacts, distinct, keyed int64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	for _, c := range st.order {
-		if c.props[st.idProp] != "" {
-			keyed++
-		}
-	}
-	return st.creates, int64(len(st.order)), int64(len(st.unique[st.idProp])), keyed
+	return st.creates, int64(len(st.order)), int64(len(st.unique[st.idProp])), st.keyed
 }

@@ -495,6 +495,14 @@ func TestHubSpotAudit(t *testing.T) {
 	if err := json.Unmarshal(resp.body, &list); err != nil || len(list.Contacts) != 1 || list.Contacts[0].ID == "" {
 		t.Errorf("admin contacts for D-2: %s", resp.body)
 	}
+	// Clearing the id property's value ("" clears) leaves a contact without a key.
+	if a := mustSend(t, "POST", base+pUpdate, map[string]any{"inputs": []map[string]any{
+		{"idProperty": "external_id", "id": "D-2", "properties": map[string]string{"external_id": ""}}}}, hsAuth...); a.status != 200 {
+		t.Fatalf("clearing the key: %d %s", a.status, a.body)
+	}
+	if a := srv.Audit(); a.Contacts != 3 || a.DistinctExternalIDs != 1 || a.DuplicateContacts != 0 || a.ContactsWithoutKey != 2 {
+		t.Errorf("after clearing a key: %+v, want 3 contacts, 1 distinct, 0 duplicates, 2 without key", a)
+	}
 	srv.Reset()
 	if a := srv.Audit(); a.Contacts != 0 || a.Requests != 0 {
 		t.Errorf("after Reset: %+v", a)
