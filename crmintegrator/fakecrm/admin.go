@@ -57,7 +57,12 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var cs []crmapi.StoredContact
-		if ext := r.URL.Query().Get("external_id"); ext != "" {
+		if ext := r.URL.Query().Get("external_id"); s.hs != nil {
+			cs = s.Contacts()
+			if ext != "" {
+				cs = slices.DeleteFunc(cs, func(c crmapi.StoredContact) bool { return c.ExternalID != ext })
+			}
+		} else if ext != "" {
 			cs = s.store.lookup(ext)
 		} else {
 			cs, _, _ = s.store.snapshot()

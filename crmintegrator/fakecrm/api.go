@@ -27,8 +27,13 @@ var (
 
 // writeBody writes a complete JSON response.
 func writeBody(w http.ResponseWriter, status int, body []byte) {
+	writeBodyType(w, status, jsonContentType, body)
+}
+
+// writeBodyType writes a complete response of the content type ctype.
+func writeBodyType(w http.ResponseWriter, status int, ctype []string, body []byte) {
 	h := w.Header()
-	h["Content-Type"] = jsonContentType
+	h["Content-Type"] = ctype
 	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	w.WriteHeader(status)
 	w.Write(body) //nolint:errcheck // the client left; nothing to do
@@ -98,6 +103,10 @@ type call struct {
 	f      *faultState
 	delay  time.Duration
 	paused bool
+	// ctype and errBody, when set, answer in another API's content type
+	// and error shape (HubSpot's).
+	ctype   []string
+	errBody func(status int, code, msg string) []byte
 }
 
 func (c *call) wait() {
@@ -109,11 +118,21 @@ func (c *call) wait() {
 
 func (c *call) reply(status int, body []byte) {
 	c.wait()
-	writeBody(c.w, status, body)
+	ctype := c.ctype
+	if ctype == nil {
+		ctype = jsonContentType
+	}
+	writeBodyType(c.w, status, ctype, body)
 	c.s.audit.status(status)
 }
 
-func (c *call) fail(status int, code, msg string) { c.reply(status, errorBody(code, msg)) }
+func (c *call) fail(status int, code, msg string) {
+	if c.errBody != nil {
+		c.reply(status, c.errBody(status, code, msg))
+		return
+	}
+	c.reply(status, errorBody(code, msg))
+}
 
 func (s *Server) serveV1(w http.ResponseWriter, r *http.Request) {
 	s.audit.requests.Add(1)

@@ -14,9 +14,12 @@ type Audit struct {
 	Contacts int64 `json:"contacts"`
 	// DistinctExternalIDs counts external ids held; DuplicateContacts is
 	// Contacts minus DistinctExternalIDs: every contact beyond the first
-	// for its external id.
+	// for its external id. Under the HubSpot API the external id is the
+	// id property's value; contacts without one are counted in
+	// ContactsWithoutKey, not as duplicates.
 	DistinctExternalIDs int64 `json:"distinct_external_ids"`
 	DuplicateContacts   int64 `json:"duplicate_contacts"`
+	ContactsWithoutKey  int64 `json:"contacts_without_key,omitempty"`
 	// IdempotentReplays counts responses replayed for a repeated key.
 	IdempotentReplays int64 `json:"idempotent_replays"`
 	// RateLimited counts 429s; Failed counts 503s (fail-rate and down);
@@ -56,12 +59,19 @@ func (c *counters) reset() {
 // Audit returns the counters, as GET /admin/audit does.
 func (s *Server) Audit() Audit {
 	creates, contacts, distinct := s.store.counts()
+	var unkeyed int64
+	if s.hs != nil {
+		var keyed int64
+		creates, contacts, distinct, keyed = s.hs.store.counts()
+		unkeyed = contacts - keyed
+	}
 	a := Audit{
 		Requests:            s.audit.requests.Load(),
 		Creates:             creates,
 		Contacts:            contacts,
 		DistinctExternalIDs: distinct,
-		DuplicateContacts:   contacts - distinct,
+		DuplicateContacts:   contacts - unkeyed - distinct,
+		ContactsWithoutKey:  unkeyed,
 		IdempotentReplays:   s.audit.replays.Load(),
 		RateLimited:         s.audit.rateLimited.Load(),
 		Failed:              s.audit.failed.Load(),

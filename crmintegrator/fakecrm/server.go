@@ -4,7 +4,9 @@
 // fail: 503 before creating, ambiguous answers after creating (500, 502,
 // 504, a reset connection, a hang then a drop), latency, rate limiting, or
 // being down altogether. Its audit counts exactly what was created, so tests
-// can assert that an integrator created no duplicates.
+// can assert that an integrator created no duplicates. With Config.API
+// "hubspot" it serves HubSpot's CRM v3 contacts API instead (hubspot.go,
+// docs/crm/hubspot-fake.md), under the same faults and audit.
 //
 // A Server is an http.Handler; serve it with net/http or, in tests, with
 // fakecrmtest.Start. All its methods are safe for concurrent use.
@@ -33,6 +35,12 @@ const DefaultSaveInterval = 10 * time.Second
 // Config configures a Server. The zero value is a well-behaved CRM without
 // authentication or persistence.
 type Config struct {
+	// API is the API served: APIGeneric ("generic", the default:
+	// docs/crm-api.md under /v1) or APIHubSpot ("hubspot": HubSpot's CRM
+	// v3 contacts API under /crm/v3, docs/crm/hubspot-fake.md).
+	API string
+	// HubSpot configures the HubSpot API; only read when API is "hubspot".
+	HubSpot HubSpotConfig
 	// Token, when set, is required on every /v1 request as
 	// "Authorization: Bearer <token>".
 	Token string
@@ -78,6 +86,8 @@ type Server struct {
 	idem    *idemStore
 	audit   counters
 
+	hs *hubspot // nil unless Config.API is "hubspot"
+
 	// life gates requests against Close: handlers hold it shared, Close
 	// takes it exclusively once stop has released every hang.
 	life   sync.RWMutex
@@ -113,6 +123,20 @@ func New(cfg Config) (*Server, error) {
 		store:    newStore(),
 		idem:     newIdemStore(cfg.IdempotencyKeys, cfg.IdempotencyTTL),
 		stop:     make(chan struct{}),
+	}
+	switch cfg.API {
+	case "", APIGeneric:
+	case APIHubSpot:
+		if cfg.StateFile != "" {
+			return nil, fmt.Errorf("fakecrm: a state file is only kept by the generic API, not by %q", cfg.API)
+		}
+		hs, err := newHubSpot(cfg.HubSpot, s.now())
+		if err != nil {
+			return nil, fmt.Errorf("fakecrm: %w", err)
+		}
+		s.hs = hs
+	default:
+		return nil, fmt.Errorf("fakecrm: API %q: want %s or %s", cfg.API, APIGeneric, APIHubSpot)
 	}
 	if s.maxBatch == 0 {
 		s.maxBatch = crmapi.MaxBatch
@@ -179,6 +203,9 @@ func (s *Server) Idempotency() bool { return !s.idemOff.Load() }
 
 // Contacts returns a copy of every stored contact, oldest first.
 func (s *Server) Contacts() []crmapi.StoredContact {
+	if s.hs != nil {
+		return s.hs.contacts()
+	}
 	cs, _, _ := s.store.snapshot()
 	return cloneContacts(cs)
 }
@@ -187,6 +214,9 @@ func (s *Server) Contacts() []crmapi.StoredContact {
 // the fault sequence, as if the server had just started empty.
 func (s *Server) Reset() {
 	s.store.replace(nil, 1)
+	if s.hs != nil {
+		s.hs.reset()
+	}
 	s.idem.replace(nil)
 	s.audit.reset()
 	s.postSeq.Store(0)
@@ -194,7 +224,8 @@ func (s *Server) Reset() {
 	s.log.Info("reset")
 }
 
-// ServeHTTP answers the CRM API under /v1 and the admin API under /admin.
+// ServeHTTP answers the CRM API (under /v1, or /crm for HubSpot) and the
+// admin API under /admin.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.life.RLock()
 	defer s.life.RUnlock()
@@ -203,7 +234,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch p := r.URL.Path; {
-	case p == "/v1" || strings.HasPrefix(p, "/v1/"):
+	case s.hs != nil && !strings.HasPrefix(p, "/admin/"):
+		s.serveHubSpot(w, r)
+	case s.hs == nil && (p == "/v1" || strings.HasPrefix(p, "/v1/")):
 		s.serveV1(w, r)
 	case strings.HasPrefix(p, "/admin/"):
 		s.serveAdmin(w, r)

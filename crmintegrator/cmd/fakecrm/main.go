@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -72,6 +73,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		idleTO     = fs.Duration("idle-timeout", env.duration("FAKECRM_IDLE_TIMEOUT", 2*time.Minute), "close keep-alive connections idle this long ($FAKECRM_IDLE_TIMEOUT)")
 		idemKeys   = fs.Int("idempotency-keys", env.int("FAKECRM_IDEMPOTENCY_KEYS", fakecrm.DefaultIdempotencyKeys), "most Idempotency-Keys kept; the oldest is forgotten first ($FAKECRM_IDEMPOTENCY_KEYS)")
 		idemTTL    = fs.Duration("idempotency-ttl", env.duration("FAKECRM_IDEMPOTENCY_TTL", fakecrm.DefaultIdempotencyTTL), "how long an Idempotency-Key is kept after its first use ($FAKECRM_IDEMPOTENCY_TTL)")
+		api        = fs.String("api", env.str("FAKECRM_API", fakecrm.APIGeneric), "`API` to serve: generic (docs/crm-api.md) or hubspot (docs/crm/hubspot-fake.md) ($FAKECRM_API)")
+		hsIDProp   = fs.String("hubspot-id-property", env.str("FAKECRM_HUBSPOT_ID_PROPERTY", fakecrm.DefaultHubSpotIDProperty), "hubspot: unique contact `property` the portal has from the start ($FAKECRM_HUBSPOT_ID_PROPERTY)")
+		hsProps    = fs.String("hubspot-properties", env.str("FAKECRM_HUBSPOT_PROPERTIES", strings.Join(fakecrm.DefaultHubSpotProperties, ",")), "hubspot: comma separated extra contact `properties`, name or name:type (string, number, date, datetime) ($FAKECRM_HUBSPOT_PROPERTIES)")
+		hsWindow   = fs.Int("hubspot-window", env.int("FAKECRM_HUBSPOT_WINDOW", 0), "hubspot: `requests` allowed in any rolling 10 seconds before 429 TEN_SECONDLY_ROLLING; 0: unlimited ($FAKECRM_HUBSPOT_WINDOW)")
+		daily      = fs.Int("daily", env.int("FAKECRM_DAILY", 0), "hubspot: daily request `allocation` before 429 DAILY; 0: unlimited ($FAKECRM_DAILY)")
+		hsLag      = fs.Duration("hubspot-search-lag", env.duration("FAKECRM_HUBSPOT_SEARCH_LAG", fakecrm.DefaultHubSpotSearchLag), "hubspot: how long a written contact stays invisible to search; 0: none ($FAKECRM_HUBSPOT_SEARCH_LAG)")
 		logLevelIn = fs.String("log-level", env.str("FAKECRM_LOG_LEVEL", "info"), "`level` of stderr logs: debug, info, warn or error ($FAKECRM_LOG_LEVEL)")
 	)
 	if env.err != nil {
@@ -103,7 +110,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		*seed = rand.Int64()
 	}
 	log.Info("fault seed; pass -seed to repeat this run", "seed", *seed)
+	if *hsLag == 0 {
+		*hsLag = -1 // HubSpotConfig's "none"
+	}
 	srv, err := fakecrm.New(fakecrm.Config{
+		API: *api,
+		HubSpot: fakecrm.HubSpotConfig{
+			IDProperty: *hsIDProp, Properties: strings.Split(*hsProps, ","),
+			Daily: *daily, Window: *hsWindow, SearchLag: *hsLag,
+		},
 		Token: *token,
 		Faults: fakecrm.Faults{
 			FailRate: *failRate, AmbiguousRate: *ambRate, AmbiguousModes: *ambModes,

@@ -166,6 +166,9 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{"stray argument", []string{"serve"}, nil, "unexpected arguments"},
 		{"bad log level", []string{"-log-level", "loud"}, nil, "log-level"},
 		{"bad address", []string{"-listen", "256.0.0.1:x"}, nil, "listen"},
+		{"unknown API", []string{"-api", "soap"}, nil, `API "soap"`},
+		{"hubspot with a state file", []string{"-api", "hubspot", "-state", "x.json"}, nil, "state file"},
+		{"hubspot property type", nil, map[string]string{"FAKECRM_API": "hubspot", "FAKECRM_HUBSPOT_PROPERTIES": "x:blob"}, "type"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -302,5 +305,33 @@ func TestRunTimeouts(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestRunHubSpot(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	base, done, _ := startRun(t, ctx, []string{"-listen", "127.0.0.1:0", "-hubspot-window", "190", "-hubspot-search-lag", "0"}, map[string]string{
+		"FAKECRM_API": "hubspot", "FAKECRM_TOKEN": "pat", "FAKECRM_DAILY": "1", "FAKECRM_HUBSPOT_ID_PROPERTY": "crm_key",
+		"FAKECRM_HUBSPOT_PROPERTIES": "tier:number",
+	})
+	req, _ := http.NewRequest("GET", base+"/crm/v3/properties/contacts/crm_key", nil)
+	req.Header.Set("Authorization", "Bearer pat")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"hasUniqueValue":true`) ||
+		resp.Header.Get("X-HubSpot-RateLimit-Max") != "190" || resp.Header.Get("X-HubSpot-RateLimit-Daily") != "1" {
+		t.Errorf("got %d %s %v, want the unique property with Max 190 and Daily 1", resp.StatusCode, b, resp.Header)
+	}
+	if got := post(t, base+"/crm/v3/objects/contacts/batch/create", `{"inputs":[{"properties":{"tier":"1"}}]}`, "Authorization", "Bearer pat"); got != 429 {
+		t.Errorf("past the daily allocation: got %d, want 429", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
 	}
 }
