@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 		args := strings.Split(os.Getenv("CSVREADER_TEST_ARGS"), "\x1f")
 		if err := run(context.Background(), args, os.Getenv, os.Stdout, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "csvreader:", err)
-			os.Exit(1)
+			os.Exit(exitCodeOf(err)) // as main does
 		}
 		os.Exit(0)
 	}

@@ -59,6 +59,9 @@ func (s *stack) startIntegrator(cfg integrator.Config, addr string) {
 	if err != nil {
 		s.t.Fatal(err)
 	}
+	if err := srv.Check(context.Background()); err != nil {
+		s.t.Fatal(err)
+	}
 	var ln net.Listener
 	for i := 0; ; i++ { // the old daemon's port may linger for a moment
 		if ln, err = net.Listen("tcp", addr); err == nil || i > 50 {
