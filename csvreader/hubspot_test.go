@@ -95,3 +95,21 @@ func exitCodeOfProcess(err error) int {
 	}
 	return -1
 }
+
+// HubSpot says its rolling window in every answer's headers: the daemon
+// paces at it from the first answer on, so a run sits at the limit without
+// a single 429.
+func TestHubSpotPacesAtItsWindow(t *testing.T) {
+	s := newStack(t, fakecrm.Config{API: fakecrm.APIHubSpot, HubSpot: fakecrm.HubSpotConfig{Window: 40}},
+		integrator.Config{API: "hubspot"})
+	rep, out, err := s.reader(t.Context(), s.dsn, "-workers", "4", "-block-size", "100", exportFile(t, 4000))
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+	a := s.crm.Audit()
+	t.Logf("%d requests, %d answered 429, %.1fs", a.Requests, a.RateLimited, rep.ElapsedSeconds)
+	if a.RateLimited != 0 {
+		t.Errorf("%d of %d requests answered 429: the daemon did not pace at HubSpot's window", a.RateLimited, a.Requests)
+	}
+	s.assertExactlyOnce(4000)
+}

@@ -628,6 +628,12 @@ func (d *delivery) resolve(idx []int) (rest []int, err error) {
 		if !d.maybe[i] {
 			continue
 		}
+		if d.s.upsert {
+			// An upsert by our key cannot create it twice: send it again.
+			d.maybe[i] = false
+			d.resolved(i)
+			continue
+		}
 		if id, ok := d.s.fates.known(d.recs[i].Contact.ExternalID, 0); ok {
 			d.deliveredFound(i, id)
 			d.s.met.lookupsSaved.Add(1)

@@ -253,21 +253,32 @@ func (l *Limiter) okRate(now time.Time) float64 {
 	return 0
 }
 
-// SetCeiling sets the hard cap to rate, as the CRM states its allowance
-// (HubSpot's rate-limit headers), and paces at it from now on: the
-// adaptive part still cuts below it on a 429.
-func (l *Limiter) SetCeiling(rate float64) {
-	if rate <= 0 {
+// SetWindow paces all requests by a CRM's stated allowance: at most max
+// requests in any rolling interval (HubSpot's rate-limit headers), of
+// which used are spent already. GCRA lets limiterBurst requests through
+// early once, so the pace is (max − limiterBurst) per interval: then no
+// interval ever holds more than max. The first time, the requests already
+// spent (sent before the allowance was known) are booked, so the window
+// they fall in is not overrun either.
+func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
+	if max <= limiterBurst || interval <= 0 {
 		return
 	}
+	rate := float64(max-limiterBurst) / interval.Seconds()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.maxRate == rate {
 		return
 	}
+	first := l.maxRate == 0
 	l.maxRate = rate
 	if l.rate == 0 || l.rate > rate {
 		l.rate = rate
+	}
+	if first && used > 0 {
+		if booked := l.clock.Now().Add(time.Duration(float64(used) / rate * float64(time.Second))); booked.After(l.tat) {
+			l.tat = booked
+		}
 	}
 }
 

@@ -156,9 +156,12 @@ type Server struct {
 	// resendSafe: an ambiguous write may be resent unchanged (a CRM that
 	// honours Idempotency-Key, or an upsert), rather than looked up first.
 	resendSafe bool
-	quota      quotaState
-	fields     []string // CRM fields attributes may go to (Check); nil: any
-	fates      *fates   // external ids the CRM was seen to hold
+	// upsert: writes are upserts by our key, so a record that may already
+	// be in the CRM needs no lookup: writing it again updates it.
+	upsert bool
+	quota  quotaState
+	fields []string // CRM fields attributes may go to (Check); nil: any
+	fates  *fates   // external ids the CRM was seen to hold
 
 	// ctx is the parent of all CRM work; cancelled when Close runs out of
 	// grace.
@@ -208,12 +211,12 @@ func (s *Server) Check(ctx context.Context) error {
 	return nil
 }
 
-// hubspotLimits paces all traffic from HubSpot's rate-limit headers: just
-// under its rolling window's allowance, so a run sits at the limit without
-// 429s; and keeps the daily allocation left for the metrics.
+// hubspotLimits paces all traffic from HubSpot's rate-limit headers (its
+// rolling window's allowance, Limiter.SetWindow), so a run sits at the
+// limit without 429s; and keeps the daily allocation left for the metrics.
 func (s *Server) hubspotLimits(l hubspot.Limits) {
 	if l.Max > 0 && l.Interval > 0 {
-		s.limiter.SetCeiling(0.98 * float64(l.Max) / l.Interval.Seconds())
+		s.limiter.SetWindow(l.Max, l.Max-l.Remaining, l.Interval)
 	}
 	if l.Daily > 0 {
 		s.met.quotaLeft.Store(int64(l.DailyRemaining))
@@ -309,6 +312,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.crm = hs
 		s.resendSafe = cfg.Idempotency || cfg.CRMWrite != "create"
+		s.upsert = cfg.CRMWrite != "create"
 	default:
 		return nil, fmt.Errorf("crm api %q: want generic or hubspot", cfg.API)
 	}
