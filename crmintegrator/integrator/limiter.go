@@ -255,16 +255,16 @@ func (l *Limiter) okRate(now time.Time) float64 {
 
 // SetWindow paces all requests by a CRM's stated allowance: at most max
 // requests in any rolling interval (HubSpot's rate-limit headers), of
-// which used are spent already. GCRA lets limiterBurst requests through
-// early once, so the pace is (max − limiterBurst) per interval: then no
-// interval ever holds more than max. The first time, the requests already
+// which used are spent already. GCRA lets limiterBurst−1 requests through
+// ahead of the pace, so the pace is (max − limiterBurst + 1) per interval:
+// then no interval ever holds more than max. The first time, the requests already
 // spent (sent before the allowance was known) are booked, so the window
 // they fall in is not overrun either.
 func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 	if max <= limiterBurst || interval <= 0 {
 		return
 	}
-	rate := float64(max-limiterBurst) / interval.Seconds()
+	rate := float64(max-limiterBurst+1) / interval.Seconds()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.maxRate == rate {
