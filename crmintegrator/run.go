@@ -17,6 +17,7 @@ import (
 
 	_ "time/tzdata" // -crm-quota-reset zones, even in a container without zoneinfo
 
+	"crmsync/crmintegrator/hubspot"
 	"crmsync/crmintegrator/integrator"
 	"crmsync/shared/buildinfo"
 	"crmsync/shared/crmrpc"
@@ -197,6 +198,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	}
 	for _, f := range e.secrets {
 		f()
+	}
+	if o.crmURL == "" && c.API == "hubspot" {
+		o.crmURL = hubspot.DefaultBaseURL
 	}
 	if o.crmURL == "" {
 		return nil, errors.New("no CRM url: set -crm-url or CRM_URL")

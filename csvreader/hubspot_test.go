@@ -22,7 +22,7 @@ func TestHubSpotKill9AndRerun(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			const rows = 3000
 			s := newStack(t, fakecrm.Config{API: fakecrm.APIHubSpot, Seed: 4, Faults: fakecrm.Faults{
-				FailRate: 0.1, AmbiguousRate: 0.05, AmbiguousModes: "500,502,504,reset", Latency: 5 * time.Millisecond}},
+				FailRate: 0.1, AmbiguousRate: 0.05, Hang: 300 * time.Millisecond, Latency: 5 * time.Millisecond}},
 				integrator.Config{API: "hubspot", CRMWrite: mode, CRMTimeout: 500 * time.Millisecond, BreakerThreshold: 1000})
 			d := pgtest.Open(t, s.dsn)
 			file := exportFile(t, rows)
