@@ -82,7 +82,8 @@ func TestRecoveryWithLatency(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, func() bool { return unsettled(t, d) >= 12000 && s.crm.Audit().Creates > 0 })
+			// A margin over 12,000: confirmations go on until the kill lands.
+			waitFor(t, func() bool { return unsettled(t, d) >= 14000 && s.crm.Audit().Creates > 0 })
 			cmd.Process.Signal(syscall.SIGKILL)
 			cmd.Wait()
 			left := unsettled(t, d)

@@ -31,6 +31,7 @@ type Limiter struct {
 	rate    float64 // current pace; 0 = unlimited
 
 	tat         time.Time // GCRA theoretical arrival time
+	windowStart time.Time // when SetWindow first learnt the CRM's allowance
 	pausedUntil time.Time
 	lastCut     time.Time
 	lastRaise   time.Time
@@ -257,9 +258,10 @@ func (l *Limiter) okRate(now time.Time) float64 {
 // requests in any rolling interval (HubSpot's rate-limit headers), of
 // which used are spent already. GCRA lets limiterBurst−1 requests through
 // ahead of the pace, so the pace is (max − limiterBurst + 1) per interval:
-// then no interval ever holds more than max. The first time, the requests already
-// spent (sent before the allowance was known) are booked, so the window
-// they fall in is not overrun either.
+// then no interval ever holds more than max. Requests sent before the
+// allowance was known went out in a burst: for the first interval after
+// the first answer, what the answers say is spent is booked from that
+// moment on, so that window is not overrun either.
 func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 	if max <= limiterBurst || interval <= 0 {
 		return
@@ -267,16 +269,18 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 	rate := float64(max-limiterBurst+1) / interval.Seconds()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.maxRate == rate {
-		return
+	now := l.clock.Now()
+	if l.maxRate != rate {
+		if l.maxRate == 0 {
+			l.windowStart = now
+		}
+		l.maxRate = rate
+		if l.rate == 0 || l.rate > rate {
+			l.rate = rate
+		}
 	}
-	first := l.maxRate == 0
-	l.maxRate = rate
-	if l.rate == 0 || l.rate > rate {
-		l.rate = rate
-	}
-	if first && used > 0 {
-		if booked := l.clock.Now().Add(time.Duration(float64(used) / rate * float64(time.Second))); booked.After(l.tat) {
+	if used > 0 && now.Sub(l.windowStart) < interval {
+		if booked := l.windowStart.Add(time.Duration(float64(used) / rate * float64(time.Second))); booked.After(l.tat) {
 			l.tat = booked
 		}
 	}

@@ -429,13 +429,6 @@ func (p *pipeline) fill(r *Report) {
 	r.Suspect, r.BlankRows, r.RepeatedHeaders = p.n.suspect.Load(), p.n.blank.Load(), p.n.repeatedHeaders.Load()
 }
 
-func delimiter(o export.Options) rune {
-	if o.Delimiter == 0 {
-		return ','
-	}
-	return o.Delimiter
-}
-
 func (p *pipeline) closeStop() { p.stopOnce.Do(func() { close(p.stop) }) }
 
 // add and done track items in flight; the run ends when reading is over and
