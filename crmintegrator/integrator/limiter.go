@@ -179,7 +179,9 @@ func (l *Limiter) RateLimited(start time.Time, retryAfter time.Duration) (cut bo
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
-	if !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing {
+	// A CRM that states its window (SetWindow) is paced by it: a 429 then
+	// comes from jitter at the window's edge, and only pauses.
+	if l.windowStart.IsZero() && !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing {
 		cur := l.rate
 		if sent := l.sentRate(now); cur == 0 || (sent > 0 && sent < cur) {
 			cur = sent
