@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"crmsync/crmintegrator/fakecrm"
+	"crmsync/shared/buildinfo"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
 	"crmsync/shared/redact"
@@ -80,6 +81,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		daily      = fs.Int("daily", env.int("FAKECRM_DAILY", 0), "hubspot: daily request `allocation` before 429 DAILY; 0: unlimited ($FAKECRM_DAILY)")
 		hsLag      = fs.Duration("hubspot-search-lag", env.duration("FAKECRM_HUBSPOT_SEARCH_LAG", fakecrm.DefaultHubSpotSearchLag), "hubspot: how long a written contact stays invisible to search; 0: none ($FAKECRM_HUBSPOT_SEARCH_LAG)")
 		logLevelIn = fs.String("log-level", env.str("FAKECRM_LOG_LEVEL", "info"), "`level` of stderr logs: debug, info, warn or error ($FAKECRM_LOG_LEVEL)")
+		version    = fs.Bool("version", false, "print the version, commit and build time, and exit")
 	)
 	if env.err != nil {
 		return env.err
@@ -89,6 +91,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return nil
 		}
 		return err
+	}
+	if *version {
+		fmt.Fprintln(stdout, buildinfo.Read().String("fakecrm"))
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q: fakecrm takes only flags (see -h)", fs.Args())

@@ -335,3 +335,13 @@ func TestRunHubSpot(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 }
+
+func TestVersionFlag(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"-version"}, func(string) string { return "" }, &out, &errb); err != nil {
+		t.Fatalf("-version: %v\n%s", err, errb.String())
+	}
+	if !strings.HasPrefix(out.String(), "fakecrm ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("-version printed %q", out.String())
+	}
+}
