@@ -556,11 +556,7 @@ func redactErr(err error, dsn string) error { return redact.Error(err, dsn) }
 
 func dialIntegrator(ctx context.Context, o *options, sendGate func(context.Context, string) error) (*crmrpc.Client, error) {
 	cfg := crmrpc.ClientConfig{Token: o.rpcToken, CallTimeout: o.callTimeout, SendGate: sendGate}
-	for _, a := range strings.Split(o.integrators, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			cfg.Addrs = append(cfg.Addrs, a)
-		}
-	}
+	cfg.Addrs = splitList(o.integrators)
 	if o.tlsOn {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.tlsServerName}
 		if o.tlsCA != "" {

@@ -175,13 +175,19 @@ func NewClient(baseURL, token string, timeout time.Duration, hc *http.Client) (*
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("crm url %q: want http://host[:port] or https://host[:port]", redact.URL(baseURL))
 	}
+	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, http: NoRedirects(hc), timeout: timeout}, nil
+}
+
+// NoRedirects returns a copy of hc (nil: a client on NewTransport(8)) that
+// follows no redirect: a redirect of a POST would need the body again, and
+// every resend is the integrator's decision. Every connector uses it.
+func NoRedirects(hc *http.Client) *http.Client {
 	if hc == nil {
 		hc = &http.Client{Transport: NewTransport(8)}
 	}
-	// A redirect of a POST is never followed: it would need the body again.
 	c := *hc
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, http: &c, timeout: timeout}, nil
+	return &c
 }
 
 // CreateBatch sends POST /v1/contacts/batch with an encoded BatchRequest as
@@ -293,7 +299,7 @@ func (c *Client) do(req *http.Request, op string, out any) (http.Header, error) 
 	resp, err := c.http.Do(req)
 	if err != nil {
 		c.observe(op, 0, start)
-		return nil, transportError(err)
+		return nil, TransportError(err)
 	}
 	defer func() {
 		// Drain a little so the connection goes back to the pool.
@@ -323,7 +329,10 @@ func (c *Client) observe(op string, status int, start time.Time) {
 	}
 }
 
-func transportError(err error) *Error {
+// TransportError is a request that got no answer (timeout, reset, refused
+// connection): ambiguous, since the CRM may have acted. Every connector
+// classifies these alike.
+func TransportError(err error) *Error {
 	msg := err.Error()
 	var ue *url.Error
 	if errors.As(err, &ue) {

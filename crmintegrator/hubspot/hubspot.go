@@ -96,13 +96,7 @@ func New(cfg Config) (*Connector, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errors.New("hubspot: -crm-url: want https://host (default " + DefaultBaseURL + ")")
 	}
-	hc := cfg.HTTP
-	if hc == nil {
-		hc = &http.Client{Transport: crmapi.NewTransport(8)}
-	}
-	c := *hc
-	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Connector{cfg: cfg, base: strings.TrimRight(cfg.BaseURL, "/"), hc: &c}, nil
+	return &Connector{cfg: cfg, base: strings.TrimRight(cfg.BaseURL, "/"), hc: crmapi.NoRedirects(cfg.HTTP)}, nil
 }
 
 // MaxBatch is HubSpot's limit of inputs per batch request.
@@ -232,17 +226,13 @@ func (c *Connector) Write(ctx context.Context, req *crmapi.WriteRequest) (*crmap
 }
 
 // code is the most specific code of an error: the property error named in
-// the message (PROPERTY_DOESNT_EXIST, INVALID_EMAIL, …), else the category.
+// the message (PROPERTY_DOESNT_EXIST, INVALID_EMAIL, …: HubSpot embeds a
+// JSON array in the message text, which decoding has unescaped), else the
+// category.
 func code(category, msg string) string {
 	if i := strings.Index(msg, `"error":"`); i >= 0 {
 		rest := msg[i+len(`"error":"`):]
 		if j := strings.IndexByte(rest, '"'); j > 0 {
-			return rest[:j]
-		}
-	}
-	if i := strings.Index(msg, `\"error\":\"`); i >= 0 {
-		rest := msg[i+len(`\"error\":\"`):]
-		if j := strings.Index(rest, `\"`); j > 0 {
 			return rest[:j]
 		}
 	}
@@ -377,12 +367,7 @@ func (c *Connector) do(req *http.Request, op string, out any) error {
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.observe(op, 0, start)
-		msg := err.Error()
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			msg = ue.Err.Error()
-		}
-		return &crmapi.Error{Class: crmapi.ClassAmbiguous, Message: msg, Err: err}
+		return crmapi.TransportError(err)
 	}
 	defer func() {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))

@@ -735,21 +735,17 @@ func (p *pipeline) claim(it *item) {
 
 // noteQuota keeps the latest moment the CRM said its daily allocation
 // comes back.
-func (p *pipeline) noteQuota(until time.Time) {
-	for {
-		cur := p.n.quotaUntil.Load()
-		if until.UnixNano() <= cur || p.n.quotaUntil.CompareAndSwap(cur, until.UnixNano()) {
-			return
-		}
-	}
-}
+func (p *pipeline) noteQuota(until time.Time) { storeMax(&p.n.quotaUntil, until.UnixNano()) }
 
 // noteRecoveryWait keeps the longest wait for a dead run's calls, for the
 // report.
-func (p *pipeline) noteRecoveryWait(d time.Duration) {
+func (p *pipeline) noteRecoveryWait(d time.Duration) { storeMax(&p.n.recoveryWait, int64(d)) }
+
+// storeMax raises a to v unless it holds more already.
+func storeMax(a *atomic.Int64, v int64) {
 	for {
-		cur := p.n.recoveryWait.Load()
-		if int64(d) <= cur || p.n.recoveryWait.CompareAndSwap(cur, int64(d)) {
+		cur := a.Load()
+		if v <= cur || a.CompareAndSwap(cur, v) {
 			return
 		}
 	}
