@@ -1,0 +1,303 @@
+// Package salesforce is the integrator's connector to Salesforce's REST API
+// (docs/crm/salesforce.md): upsert of records by an External ID field with
+// sObject Collections, reads by that field with one SOQL query, the object
+// checks at start (describe), the org's daily allocation from
+// Sforce-Limit-Info and the limits resource, and the classification of
+// every answer into crmapi's classes. It follows Salesforce's public REST
+// API documentation; fakecrm -api salesforce implements the same
+// documentation independently.
+package salesforce
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"crmsync/crmintegrator/crmapi"
+	"crmsync/shared/contact"
+)
+
+// Defaults of Config.
+const (
+	DefaultAPIVersion = "60.0"
+	DefaultObject     = "Contact"
+	DefaultIDField    = "External_Id__c"
+	DefaultReserve    = 0.10
+)
+
+// MaxBatch: "The list can contain up to 200 objects" (sObject Collections).
+const MaxBatch = 200
+
+// Config configures a Connector.
+type Config struct {
+	BaseURL    string // the org's instance URL, https://MyDomainName.my.salesforce.com
+	Token      string // OAuth access token; never logged
+	Object     string // default DefaultObject
+	IDField    string // an External ID field of Object; default DefaultIDField
+	APIVersion string // default DefaultAPIVersion
+	// Reserve is the share of the org's daily allocation left to its other
+	// integrations: below it the connector sends nothing and answers
+	// ClassQuota. 0 keeps nothing back; negative means DefaultReserve.
+	Reserve float64
+	Timeout time.Duration // per request; 0: the caller's context only
+	HTTP    *http.Client  // default: one on crmapi.NewTransport(8)
+	// Observe, when set, is called after every request with the operation,
+	// the HTTP status (0: no answer) and the latency.
+	Observe func(op string, status int, d time.Duration)
+	// Usage, when set, is told the org's daily API usage from every answer
+	// that carries Sforce-Limit-Info (and from the limits resource).
+	Usage func(used, max int)
+}
+
+// Connector speaks Salesforce's REST API. Safe for concurrent use.
+type Connector struct {
+	cfg      Config
+	instance string // the instance URL, without a trailing slash
+	api      string // /services/data/vNN.N
+	hc       *http.Client
+	// used and max are the org's daily API usage as the last answer said
+	// (0, 0: not known yet).
+	used, max atomic.Int64
+	// spent is set once the connector answered ClassQuota: the next request
+	// first reads the limits resource, since usage only falls as the
+	// rolling 24 hours move on and no answer tells it.
+	spent atomic.Bool
+	// caseSensitive: the id field compares case-sensitively (describe);
+	// SOQL's = and IN do not.
+	caseSensitive atomic.Bool
+}
+
+var versionRE = regexp.MustCompile(`^[0-9]{2,3}\.0$`)
+
+// New checks cfg and returns a Connector. It makes no request: Check does.
+func New(cfg Config) (*Connector, error) {
+	if cfg.Object == "" {
+		cfg.Object = DefaultObject
+	}
+	if cfg.IDField == "" {
+		cfg.IDField = DefaultIDField
+	}
+	if cfg.APIVersion == "" {
+		cfg.APIVersion = DefaultAPIVersion
+	}
+	if cfg.Reserve < 0 {
+		cfg.Reserve = DefaultReserve
+	}
+	if cfg.Reserve >= 1 {
+		return nil, fmt.Errorf("salesforce: -crm-reserve %g: want a share below 1 (0.10 keeps 10%% of the daily allocation for other integrations)", cfg.Reserve)
+	}
+	u, err := url.Parse(cfg.BaseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return nil, errors.New("salesforce: -crm-url: want the org's instance URL, https://MyDomainName.my.salesforce.com")
+	}
+	if !versionRE.MatchString(cfg.APIVersion) {
+		return nil, fmt.Errorf("salesforce: -crm-api-version %q: want a version such as %s", cfg.APIVersion, DefaultAPIVersion)
+	}
+	for _, n := range []struct{ flag, v string }{{"-crm-object", cfg.Object}, {"-crm-id-field", cfg.IDField}} {
+		if !nameRE.MatchString(n.v) {
+			return nil, fmt.Errorf("salesforce: %s %q: want an API name such as Contact or External_Id__c", n.flag, n.v)
+		}
+	}
+	return &Connector{cfg: cfg, instance: strings.TrimRight(cfg.BaseURL, "/"), api: "/services/data/v" + cfg.APIVersion,
+		hc: crmapi.NoRedirects(cfg.HTTP)}, nil
+}
+
+// nameRE is an API name: letters, digits and underscores, from a letter.
+// Field names go into SOQL and paths unquoted, so nothing else is allowed.
+var nameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]{0,79}$`)
+
+// MaxBatch is sObject Collections' limit of records per request.
+func (c *Connector) MaxBatch() int { return MaxBatch }
+
+// Object and IDField are the sObject and its External ID field.
+func (c *Connector) Object() string  { return c.cfg.Object }
+func (c *Connector) IDField() string { return c.cfg.IDField }
+
+// fields are a contact as field values: the key under the id field, the
+// known fields under Salesforce's names, attributes under their own. Empty
+// fields are left out, so an upsert keeps what Salesforce holds for them.
+func (c *Connector) fields(ct *contact.Contact) map[string]any {
+	f := make(map[string]any, 6+len(ct.Attributes))
+	for k, v := range ct.Attributes {
+		f[k] = v
+	}
+	for _, kv := range []struct{ name, v string }{
+		{"Email", ct.Email}, {"FirstName", ct.FirstName}, {"LastName", ct.LastName}, {"Phone", ct.Phone},
+	} {
+		if kv.v != "" {
+			f[kv.name] = kv.v
+		}
+	}
+	f[c.cfg.IDField] = ct.ExternalID
+	// "Each object in the request body must contain an attributes map. The
+	// map must contain a value for type."
+	f["attributes"] = map[string]string{"type": c.cfg.Object}
+	return f
+}
+
+// Encode builds the upsert body once; encoding/json sorts the maps, so a
+// resend is byte for byte the same.
+func (c *Connector) Encode(contacts []contact.Contact) *crmapi.WriteRequest {
+	records := make([]map[string]any, len(contacts))
+	keys := make([]string, len(contacts))
+	for i := range contacts {
+		records[i] = c.fields(&contacts[i])
+		keys[i] = contacts[i].ExternalID
+	}
+	// allOrNone false: one record's error must not roll back the others.
+	body, _ := json.Marshal(struct {
+		AllOrNone bool             `json:"allOrNone"`
+		Records   []map[string]any `json:"records"`
+	}{false, records})
+	return &crmapi.WriteRequest{Body: body, Keys: keys}
+}
+
+// saveResult is an UpsertResult of sObject Collections.
+type saveResult struct {
+	ID      string      `json:"id"`
+	Success bool        `json:"success"`
+	Created bool        `json:"created"`
+	Errors  []saveError `json:"errors"`
+}
+
+type saveError struct {
+	StatusCode string   `json:"statusCode"`
+	Message    string   `json:"message"`
+	Fields     []string `json:"fields"`
+}
+
+// transientCodes are per-record errors that say nothing about the record:
+// it is left without status, so the daemon resends it (an upsert is safe
+// to resend).
+var transientCodes = map[string]bool{
+	"UNABLE_TO_LOCK_ROW":               true, // another transaction held the row
+	"REQUEST_LIMIT_EXCEEDED":           true,
+	"SERVER_UNAVAILABLE":               true,
+	"UNKNOWN_EXCEPTION":                true,
+	"ALL_OR_NONE_OPERATION_ROLLED_BACK": true, // never with allOrNone false, but harmless
+}
+
+// Write upserts the batch by the External ID field. "Objects are created or
+// updated in the order they're listed in the request body. The
+// UpsertResult objects are returned in the same order."
+func (c *Connector) Write(ctx context.Context, req *crmapi.WriteRequest) (*crmapi.BatchResponse, error) {
+	if err := c.checkReserve(ctx); err != nil {
+		return nil, err
+	}
+	var out []saveResult
+	path := c.api + "/composite/sobjects/" + c.cfg.Object + "/" + c.cfg.IDField
+	if err := c.send(ctx, "upsert", http.MethodPatch, path, req.Body, &out); err != nil {
+		return nil, err
+	}
+	if len(out) != len(req.Keys) {
+		// Not the documented shape: what was written is unknown.
+		return nil, &crmapi.Error{Class: crmapi.ClassAmbiguous, Status: http.StatusOK,
+			Message: fmt.Sprintf("salesforce answered %d results for %d records", len(out), len(req.Keys))}
+	}
+	res := make([]crmapi.BatchResult, len(req.Keys))
+	for i, r := range out {
+		res[i].ExternalID = req.Keys[i]
+		switch {
+		case r.Success && r.ID != "":
+			res[i].Status, res[i].ID = crmapi.StatusCreated, r.ID
+		case r.Success || len(r.Errors) == 0:
+			// Success without an id is not the documented shape: leave it
+			// ambiguous.
+		case transientCodes[r.Errors[0].StatusCode] || c.raceOnKey(r.Errors[0]):
+			// Left without status: the daemon resends it.
+		default:
+			e := r.Errors[0]
+			msg := e.Message
+			if len(e.Fields) > 0 {
+				msg += " (fields: " + strings.Join(e.Fields, ", ") + ")"
+			}
+			res[i].Status = crmapi.StatusRejected
+			res[i].Error = &crmapi.ErrorDetail{Code: e.StatusCode, Message: msg}
+		}
+	}
+	return &crmapi.BatchResponse{Results: res}, nil
+}
+
+// raceOnKey: DUPLICATE_VALUE on the id field itself means another request
+// inserted the same key between the upsert's match and its insert (our own
+// earlier attempt, still running when it timed out): the record exists
+// now, and the resent upsert updates it.
+func (c *Connector) raceOnKey(e saveError) bool {
+	if e.StatusCode != "DUPLICATE_VALUE" {
+		return false
+	}
+	for _, f := range e.Fields {
+		if strings.EqualFold(f, c.cfg.IDField) {
+			return true
+		}
+	}
+	return strings.Contains(e.Message, c.cfg.IDField)
+}
+
+// Ping reads the limits resource: cheap, it proves the token, and it
+// refreshes the daily usage.
+func (c *Connector) Ping(ctx context.Context) error {
+	_, err := c.limits(ctx, "ping")
+	return err
+}
+
+// send makes one request to path (from the instance's root, as
+// nextRecordsUrl is) and decodes a 2xx answer into out.
+func (c *Connector) send(ctx context.Context, op, method, path string, body []byte, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.instance+path, rd)
+	if err != nil {
+		return &crmapi.Error{Class: crmapi.ClassUnexpected, Message: "build request", Err: err}
+	}
+	// As crmapi does: a body the Transport could rewind would let it resend
+	// a write by itself on a dead keep-alive connection.
+	req.GetBody = nil
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	if c.cfg.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
+		defer cancel()
+		req = req.WithContext(ctx)
+	}
+	start := time.Now()
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		c.observe(op, 0, start)
+		return crmapi.TransportError(err)
+	}
+	defer func() {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}()
+	c.observe(op, resp.StatusCode, start)
+	c.limitInfo(resp.Header.Get("Sforce-Limit-Info"))
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+		return c.statusError(ctx, resp, op)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
+		return &crmapi.Error{Class: crmapi.ClassAmbiguous, Status: resp.StatusCode, Message: "unreadable answer: " + err.Error(), Err: err}
+	}
+	return nil
+}
+
+func (c *Connector) observe(op string, status int, start time.Time) {
+	if c.cfg.Observe != nil {
+		c.cfg.Observe(op, status, time.Since(start))
+	}
+}
