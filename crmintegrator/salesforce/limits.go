@@ -106,6 +106,6 @@ func (c *Connector) quotaError(code, msg string) *crmapi.Error {
 		wait = min(time.Hour, max(time.Minute, wait))
 	}
 	return &crmapi.Error{Class: crmapi.ClassQuota, Status: http.StatusForbidden, Code: code,
-		Message: msg + "; Salesforce counts the last 24 hours, so the daemon reads its limits again after " + wait.Round(time.Second).String(),
+		Message:    msg + "; Salesforce counts the last 24 hours, so the daemon reads its limits again after " + wait.Round(time.Second).String(),
 		RetryAfter: wait}
 }

@@ -74,6 +74,10 @@ type Connector struct {
 	// caseSensitive: the id field compares case-sensitively (describe);
 	// SOQL's = and IN do not.
 	caseSensitive atomic.Bool
+	// names maps the lower-case name of every writable field to its API
+	// name (describe), so that a column "company" goes to Company; nil
+	// before Check.
+	names atomic.Pointer[map[string]string]
 }
 
 var versionRE = regexp.MustCompile(`^[0-9]{2,3}\.0$`)
@@ -127,7 +131,14 @@ func (c *Connector) IDField() string { return c.cfg.IDField }
 // fields are left out, so an upsert keeps what Salesforce holds for them.
 func (c *Connector) fields(ct *contact.Contact) map[string]any {
 	f := make(map[string]any, 6+len(ct.Attributes))
+	var names map[string]string
+	if p := c.names.Load(); p != nil {
+		names = *p
+	}
 	for k, v := range ct.Attributes {
+		if n, ok := names[strings.ToLower(k)]; ok {
+			k = n
+		}
 		f[k] = v
 	}
 	for _, kv := range []struct{ name, v string }{
@@ -179,10 +190,10 @@ type saveError struct {
 // it is left without status, so the daemon resends it (an upsert is safe
 // to resend).
 var transientCodes = map[string]bool{
-	"UNABLE_TO_LOCK_ROW":               true, // another transaction held the row
-	"REQUEST_LIMIT_EXCEEDED":           true,
-	"SERVER_UNAVAILABLE":               true,
-	"UNKNOWN_EXCEPTION":                true,
+	"UNABLE_TO_LOCK_ROW":                true, // another transaction held the row
+	"REQUEST_LIMIT_EXCEEDED":            true,
+	"SERVER_UNAVAILABLE":                true,
+	"UNKNOWN_EXCEPTION":                 true,
 	"ALL_OR_NONE_OPERATION_ROLLED_BACK": true, // never with allOrNone false, but harmless
 }
 
