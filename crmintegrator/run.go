@@ -36,6 +36,7 @@ type options struct {
 	logFormat, logLevel            string
 	grace                          time.Duration
 	quotaZone                      string
+	crmReserve                     string
 	version                        bool
 	cpuProfile                     *string
 	cfg                            integrator.Config
@@ -154,15 +155,18 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e.url(&o.crmURL, "crm-url", "CRM_URL", "base `URL` of the CRM API (required); -h shows it without password or query values")
 	e.secret(&o.crmToken, "crm-token", "CRM_TOKEN", "bearer `token` for the CRM; prefer -crm-token-file or the environment over the command line")
 	e.str(&o.crmTokenFile, "crm-token-file", "CRM_TOKEN_FILE", "", "read the CRM token from this `file`")
-	e.str(&c.API, "crm-api", "CRM_API", "generic", "the CRM's `API`: generic (docs/crm-api.md) or hubspot (docs/crm/hubspot.md)")
-	e.str(&c.CRMIDField, "crm-id-field", "CRM_ID_FIELD", "", "the CRM `field` that holds the dedup key (hubspot: a contact property with unique values; default external_id)")
+	e.str(&c.API, "crm-api", "CRM_API", "generic", "the CRM's `API`: generic (docs/crm-api.md), hubspot (docs/crm/hubspot.md) or salesforce (docs/crm/salesforce.md)")
+	e.str(&c.CRMIDField, "crm-id-field", "CRM_ID_FIELD", "", "the CRM `field` that holds the dedup key (hubspot: a contact property with unique values, default external_id; salesforce: a unique External ID field, default External_Id__c)")
+	e.str(&c.CRMObject, "crm-object", "CRM_OBJECT", "", "salesforce: the sObject records are written to (default Contact)")
+	e.str(&c.CRMAPIVersion, "crm-api-version", "CRM_API_VERSION", "", "salesforce: the REST API `version` (default 60.0)")
+	e.str(&o.crmReserve, "crm-reserve", "CRM_RESERVE", "10%", "salesforce: `share` of the org's daily API allocation kept for its other integrations, as 10% or 0.10; below it the daemon stops sending (the readers exit 4)")
 	e.str(&c.CRMWrite, "crm-write", "CRM_WRITE", "", "upsert or create: upsert (the default where the CRM has it) is resend-safe; create looks contacts up before any resend")
 	e.str(&o.quotaZone, "crm-quota-reset", "CRM_QUOTA_RESET", "UTC", "time `zone` whose midnight resets the CRM's daily allocation, where the CRM does not say (hubspot: the account's time zone)")
 	e.dur(&c.CRMTimeout, "crm-timeout", "CRM_TIMEOUT", 10*time.Second, "timeout of one CRM request")
 	e.int(&c.CRMConcurrency, "crm-concurrency", "CRM_CONCURRENCY", 8, "most requests in flight to the CRM")
 	e.float(&c.CRMRate, "crm-rate", "CRM_RATE", 0, "hard cap on CRM requests per second; 0: adaptive only")
 	e.bool(&c.Idempotency, "crm-idempotency", "CRM_IDEMPOTENCY", false, "the CRM honours Idempotency-Key: after an ambiguous answer resend the same body with the same key instead of looking contacts up")
-	e.int(&c.MaxBatch, "max-batch", "INTEGRATOR_MAX_BATCH", 100, "contacts per CRM batch request (at most 100)")
+	e.int(&c.MaxBatch, "max-batch", "INTEGRATOR_MAX_BATCH", 0, "contacts per CRM batch request; 0: the most the CRM takes (generic and hubspot 100, salesforce 200)")
 	e.int(&c.MaxRecords, "max-records", "INTEGRATOR_MAX_RECORDS", crmrpc.DefaultMaxRecords, "most records one Deliver or Lookup call may carry")
 	e.int(&c.MaxFieldBytes, "max-field-bytes", "INTEGRATOR_MAX_FIELD_BYTES", 4096, "longest field, in bytes, a record may carry")
 	e.dur(&c.CallBudget, "call-budget", "INTEGRATOR_CALL_BUDGET", 20*time.Second, "time one call may spend on internal retries before answering Retry")
@@ -202,9 +206,17 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	if o.crmURL == "" && c.API == "hubspot" {
 		o.crmURL = hubspot.DefaultBaseURL
 	}
+	if o.crmURL == "" && c.API == "salesforce" {
+		return nil, errors.New("no CRM url: set -crm-url or CRM_URL to the org's instance URL, https://MyDomainName.my.salesforce.com")
+	}
 	if o.crmURL == "" {
 		return nil, errors.New("no CRM url: set -crm-url or CRM_URL")
 	}
+	reserve, err := parseShare(o.crmReserve)
+	if err != nil {
+		return nil, fmt.Errorf("-crm-reserve %q: %w", o.crmReserve, err)
+	}
+	c.CRMReserve = reserve
 	if o.tlsClientCA != "" && (o.tlsCert == "" || o.tlsKey == "") {
 		return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
 	}
@@ -214,6 +226,20 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	}
 	c.QuotaZone = zone
 	return o, nil
+}
+
+// parseShare reads a share as "10%" or "0.10", from 0 up to but not
+// including all of it.
+func parseShare(v string) (float64, error) {
+	pct := strings.HasSuffix(v, "%")
+	f, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(v, "%")), 64)
+	if pct {
+		f /= 100
+	}
+	if err != nil || f < 0 || f >= 1 || f != f {
+		return 0, errors.New("want a share such as 10% or 0.10, at least 0 and below 100%")
+	}
+	return f, nil
 }
 
 func loadTLS(o *options) (*tls.Config, error) {

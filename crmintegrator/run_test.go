@@ -69,6 +69,13 @@ func TestBadConfiguration(t *testing.T) {
 		{"client ca without cert", []string{"-crm-url", "http://127.0.0.1:1", "-tls-client-ca", "ca.pem"}, nil, "-tls-client-ca", 2},
 		{"missing token file", []string{"-crm-url", "http://127.0.0.1:1", "-crm-token-file", "/nonexistent/token"}, nil, "crm token file", 1},
 		{"unknown flag", []string{"-nope"}, nil, "not defined", 2},
+		{"salesforce without instance url", []string{"-crm-api", "salesforce"}, nil, "instance URL", 2},
+		{"salesforce create", []string{"-crm-api", "salesforce", "-crm-url", "https://x.my.salesforce.com", "-crm-write", "create"}, nil, "upsert", 1},
+		{"salesforce batch over 200", []string{"-crm-api", "salesforce", "-crm-url", "https://x.my.salesforce.com", "-max-batch", "201"}, nil, "limit of 200", 1},
+		{"hubspot batch over 100", []string{"-crm-api", "hubspot", "-max-batch", "101"}, nil, "limit of 100", 1},
+		{"salesforce bad object", []string{"-crm-api", "salesforce", "-crm-url", "https://x.my.salesforce.com", "-crm-object", "Contact/../User"}, nil, "-crm-object", 1},
+		{"reserve of all", []string{"-crm-url", "http://127.0.0.1:1", "-crm-reserve", "100%"}, nil, "-crm-reserve", 2},
+		{"reserve not a share", []string{"-crm-url", "http://127.0.0.1:1"}, map[string]string{"CRM_RESERVE": "lots"}, "-crm-reserve", 2},
 		// Malformed CRM URLs: url.Parse's error quotes them whole.
 		{"crm url bad port", []string{"-crm-url", "https://bot:SECRET@crm.example.com:8o/"}, nil, "crm url", 1},
 		{"crm url bad escape", []string{"-crm-url", "https://bot:SEC%zzRET@crm.example.com/"}, nil, "crm url", 1},
@@ -93,6 +100,15 @@ func TestBadConfiguration(t *testing.T) {
 				t.Errorf("exit code = %d, want %d", code, tc.code)
 			}
 		})
+	}
+}
+
+func TestParseShare(t *testing.T) {
+	for in, want := range map[string]float64{"10%": 0.10, "0.10": 0.10, "0": 0, "0%": 0, "2.5%": 0.025, " 5 %": 0.05, "1": -1, "-1%": -1, "NaN": -1, "": -1} {
+		got, err := parseShare(in)
+		if (err != nil) != (want < 0) || (err == nil && got != want) {
+			t.Errorf("parseShare(%q) = %v, %v; want %v", in, got, err, want)
+		}
 	}
 }
 

@@ -297,9 +297,9 @@ func (c *Connector) property(ctx context.Context, op, name string) (*Property, e
 }
 
 // Check verifies at start that the id property exists and has unique
-// values, and says how to fix it otherwise. It returns the contact
-// properties the account has.
-func (c *Connector) Check(ctx context.Context) ([]Property, error) {
+// values, and says how to fix it otherwise. It returns the names of the
+// contact properties the account has.
+func (c *Connector) Check(ctx context.Context) ([]string, error) {
 	p, err := c.property(ctx, "check", c.cfg.IDProperty)
 	var ce *crmapi.Error
 	fix := fmt.Sprintf(`create it: POST %s%s with {"name":%q,"label":"External ID","type":"string","fieldType":"text","groupName":"contactinformation","hasUniqueValue":true} (or pick another property with -crm-id-field)`,
@@ -318,7 +318,11 @@ func (c *Connector) Check(ctx context.Context) ([]Property, error) {
 	if err := c.get(ctx, "check", pathProperties, &all); err != nil {
 		return nil, fmt.Errorf("hubspot: list the contact properties: %w", err)
 	}
-	return all.Results, nil
+	names := make([]string, len(all.Results))
+	for i, p := range all.Results {
+		names[i] = p.Name
+	}
+	return names, nil
 }
 
 func (c *Connector) post(ctx context.Context, op, path string, body []byte, out any) error {

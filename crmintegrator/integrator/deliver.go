@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -536,9 +537,9 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 			s.met.retry("split")
 			return false, true
 		case crmapi.ClassUnauthorized:
-			s.log.Error("crm refused the daemon's credentials; fix -crm-token", "status", ce.Status)
+			s.log.Error("crm refused the daemon's credentials; fix -crm-token", "status", ce.Status, "code", ce.Code, "message", ce.Message)
 			d.failCall(&crmrpc.Error{Code: crmrpc.CodeCRMUnauthorized,
-				Message: fmt.Sprintf("the CRM answered %d to the daemon's token: the operator must fix the daemon's -crm-token; records of this call may have been created, resend them with MaybeSent", ce.Status)})
+				Message: unauthorized(ce) + "; records of this call may have been created, resend them with MaybeSent"})
 			return false, false
 		case crmapi.ClassRateLimited:
 			wait, reason, code = max(ce.RetryAfter, time.Second), "rate_limited", CodeRateLimited
@@ -698,8 +699,8 @@ func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 	case crmapi.ClassQuota:
 		return max(ce.RetryAfter, time.Second), crmrpc.CodeQuotaExhausted, ce.Error()
 	case crmapi.ClassUnauthorized:
-		s.log.Error("crm refused the daemon's credentials; fix -crm-token", "status", ce.Status)
-		return 0, crmrpc.CodeCRMUnauthorized, fmt.Sprintf("the CRM answered %d to the daemon's token: the operator must fix the daemon's -crm-token", ce.Status)
+		s.log.Error("crm refused the daemon's credentials; fix -crm-token", "status", ce.Status, "code", ce.Code, "message", ce.Message)
+		return 0, crmrpc.CodeCRMUnauthorized, unauthorized(ce)
 	case crmapi.ClassRateLimited:
 		return max(ce.RetryAfter, time.Second), CodeRateLimited, ce.Error()
 	case crmapi.ClassUnavailable:
@@ -789,4 +790,15 @@ func (s *Server) Lookup(ctx context.Context, ids []string) ([]crmrpc.LookupResul
 		s.met.retry("lookup")
 		todo = failed
 	}
+}
+
+// unauthorized is what a reader is told when the CRM refuses the daemon's
+// credentials: the CRM's own words (an expired token, a missing scope) and
+// who must act. Connectors keep tokens out of their messages.
+func unauthorized(ce *crmapi.Error) string {
+	msg := fmt.Sprintf("the CRM answered %d to the daemon's token", ce.Status)
+	if ce.Code != "" || ce.Message != "" {
+		msg += " (" + strings.TrimSpace(ce.Code+" "+ce.Message) + ")"
+	}
+	return msg + ": the operator must fix the daemon's -crm-token"
 }

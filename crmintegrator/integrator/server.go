@@ -31,6 +31,7 @@ import (
 
 	"crmsync/crmintegrator/crmapi"
 	"crmsync/crmintegrator/hubspot"
+	"crmsync/crmintegrator/salesforce"
 	"crmsync/shared/crmrpc"
 )
 
@@ -42,12 +43,22 @@ const Version = "crmintegrator/1"
 type Config struct {
 	CRMURL   string // base URL of the CRM API, e.g. http://127.0.0.1:8080
 	CRMToken string // bearer token; never logged
-	// API is the CRM's API: "generic" (docs/crm-api.md; the default) or
-	// "hubspot" (docs/crm/hubspot.md).
+	// API is the CRM's API: "generic" (docs/crm-api.md; the default),
+	// "hubspot" (docs/crm/hubspot.md) or "salesforce"
+	// (docs/crm/salesforce.md).
 	API string
 	// CRMIDField is the CRM field holding our dedup key (HubSpot: a contact
-	// property with unique values; default external_id).
+	// property with unique values, default external_id; Salesforce: an
+	// External ID field, default External_Id__c).
 	CRMIDField string
+	// CRMObject and CRMAPIVersion are Salesforce's sObject (default
+	// Contact) and REST API version (default 60.0).
+	CRMObject     string
+	CRMAPIVersion string
+	// CRMReserve is the share of the CRM's daily allocation kept for the
+	// org's other integrations (Salesforce): below it the daemon sends
+	// nothing and answers the daily-quota verdict. 0 keeps nothing.
+	CRMReserve float64
 	// CRMWrite is "upsert" (the default where the CRM has it: resend-safe,
 	// so an ambiguous answer is resolved by resending the same batch) or
 	// "create" (look up before any resend).
@@ -60,7 +71,7 @@ type Config struct {
 	CRMTimeout     time.Duration // per CRM request; default 10s
 	CRMConcurrency int           // most CRM requests in flight; default 8
 	CRMRate        float64       // hard cap on CRM requests/second; 0: adaptive only
-	MaxBatch       int           // contacts per CRM batch; default crmapi.MaxBatch
+	MaxBatch       int           // contacts per CRM batch; default the most the CRM takes (100; Salesforce 200)
 	// Idempotency declares that the CRM honours Idempotency-Key: after an
 	// ambiguous answer the daemon resends the same body with the same key
 	// instead of looking every contact up. Default false, the safe choice.
@@ -123,7 +134,9 @@ func (c *Config) setDefaults() {
 	def(&c.BreakerCooldown, 10*time.Second)
 	def(&c.IdleTimeout, 5*time.Minute)
 	defInt(&c.CRMConcurrency, 8)
-	defInt(&c.MaxBatch, crmapi.MaxBatch)
+	if c.MaxBatch < 0 {
+		c.MaxBatch = 0
+	}
 	defInt(&c.MaxAttempts, 4)
 	defInt(&c.BreakerThreshold, 20) // a random streak of 5 is common at a 10% failure rate; 20 is not
 	defInt(&c.MaxRecords, crmrpc.DefaultMaxRecords)
@@ -191,24 +204,29 @@ type Server struct {
 }
 
 // Check verifies at start that the CRM is set up for this tool (HubSpot:
-// the id property exists and has unique values), so that a daemon that
-// cannot work refuses to start with a message saying how to fix it.
+// the id property exists and has unique values; Salesforce: the object
+// exists and the id field is a unique External ID), so that a daemon that
+// cannot work refuses to start with a message saying how to fix it. It
+// learns the fields records may be written to, which Hello tells readers.
 func (s *Server) Check(ctx context.Context) error {
 	if c, ok := s.crm.(interface {
-		Check(context.Context) ([]hubspot.Property, error)
+		Check(context.Context) ([]string, error)
 	}); ok {
-		props, err := c.Check(ctx)
+		fields, err := c.Check(ctx)
 		if err != nil {
 			return err
 		}
-		fields := make([]string, 0, len(props))
-		for _, p := range props {
-			fields = append(fields, p.Name)
-		}
 		s.fields = fields
-		s.log.Info("crm checked", "api", s.cfg.API, "id_field", s.cfg.CRMIDField, "properties", len(props))
+		s.log.Info("crm checked", "api", s.cfg.API, "id_field", s.cfg.CRMIDField, "fields", len(fields))
 	}
 	return nil
+}
+
+// salesforceUsage keeps the org's daily API allocation left for the
+// metrics, from every answer's Sforce-Limit-Info.
+func (s *Server) salesforceUsage(used, limit int) {
+	s.met.quotaLeft.Store(int64(limit - used))
+	s.met.quotaMax.Store(int64(limit))
 }
 
 // hubspotLimits paces all traffic from HubSpot's rate-limit headers (its
@@ -246,9 +264,6 @@ func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	if cfg.CRMURL == "" {
 		return nil, errors.New("no CRM url: set -crm-url or CRM_URL")
-	}
-	if cfg.MaxBatch > crmapi.MaxBatch {
-		return nil, fmt.Errorf("max batch %d exceeds the CRM's limit of %d", cfg.MaxBatch, crmapi.MaxBatch)
 	}
 	hc := cfg.HTTPClient
 	if hc == nil {
@@ -297,9 +312,6 @@ func New(cfg Config) (*Server, error) {
 			return nil, errors.New("-crm-write upsert: the generic API has no upsert; use create")
 		}
 	case "hubspot":
-		if cfg.MaxBatch > hubspot.MaxBatch {
-			return nil, fmt.Errorf("max batch %d exceeds HubSpot's limit of %d", cfg.MaxBatch, hubspot.MaxBatch)
-		}
 		zone := cfg.QuotaZone
 		if zone == nil {
 			zone = time.UTC
@@ -313,8 +325,29 @@ func New(cfg Config) (*Server, error) {
 		s.crm = hs
 		s.resendSafe = cfg.Idempotency || cfg.CRMWrite != "create"
 		s.upsert = cfg.CRMWrite != "create"
+	case "salesforce":
+		if cfg.CRMWrite == "create" {
+			// Upsert by the External ID field is what makes a resend safe;
+			// a create would need a lookup before every resend, and sObject
+			// Collections' create refuses the key's duplicate anyway.
+			return nil, errors.New("-crm-write create: the salesforce connector writes by upsert on the External ID field only")
+		}
+		sf, err := salesforce.New(salesforce.Config{BaseURL: cfg.CRMURL, Token: cfg.CRMToken, Object: cfg.CRMObject,
+			IDField: cfg.CRMIDField, APIVersion: cfg.CRMAPIVersion, Reserve: cfg.CRMReserve, Timeout: cfg.CRMTimeout,
+			HTTP: hc, Observe: s.met.observeCRM, Usage: s.salesforceUsage})
+		if err != nil {
+			return nil, err
+		}
+		s.crm = sf
+		s.resendSafe, s.upsert = true, true
 	default:
-		return nil, fmt.Errorf("crm api %q: want generic or hubspot", cfg.API)
+		return nil, fmt.Errorf("crm api %q: want generic, hubspot or salesforce", cfg.API)
+	}
+	// A batch is as large as the CRM takes unless told smaller.
+	if most := s.crm.MaxBatch(); s.cfg.MaxBatch == 0 {
+		s.cfg.MaxBatch = most
+	} else if s.cfg.MaxBatch > most {
+		return nil, fmt.Errorf("max batch %d exceeds the CRM's limit of %d records a request", s.cfg.MaxBatch, most)
 	}
 	if err := s.rpc.RegisterName(crmrpc.ServiceV1, &service{s}); err != nil {
 		return nil, fmt.Errorf("register rpc service: %w", err)
