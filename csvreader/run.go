@@ -504,10 +504,13 @@ func checkColumns(api string, fields []string) func([]string) error {
 		known[f] = true
 		lower[strings.ToLower(f)] = f
 	}
+	// Salesforce's API names ignore case: the connector writes a column to
+	// the field of its name in any case.
+	anyCase := api == "salesforce"
 	return func(attrs []string) error {
 		var missing, hints []string
 		for _, a := range attrs {
-			if known[a] {
+			if _, ok := lower[strings.ToLower(a)]; known[a] || (anyCase && ok) {
 				continue
 			}
 			missing = append(missing, a)
@@ -522,7 +525,7 @@ func checkColumns(api string, fields []string) func([]string) error {
 		if len(hints) > 0 {
 			hint = " (" + strings.Join(hints, "; ") + ")"
 		}
-		return &exitError{exitFatal, fmt.Errorf("the CRM (%s) has no field for the column(s) %q; nothing was sent. Create them in the CRM (HubSpot: a contact property of that internal name), rename the columns to fields it has%s, or leave them out with -drop-columns %q",
+		return &exitError{exitFatal, fmt.Errorf("the CRM (%s) has no field for the column(s) %q; nothing was sent. Create them in the CRM (HubSpot: a contact property of that internal name; Salesforce: a field of that API name the token's user may edit), rename the columns to fields it has%s, or leave them out with -drop-columns %q",
 			api, missing, hint, strings.Join(missing, ","))}
 	}
 }

@@ -80,17 +80,23 @@ func TestRunUsage(t *testing.T) {
 // export whose attribute columns it lacks, before anything is sent, naming
 // them and the fixes.
 func TestCheckColumns(t *testing.T) {
-	check := checkColumns("hubspot", []string{"email", "firstname", "company", "external_id"})
+	hubspot := checkColumns("hubspot", []string{"email", "firstname", "company", "external_id"})
+	// Salesforce's API names ignore case.
+	salesforce := checkColumns("salesforce", []string{"Email", "FirstName", "Company__c", "External_Id__c"})
 	tests := []struct {
+		check func([]string) error
 		attrs []string
 		want  []string // in the error; none: no error
 	}{
-		{[]string{"company"}, nil},
-		{nil, nil},
-		{[]string{"company", "Plan", "Company "}, []string{`"Plan"`, "-drop-columns \"Plan,Company \"", `"Company " is the CRM's "company"`}},
+		{hubspot, []string{"company"}, nil},
+		{hubspot, nil, nil},
+		{hubspot, []string{"company", "Plan", "Company "}, []string{`"Plan"`, "-drop-columns \"Plan,Company \"", `"Company " is the CRM's "company"`}},
+		{hubspot, []string{"Company"}, []string{`"Company" is the CRM's "company"`}},
+		{salesforce, []string{"company__c", "COMPANY__C"}, nil},
+		{salesforce, []string{"company"}, []string{`"company"`, "Salesforce"}},
 	}
 	for _, tc := range tests {
-		err := check(tc.attrs)
+		err := tc.check(tc.attrs)
 		if len(tc.want) == 0 {
 			if err != nil {
 				t.Errorf("%v: got %v, want no error", tc.attrs, err)
