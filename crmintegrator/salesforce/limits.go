@@ -21,9 +21,11 @@ import (
 // readers.
 
 // limitInfo reads "Sforce-Limit-Info: api-usage=25/5000", which may carry
-// other counters after a comma ("per-app-api-usage=17/250(appName=…)").
+// other counters after a semicolon ("api-usage=10018/100000;
+// api-bursts=1/750", "…; per-app-api-usage=17/250(appName=…)"); a comma
+// is taken as a separator too.
 func (c *Connector) limitInfo(h string) {
-	for _, part := range strings.Split(h, ",") {
+	for _, part := range strings.FieldsFunc(h, func(r rune) bool { return r == ';' || r == ',' }) {
 		v, ok := strings.CutPrefix(strings.TrimSpace(part), "api-usage=")
 		if !ok {
 			continue

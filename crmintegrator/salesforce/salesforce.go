@@ -78,6 +78,7 @@ type Connector struct {
 	// name (describe), so that a column "company" goes to Company; nil
 	// before Check.
 	names atomic.Pointer[map[string]string]
+	last  atomic.Pointer[answered] // for Ping
 }
 
 var versionRE = regexp.MustCompile(`^[0-9]{2,3}\.0$`)
@@ -254,11 +255,43 @@ func (c *Connector) raceOnKey(e saveError) bool {
 	return strings.Contains(e.Message, c.cfg.IDField)
 }
 
-// Ping reads the limits resource: cheap, it proves the token, and it
-// refreshes the daily usage.
+// pingEvery is how long an answer of the org vouches for the token: every
+// call but the versions list counts against the daily allocation, so a
+// readiness probe every few seconds must not become one call each.
+const pingEvery = 5 * time.Minute
+
+// Ping says whether the org answers and takes the token: from the last
+// answer when it is recent, else by reading the limits resource (which
+// refreshes the daily usage too). An idle daemon's probes cost at most one
+// call per pingEvery.
 func (c *Connector) Ping(ctx context.Context) error {
+	if p := c.last.Load(); p != nil && time.Since(p.at) < pingEvery {
+		return p.err
+	}
 	_, err := c.limits(ctx, "ping")
 	return err
+}
+
+// answered is the latest answer that says whether the token works: nil
+// err, or the Unauthorized error.
+type answered struct {
+	at  time.Time
+	err error
+}
+
+// noteAnswer records an answer of the org for Ping.
+func (c *Connector) noteAnswer(err error) {
+	var ce *crmapi.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &ce) && ce.Class == crmapi.ClassUnauthorized:
+	default:
+		if !errors.As(err, &ce) || ce.Status == 0 {
+			return // no answer: says nothing of the token
+		}
+		err = nil // an answer that is not about the token
+	}
+	c.last.Store(&answered{time.Now(), err})
 }
 
 // send makes one request to path (from the instance's root, as
@@ -299,8 +332,11 @@ func (c *Connector) send(ctx context.Context, op, method, path string, body []by
 	c.observe(op, resp.StatusCode, start)
 	c.limitInfo(resp.Header.Get("Sforce-Limit-Info"))
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
-		return c.statusError(ctx, resp, op)
+		err := c.statusError(ctx, resp, op)
+		c.noteAnswer(err)
+		return err
 	}
+	c.noteAnswer(nil)
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
 		return &crmapi.Error{Class: crmapi.ClassAmbiguous, Status: resp.StatusCode, Message: "unreadable answer: " + err.Error(), Err: err}
 	}

@@ -238,6 +238,8 @@ func TestLimitInfo(t *testing.T) {
 		used, max_ int
 	}{
 		{"api-usage=25/5000", 25, 5000},
+		{"api-usage=25/5000; per-app-api-usage=17/250(appName=sample-connected-app)", 25, 5000},
+		{"api-usage=10018/100000; api-bursts=1/750", 10018, 100000},
 		{"api-usage=18/5000, per-app-api-usage=17/250(appName=sample-connected-app)", 18, 5000},
 		{"per-app-api-usage=17/250(appName=x), api-usage=30/15000", 30, 15000},
 		{"api-usage=garbage", 0, 0},
@@ -446,5 +448,38 @@ func TestTokenOnlyInHeader(t *testing.T) {
 	err := c.Ping(context.Background())
 	if err == nil || strings.Contains(err.Error(), "secret") {
 		t.Errorf("ping: %v", err)
+	}
+}
+
+// Ping spends no call while a recent answer vouches for the token, and
+// reports a refused token from that answer.
+func TestPingCostsLittle(t *testing.T) {
+	var calls atomic.Int64
+	var status atomic.Int64
+	status.Store(200)
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if status.Load() == 401 {
+			answer(w, 401, `[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]`)
+			return
+		}
+		answer(w, 200, testdata(t, "limits.json"))
+	})
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		if err := c.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Errorf("5 pings made %d calls, want 1", calls.Load())
+	}
+	status.Store(401)
+	c.last.Store(nil) // as if the last answer were old
+	if err := c.Ping(ctx); crmapi.ClassOf(err) != crmapi.ClassUnauthorized {
+		t.Fatalf("ping with an expired token: %v", err)
+	}
+	if err := c.Ping(ctx); crmapi.ClassOf(err) != crmapi.ClassUnauthorized || calls.Load() != 2 {
+		t.Errorf("second ping: %v after %d calls; want the refusal remembered, 2 calls", err, calls.Load())
 	}
 }
