@@ -158,10 +158,9 @@ func newSalesforce(cfg SalesforceConfig) (*salesforce, error) {
 			f.length = 255
 		}
 		sf.fields = append(sf.fields, f)
-		sf.byName[strings.ToLower(f.name)] = &sf.fields[len(sf.fields)-1]
+		sf.byName[strings.ToLower(f.name)] = nil // pointed at the slice once it is complete
 		return nil
 	}
-	sf.fields = make([]sfField, 0, 16) // byName points into it: no reallocation
 	standard := []sfField{
 		{name: "Id", label: "Contact ID", typ: "id", length: 18, readOnly: true},
 		{name: "FirstName", label: "First Name", typ: "string", length: 40},
@@ -191,12 +190,12 @@ func newSalesforce(cfg SalesforceConfig) (*salesforce, error) {
 		if name = strings.TrimSpace(name); name == "" {
 			continue
 		}
-		if len(sf.fields) == cap(sf.fields) {
-			return nil, fmt.Errorf("salesforce: at most %d custom fields", cap(sf.fields)-len(standard)-1)
-		}
 		if err := add(sfField{name: name, label: name, typ: "string", custom: true}); err != nil {
 			return nil, err
 		}
+	}
+	for i := range sf.fields {
+		sf.byName[strings.ToLower(sf.fields[i].name)] = &sf.fields[i]
 	}
 	sf.store = newSFStore(sf.prefix, sf.idField, sf.unique)
 	sf.cursors = newSFCursors(salesforceCursors)
@@ -335,6 +334,19 @@ func routeSalesforce(r *http.Request) sfRoute {
 
 var sfContentType = []string{"application/json;charset=UTF-8"}
 
+// sfVersions is the Versions resource's answer: a few recent releases.
+var sfVersions = sfMarshal([]struct {
+	Label   string `json:"label"`
+	URL     string `json:"url"`
+	Version string `json:"version"`
+}{
+	{"Summer '23", "/services/data/v58.0", "58.0"},
+	{"Winter '24", "/services/data/v59.0", "59.0"},
+	{"Spring '24", "/services/data/v60.0", "60.0"},
+	{"Summer '24", "/services/data/v61.0", "61.0"},
+	{"Winter '25", "/services/data/v62.0", "62.0"},
+})
+
 // sfError is one item of Salesforce's error array.
 type sfError struct {
 	Message   string   `json:"message"`
@@ -393,6 +405,11 @@ func (s *Server) serveSalesforce(w http.ResponseWriter, r *http.Request) {
 			msg = sfUnknownException
 		}
 		return sfErrorBody(sfFaultCodes[status], msg)
+	}
+	if strings.TrimSuffix(r.URL.Path, "/") == strings.TrimSuffix(SalesforcePathPrefix, "/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		// The Versions resource needs no session and costs no request.
+		c.reply(http.StatusOK, sfVersions)
+		return
 	}
 	if !s.authorized(r) {
 		c.error(http.StatusUnauthorized, "INVALID_SESSION_ID", "Session expired or invalid")

@@ -141,6 +141,7 @@ func TestSalesforceEndpoints(t *testing.T) {
 		{"wrong method", "DELETE", sfUpsert, nil, 405, []string{`"errorCode":"METHOD_NOT_ALLOWED"`}},
 		{"unknown resource", "GET", sfData + "/sobjects/Contact/003RO0000000001YAA/Notes/x", nil, 404, []string{`"errorCode":"NOT_FOUND"`}},
 		{"bad version", "GET", "/services/data/60/limits", nil, 404, []string{`"errorCode":"NOT_FOUND"`}},
+		{"versions", "GET", "/services/data/", nil, 200, []string{`{"label":"Spring '24","url":"/services/data/v60.0","version":"60.0"}`}},
 		{"generic API is not served", "GET", "/v1/contacts?external_id=C-1", nil, 404, []string{`"errorCode":"NOT_FOUND"`}},
 	}
 	for _, tc := range cases {
@@ -157,7 +158,7 @@ func TestSalesforceEndpoints(t *testing.T) {
 			if ct := a.header.Get("Content-Type"); len(a.body) > 0 && ct != "application/json;charset=UTF-8" {
 				t.Errorf("Content-Type %q, want application/json;charset=UTF-8", ct)
 			}
-			if !strings.HasPrefix(a.header.Get("Sforce-Limit-Info"), "api-usage=") {
+			if !strings.HasPrefix(a.header.Get("Sforce-Limit-Info"), "api-usage=") && tc.name != "versions" {
 				t.Errorf("Sforce-Limit-Info %q", a.header.Get("Sforce-Limit-Info"))
 			}
 			if a.status >= 400 {
@@ -619,5 +620,25 @@ func TestSalesforceConfig(t *testing.T) {
 				t.Errorf("error %q, want it to mention %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSalesforceManyFields: any number of custom fields, each writable and
+// readable under the name it was configured with.
+func TestSalesforceManyFields(t *testing.T) {
+	var fields []string
+	for i := range 40 {
+		fields = append(fields, fmt.Sprintf("Attr_%d", i))
+	}
+	srv, base := startSalesforce(t, fakecrm.Config{Salesforce: fakecrm.SalesforceConfig{Fields: fields}})
+	a := mustSend(t, "PATCH", base+sfUpsert, records(false, rec("External_Id__c", "M-1", "LastName", "M", "attr_39", "last", "Attr_0", "first")), sfAuth...)
+	if !strings.Contains(string(a.body), `"success":true`) {
+		t.Fatalf("upsert: %s", a.body)
+	}
+	if cs := srv.Contacts(); len(cs) != 1 || cs[0].Attributes["Attr_39"] != "last" || cs[0].Attributes["Attr_0"] != "first" || len(cs[0].Attributes) != 2 {
+		t.Errorf("contacts %+v", cs)
+	}
+	if a := mustSend(t, "PATCH", base+sfUpsert, records(false, rec("External_Id__c", "M-1", "company", "x")), sfAuth...); a.status != 400 {
+		t.Errorf("a default field when Fields is set: %d %s, want 400", a.status, a.body)
 	}
 }
