@@ -45,6 +45,12 @@ const (
 	// SalesforceMaxSOQL is the longest SOQL statement accepted, in
 	// characters (the SOQL and SOSL Limits page's 100,000).
 	SalesforceMaxSOQL = 100_000
+	// SalesforceMaxRequestHead is the most bytes of URI plus headers a
+	// request may have: a longer URI is 414, longer headers 431 (Salesforce
+	// Help 000386264, "Maximum number of rows returned by SOQL queries over
+	// the REST API"). Long IN lists in a query hit it long before the SOQL
+	// length limit.
+	SalesforceMaxRequestHead = 16384
 	// SalesforceUnlimitedDaily is the allocation Sforce-Limit-Info and
 	// /limits report when SalesforceConfig.Daily is 0, which enforces none.
 	SalesforceUnlimitedDaily = 5_000_000
@@ -406,6 +412,13 @@ func (s *Server) serveSalesforce(w http.ResponseWriter, r *http.Request) {
 		}
 		return sfErrorBody(sfFaultCodes[status], msg)
 	}
+	if n := len(r.RequestURI); n > SalesforceMaxRequestHead {
+		c.error(http.StatusRequestURITooLong, "URI_TOO_LONG", "URI Too Long: "+strconv.Itoa(n)+" bytes, at most "+strconv.Itoa(SalesforceMaxRequestHead)+" with the headers")
+		return
+	} else if n += headerBytes(r); n > SalesforceMaxRequestHead {
+		c.error(http.StatusRequestHeaderFieldsTooLarge, "REQUEST_HEADER_FIELDS_TOO_LARGE", "Request Header Fields Too Large: "+strconv.Itoa(n)+" bytes of URI and headers, at most "+strconv.Itoa(SalesforceMaxRequestHead))
+		return
+	}
 	if strings.TrimSuffix(r.URL.Path, "/") == strings.TrimSuffix(SalesforcePathPrefix, "/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		// The Versions resource needs no session and costs no request.
 		c.reply(http.StatusOK, sfVersions)
@@ -495,6 +508,18 @@ func (s *Server) serveSalesforce(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.reply(status, resp)
+}
+
+// headerBytes is the size of r's headers as sent: "Name: value\r\n" each,
+// Host included.
+func headerBytes(r *http.Request) int {
+	n := len("Host: \r\n") + len(r.Host)
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 // salesforceLimits answers GET /limits: the daily API requests, and a few

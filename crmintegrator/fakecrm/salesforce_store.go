@@ -72,24 +72,32 @@ const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 // encodes the case of the first fifteen, as Salesforce's 18-character ids
 // do.
 func makeSFID(prefix string, n uint64) string {
-	var b [18]byte
+	var b [15]byte
 	copy(b[:], prefix)
 	copy(b[3:], "RO0")
 	for i := 14; i >= 6; i-- {
 		b[i] = base62[n%62]
 		n /= 62
 	}
-	const suffix = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+	return string(b[:15]) + sfSuffix(string(b[:15]))
+}
+
+// sfSuffix is the suffix that makes a 15-character id an 18-character one:
+// for each five characters, the bits of which are upper case, as a letter
+// or digit of A-Z0-5.
+func sfSuffix(id15 string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+	var out [3]byte
 	for chunk := range 3 {
 		bits := 0
 		for j := range 5 {
-			if c := b[chunk*5+j]; c >= 'A' && c <= 'Z' {
+			if c := id15[chunk*5+j]; c >= 'A' && c <= 'Z' {
 				bits |= 1 << j
 			}
 		}
-		b[15+chunk] = suffix[bits]
+		out[chunk] = alphabet[bits]
 	}
-	return string(b[:])
+	return string(out[:])
 }
 
 // find returns the record with id (15 or 18 characters); the caller holds

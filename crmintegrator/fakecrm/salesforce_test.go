@@ -319,7 +319,6 @@ func TestSalesforceQuery(t *testing.T) {
 		{"unclosed", `SELECT Id FROM Contact WHERE LastName = 'Tab`, 400, []string{`"errorCode":"MALFORMED_QUERY"`}},
 		{"no FROM", `SELECT Id`, 400, []string{`"errorCode":"MALFORMED_QUERY"`, `unexpected token: <EOF>`}},
 		{"unsupported clause", `SELECT Id FROM Contact ORDER BY Id`, 400, []string{`"errorCode":"MALFORMED_QUERY"`, `unexpected token: ORDER`}},
-		{"too long", `SELECT Id FROM Contact WHERE External_Id__c IN ('` + strings.Repeat("x", 100_000) + `')`, 400, []string{`SOQL statements cannot be longer than 100000 characters.`}},
 		{"empty", ``, 400, []string{`"errorCode":"MALFORMED_QUERY"`}},
 	}
 	for _, tc := range cases {
@@ -640,5 +639,38 @@ func TestSalesforceManyFields(t *testing.T) {
 	}
 	if a := mustSend(t, "PATCH", base+sfUpsert, records(false, rec("External_Id__c", "M-1", "company", "x")), sfAuth...); a.status != 400 {
 		t.Errorf("a default field when Fields is set: %d %s, want 400", a.status, a.body)
+	}
+}
+
+// TestSalesforceRequestSize: 16,384 bytes of URI and headers at most. An
+// IN list of 200 long keys does not fit in a query's URI.
+func TestSalesforceRequestSize(t *testing.T) {
+	srv, base := startSalesforce(t, fakecrm.Config{})
+	in := func(n, size int) string {
+		keys := make([]string, n)
+		for i := range keys {
+			keys[i] = "'" + fmt.Sprintf("%0*d", size, i) + "'"
+		}
+		return sfQueryPath("SELECT Id FROM Contact WHERE External_Id__c IN (" + strings.Join(keys, ",") + ")")
+	}
+	for _, tc := range []struct {
+		name    string
+		path    string
+		headers []string
+		status  int
+	}{
+		{"fits", in(100, 100), sfAuth, 200},
+		{"URI too long", in(200, 100), sfAuth, 414},
+		{"headers too large", in(100, 100), append([]string{"X-Padding", strings.Repeat("p", 6000)}, sfAuth...), 431},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := mustSend(t, "GET", base+tc.path, nil, tc.headers...)
+			if a.status != tc.status {
+				t.Fatalf("%d bytes of URI: got %d %s, want %d", len(tc.path), a.status, a.body, tc.status)
+			}
+		})
+	}
+	if got := srv.Audit().ResponsesByStatus; got[414] != 1 || got[431] != 1 {
+		t.Errorf("responses by status %v", got)
 	}
 }
