@@ -57,7 +57,7 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var cs []crmapi.StoredContact
-		if ext := r.URL.Query().Get("external_id"); s.hs != nil {
+		if ext := r.URL.Query().Get("external_id"); s.hs != nil || s.sf != nil {
 			cs = s.Contacts()
 			if ext != "" {
 				cs = slices.DeleteFunc(cs, func(c crmapi.StoredContact) bool { return c.ExternalID != ext })

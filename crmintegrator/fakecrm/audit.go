@@ -65,6 +65,11 @@ func (s *Server) Audit() Audit {
 		creates, contacts, distinct, keyed = s.hs.store.counts()
 		unkeyed = contacts - keyed
 	}
+	if s.sf != nil {
+		var keyed int64
+		creates, contacts, distinct, keyed = s.sf.store.counts()
+		unkeyed = contacts - keyed
+	}
 	a := Audit{
 		Requests:            s.audit.requests.Load(),
 		Creates:             creates,

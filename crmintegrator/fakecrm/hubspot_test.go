@@ -515,7 +515,7 @@ func TestHubSpotConfig(t *testing.T) {
 		cfg  fakecrm.Config
 		want string
 	}{
-		{"unknown API", fakecrm.Config{API: "salesforce"}, `API "salesforce"`},
+		{"unknown API", fakecrm.Config{API: "soap"}, `API "soap"`},
 		{"state file", fakecrm.Config{API: fakecrm.APIHubSpot, StateFile: t.TempDir() + "/s.json"}, "state file"},
 		{"id property taken", fakecrm.Config{API: fakecrm.APIHubSpot, HubSpot: fakecrm.HubSpotConfig{IDProperty: "email"}}, "HubSpot's own"},
 		{"bad type", fakecrm.Config{API: fakecrm.APIHubSpot, HubSpot: fakecrm.HubSpotConfig{Properties: []string{"x:blob"}}}, "type"},

@@ -6,7 +6,9 @@
 // being down altogether. Its audit counts exactly what was created, so tests
 // can assert that an integrator created no duplicates. With Config.API
 // "hubspot" it serves HubSpot's CRM v3 contacts API instead (hubspot.go,
-// docs/crm/hubspot-fake.md), under the same faults and audit.
+// docs/crm/hubspot-fake.md), and with "salesforce" a slice of Salesforce's
+// REST API (salesforce.go, docs/crm/salesforce-fake.md), under the same
+// faults and audit.
 //
 // A Server is an http.Handler; serve it with net/http or, in tests, with
 // fakecrmtest.Start. All its methods are safe for concurrent use.
@@ -36,11 +38,16 @@ const DefaultSaveInterval = 10 * time.Second
 // authentication or persistence.
 type Config struct {
 	// API is the API served: APIGeneric ("generic", the default:
-	// docs/crm-api.md under /v1) or APIHubSpot ("hubspot": HubSpot's CRM
-	// v3 contacts API under /crm/v3, docs/crm/hubspot-fake.md).
+	// docs/crm-api.md under /v1), APIHubSpot ("hubspot": HubSpot's CRM
+	// v3 contacts API under /crm/v3, docs/crm/hubspot-fake.md) or
+	// APISalesforce ("salesforce": a slice of Salesforce's REST API under
+	// /services/data, docs/crm/salesforce-fake.md).
 	API string
 	// HubSpot configures the HubSpot API; only read when API is "hubspot".
 	HubSpot HubSpotConfig
+	// Salesforce configures the Salesforce API; only read when API is
+	// "salesforce".
+	Salesforce SalesforceConfig
 	// Token, when set, is required on every /v1 request as
 	// "Authorization: Bearer <token>".
 	Token string
@@ -86,7 +93,8 @@ type Server struct {
 	idem    *idemStore
 	audit   counters
 
-	hs *hubspot // nil unless Config.API is "hubspot"
+	hs *hubspot    // nil unless Config.API is "hubspot"
+	sf *salesforce // nil unless Config.API is "salesforce"
 
 	// life gates requests against Close: handlers hold it shared, Close
 	// takes it exclusively once stop has released every hang.
@@ -135,8 +143,17 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("fakecrm: %w", err)
 		}
 		s.hs = hs
+	case APISalesforce:
+		if cfg.StateFile != "" {
+			return nil, fmt.Errorf("fakecrm: a state file is only kept by the generic API, not by %q", cfg.API)
+		}
+		sf, err := newSalesforce(cfg.Salesforce)
+		if err != nil {
+			return nil, fmt.Errorf("fakecrm: %w", err)
+		}
+		s.sf = sf
 	default:
-		return nil, fmt.Errorf("fakecrm: API %q: want %s or %s", cfg.API, APIGeneric, APIHubSpot)
+		return nil, fmt.Errorf("fakecrm: API %q: want %s, %s or %s", cfg.API, APIGeneric, APIHubSpot, APISalesforce)
 	}
 	if s.maxBatch == 0 {
 		s.maxBatch = crmapi.MaxBatch
@@ -206,6 +223,9 @@ func (s *Server) Contacts() []crmapi.StoredContact {
 	if s.hs != nil {
 		return s.hs.contacts()
 	}
+	if s.sf != nil {
+		return s.sf.contacts()
+	}
 	cs, _, _ := s.store.snapshot()
 	return cloneContacts(cs)
 }
@@ -217,6 +237,9 @@ func (s *Server) Reset() {
 	if s.hs != nil {
 		s.hs.reset()
 	}
+	if s.sf != nil {
+		s.sf.reset()
+	}
 	s.idem.replace(nil)
 	s.audit.reset()
 	s.postSeq.Store(0)
@@ -224,8 +247,8 @@ func (s *Server) Reset() {
 	s.log.Info("reset")
 }
 
-// ServeHTTP answers the CRM API (under /v1, or /crm for HubSpot) and the
-// admin API under /admin.
+// ServeHTTP answers the CRM API (under /v1, /crm for HubSpot or
+// /services/data for Salesforce) and the admin API under /admin.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.life.RLock()
 	defer s.life.RUnlock()
@@ -236,7 +259,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch p := r.URL.Path; {
 	case s.hs != nil && !strings.HasPrefix(p, "/admin/"):
 		s.serveHubSpot(w, r)
-	case s.hs == nil && (p == "/v1" || strings.HasPrefix(p, "/v1/")):
+	case s.sf != nil && !strings.HasPrefix(p, "/admin/"):
+		s.serveSalesforce(w, r)
+	case s.hs == nil && s.sf == nil && (p == "/v1" || strings.HasPrefix(p, "/v1/")):
 		s.serveV1(w, r)
 	case strings.HasPrefix(p, "/admin/"):
 		s.serveAdmin(w, r)

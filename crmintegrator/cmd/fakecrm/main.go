@@ -1,5 +1,6 @@
 // Command fakecrm serves a fake, deliberately flaky CRM JSON API
-// (docs/crm-api.md) for demos, tests and benchmarks. Every flag has an
+// (docs/crm-api.md, or with -api HubSpot's or Salesforce's) for demos,
+// tests and benchmarks. Every flag has an
 // environment default (FAKECRM_*); the first line on stdout is
 // "listening on HOST:PORT". SIGINT or SIGTERM shut it down cleanly, saving
 // the state file when one is set.
@@ -54,7 +55,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	env := envDefaults{getenv: getenv}
 	var (
 		listen     = fs.String("listen", env.str("FAKECRM_LISTEN", "127.0.0.1:8090"), "`address` to listen on; port 0 picks a free one ($FAKECRM_LISTEN)")
-		token      = fs.String("token", "", "bearer `token` required on /v1 requests; empty: none; prefer the environment, a command line shows in ps ($FAKECRM_TOKEN"+tokenShown(getenv("FAKECRM_TOKEN"))+")")
+		token      = fs.String("token", "", "bearer `token` required on API requests; empty: none; prefer the environment, a command line shows in ps ($FAKECRM_TOKEN"+tokenShown(getenv("FAKECRM_TOKEN"))+")")
 		failRate   = fs.Float64("fail-rate", env.float("FAKECRM_FAIL_RATE", 0), "`fraction` of POSTs answered 503 before creating anything ($FAKECRM_FAIL_RATE)")
 		ambRate    = fs.Float64("ambiguous-rate", env.float("FAKECRM_AMBIGUOUS_RATE", 0), "`fraction` of POSTs that create, then answer 500/502/504, reset or hang ($FAKECRM_AMBIGUOUS_RATE)")
 		ambModes   = fs.String("ambiguous-modes", env.str("FAKECRM_AMBIGUOUS_MODES", ""), "comma separated `modes` among 500,502,504,reset,hang; empty: all ($FAKECRM_AMBIGUOUS_MODES)")
@@ -74,12 +75,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		idleTO     = fs.Duration("idle-timeout", env.duration("FAKECRM_IDLE_TIMEOUT", 2*time.Minute), "close keep-alive connections idle this long ($FAKECRM_IDLE_TIMEOUT)")
 		idemKeys   = fs.Int("idempotency-keys", env.int("FAKECRM_IDEMPOTENCY_KEYS", fakecrm.DefaultIdempotencyKeys), "most Idempotency-Keys kept; the oldest is forgotten first ($FAKECRM_IDEMPOTENCY_KEYS)")
 		idemTTL    = fs.Duration("idempotency-ttl", env.duration("FAKECRM_IDEMPOTENCY_TTL", fakecrm.DefaultIdempotencyTTL), "how long an Idempotency-Key is kept after its first use ($FAKECRM_IDEMPOTENCY_TTL)")
-		api        = fs.String("api", env.str("FAKECRM_API", fakecrm.APIGeneric), "`API` to serve: generic (docs/crm-api.md) or hubspot (docs/crm/hubspot-fake.md) ($FAKECRM_API)")
+		api        = fs.String("api", env.str("FAKECRM_API", fakecrm.APIGeneric), "`API` to serve: generic (docs/crm-api.md), hubspot (docs/crm/hubspot-fake.md) or salesforce (docs/crm/salesforce-fake.md) ($FAKECRM_API)")
 		hsIDProp   = fs.String("hubspot-id-property", env.str("FAKECRM_HUBSPOT_ID_PROPERTY", fakecrm.DefaultHubSpotIDProperty), "hubspot: unique contact `property` the portal has from the start ($FAKECRM_HUBSPOT_ID_PROPERTY)")
 		hsProps    = fs.String("hubspot-properties", env.str("FAKECRM_HUBSPOT_PROPERTIES", strings.Join(fakecrm.DefaultHubSpotProperties, ",")), "hubspot: comma separated extra contact `properties`, name or name:type (string, number, date, datetime) ($FAKECRM_HUBSPOT_PROPERTIES)")
 		hsWindow   = fs.Int("hubspot-window", env.int("FAKECRM_HUBSPOT_WINDOW", 0), "hubspot: `requests` allowed in any rolling 10 seconds before 429 TEN_SECONDLY_ROLLING; 0: unlimited ($FAKECRM_HUBSPOT_WINDOW)")
-		daily      = fs.Int("daily", env.int("FAKECRM_DAILY", 0), "hubspot: daily request `allocation` before 429 DAILY; 0: unlimited ($FAKECRM_DAILY)")
+		daily      = fs.Int("daily", env.int("FAKECRM_DAILY", 0), "hubspot and salesforce: daily request `allocation` before 429 DAILY (hubspot) or 403 REQUEST_LIMIT_EXCEEDED (salesforce); 0: unlimited ($FAKECRM_DAILY)")
 		hsLag      = fs.Duration("hubspot-search-lag", env.duration("FAKECRM_HUBSPOT_SEARCH_LAG", fakecrm.DefaultHubSpotSearchLag), "hubspot: how long a written contact stays invisible to search; 0: none ($FAKECRM_HUBSPOT_SEARCH_LAG)")
+		sfObject   = fs.String("salesforce-object", env.str("FAKECRM_SALESFORCE_OBJECT", fakecrm.DefaultSalesforceObject), "salesforce: the `sObject` served, with Contact's fields ($FAKECRM_SALESFORCE_OBJECT)")
+		sfIDField  = fs.String("salesforce-id-field", env.str("FAKECRM_SALESFORCE_ID_FIELD", fakecrm.DefaultSalesforceIDField), "salesforce: the External ID, Unique custom `field` upserts go by ($FAKECRM_SALESFORCE_ID_FIELD)")
+		sfFields   = fs.String("salesforce-fields", env.str("FAKECRM_SALESFORCE_FIELDS", strings.Join(fakecrm.DefaultSalesforceFields, ",")), "salesforce: comma separated extra custom text `fields` ($FAKECRM_SALESFORCE_FIELDS)")
+		sfBatch    = fs.Int("salesforce-query-batch", env.int("FAKECRM_SALESFORCE_QUERY_BATCH", fakecrm.DefaultSalesforceQueryBatch), "salesforce: `records` per query answer before nextRecordsUrl ($FAKECRM_SALESFORCE_QUERY_BATCH)")
 		logLevelIn = fs.String("log-level", env.str("FAKECRM_LOG_LEVEL", "info"), "`level` of stderr logs: debug, info, warn or error ($FAKECRM_LOG_LEVEL)")
 		version    = fs.Bool("version", false, "print the version, commit and build time, and exit")
 	)
@@ -124,6 +129,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		HubSpot: fakecrm.HubSpotConfig{
 			IDProperty: *hsIDProp, Properties: strings.Split(*hsProps, ","),
 			Daily: *daily, Window: *hsWindow, SearchLag: *hsLag,
+		},
+		Salesforce: fakecrm.SalesforceConfig{
+			Object: *sfObject, IDField: *sfIDField, Fields: strings.Split(*sfFields, ","),
+			Daily: *daily, QueryBatch: *sfBatch,
 		},
 		Token: *token,
 		Faults: fakecrm.Faults{

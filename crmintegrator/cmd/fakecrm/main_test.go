@@ -169,6 +169,9 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{"unknown API", []string{"-api", "soap"}, nil, `API "soap"`},
 		{"hubspot with a state file", []string{"-api", "hubspot", "-state", "x.json"}, nil, "state file"},
 		{"hubspot property type", nil, map[string]string{"FAKECRM_API": "hubspot", "FAKECRM_HUBSPOT_PROPERTIES": "x:blob"}, "type"},
+		{"salesforce with a state file", []string{"-api", "salesforce", "-state", "x.json"}, nil, "state file"},
+		{"salesforce field name", nil, map[string]string{"FAKECRM_API": "salesforce", "FAKECRM_SALESFORCE_FIELDS": "shoe size"}, "shoe size"},
+		{"salesforce bad query batch", nil, map[string]string{"FAKECRM_SALESFORCE_QUERY_BATCH": "many"}, "FAKECRM_SALESFORCE_QUERY_BATCH"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -329,6 +332,41 @@ func TestRunHubSpot(t *testing.T) {
 	}
 	if got := post(t, base+"/crm/v3/objects/contacts/batch/create", `{"inputs":[{"properties":{"tier":"1"}}]}`, "Authorization", "Bearer pat"); got != 429 {
 		t.Errorf("past the daily allocation: got %d, want 429", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+// TestRunSalesforce: the flags and environment reach the Salesforce API,
+// and -daily is its allocation too.
+func TestRunSalesforce(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	base, done, _ := startRun(t, ctx, []string{"-listen", "127.0.0.1:0", "-salesforce-id-field", "Sync_Key__c", "-salesforce-fields", "tier"}, map[string]string{
+		"FAKECRM_API": "salesforce", "FAKECRM_TOKEN": "00Dtok", "FAKECRM_DAILY": "2", "FAKECRM_SALESFORCE_OBJECT": "Lead",
+	})
+	get := func(path string) (int, string, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", base+path, nil)
+		req.Header.Set("Authorization", "Bearer 00Dtok")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b), resp.Header
+	}
+	status, body, h := get("/services/data/v60.0/sobjects/Lead/describe")
+	if status != 200 || !strings.Contains(body, `{"name":"Sync_Key__c","label":"Sync_Key__c","type":"string","length":255,"custom":true,"externalId":true,"unique":true`) ||
+		!strings.Contains(body, `"name":"tier"`) || strings.Contains(body, `"name":"company"`) || h.Get("Sforce-Limit-Info") != "api-usage=1/2" {
+		t.Errorf("describe: %d %s %v", status, body, h)
+	}
+	get("/services/data/v60.0/limits")
+	if status, body, _ := get("/services/data/v60.0/limits"); status != 403 || !strings.Contains(body, "REQUEST_LIMIT_EXCEEDED") {
+		t.Errorf("past the daily allocation: %d %s, want 403 REQUEST_LIMIT_EXCEEDED", status, body)
 	}
 	cancel()
 	if err := <-done; err != nil {
