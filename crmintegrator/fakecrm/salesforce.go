@@ -104,7 +104,7 @@ type salesforce struct {
 	unique    bool // idField is Unique
 	fields    []sfField
 	byName    map[string]*sfField // by lower-case name
-	daily     int64
+	daily     atomic.Int64 // 0: unlimited; SetSalesforceDaily changes it
 	dailyUsed atomic.Int64
 	batch     int
 	store     *sfStore
@@ -131,7 +131,8 @@ var sfFieldName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]{0,39}$`)
 var sfKeyPrefixes = map[string]string{"contact": "003", "lead": "00Q", "account": "001"}
 
 func newSalesforce(cfg SalesforceConfig) (*salesforce, error) {
-	sf := &salesforce{object: cfg.Object, idField: cfg.IDField, daily: int64(cfg.Daily), batch: cfg.QueryBatch, byName: map[string]*sfField{}}
+	sf := &salesforce{object: cfg.Object, idField: cfg.IDField, batch: cfg.QueryBatch, byName: map[string]*sfField{}}
+	sf.daily.Store(int64(cfg.Daily))
 	if sf.object == "" {
 		sf.object = DefaultSalesforceObject
 	}
@@ -211,6 +212,16 @@ func newSalesforce(cfg SalesforceConfig) (*salesforce, error) {
 // field returns the field named name, compared without regard to case.
 func (sf *salesforce) field(name string) *sfField { return sf.byName[strings.ToLower(name)] }
 
+// SetSalesforceDaily changes the Salesforce API's daily allocation (0:
+// unlimited), as an org's does when it buys more; the usage stays. A test
+// lowers the usage's weight with it, as the rolling 24 hours moving on
+// would. Without the Salesforce API it does nothing.
+func (s *Server) SetSalesforceDaily(n int) {
+	if s.sf != nil {
+		s.sf.daily.Store(int64(max(0, n)))
+	}
+}
+
 // reset forgets records and cursors and restores the daily allocation.
 func (sf *salesforce) reset() {
 	sf.store.reset()
@@ -220,8 +231,8 @@ func (sf *salesforce) reset() {
 
 // max is the allocation Sforce-Limit-Info reports.
 func (sf *salesforce) max() int64 {
-	if sf.daily > 0 {
-		return sf.daily
+	if n := sf.daily.Load(); n > 0 {
+		return n
 	}
 	return SalesforceUnlimitedDaily
 }
@@ -231,7 +242,7 @@ func (sf *salesforce) max() int64 {
 func (sf *salesforce) spend() bool {
 	for {
 		used := sf.dailyUsed.Load()
-		if sf.daily > 0 && used >= sf.daily {
+		if n := sf.daily.Load(); n > 0 && used >= n {
 			return false
 		}
 		if sf.dailyUsed.CompareAndSwap(used, used+1) {

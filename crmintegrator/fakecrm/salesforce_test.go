@@ -674,3 +674,27 @@ func TestSalesforceRequestSize(t *testing.T) {
 		t.Errorf("responses by status %v", got)
 	}
 }
+
+// A test moves the org on: a larger allocation (the rolling 24 hours
+// freeing usage), a new token (the old session timed out).
+func TestSalesforceSetDailyAndToken(t *testing.T) {
+	srv, base := startSalesforce(t, fakecrm.Config{Salesforce: fakecrm.SalesforceConfig{Daily: 1}})
+	limits := base + sfData + "/limits"
+	if a := mustSend(t, "GET", limits, nil, sfAuth...); a.status != 200 {
+		t.Fatalf("first: %d", a.status)
+	}
+	if a := mustSend(t, "GET", limits, nil, sfAuth...); a.status != 403 {
+		t.Fatalf("allocation spent: %d, want 403", a.status)
+	}
+	srv.SetSalesforceDaily(5)
+	if a := mustSend(t, "GET", limits, nil, sfAuth...); a.status != 200 || a.header.Get("Sforce-Limit-Info") != "api-usage=2/5" {
+		t.Fatalf("after the allocation grew: %d %q, want 200 api-usage=2/5", a.status, a.header.Get("Sforce-Limit-Info"))
+	}
+	srv.SetToken("00Dnew!token")
+	if a := mustSend(t, "GET", limits, nil, sfAuth...); a.status != 401 {
+		t.Errorf("old token after SetToken: %d, want 401", a.status)
+	}
+	if a := mustSend(t, "GET", limits, nil, "Authorization", "Bearer 00Dnew!token"); a.status != 200 {
+		t.Errorf("new token: %d, want 200", a.status)
+	}
+}

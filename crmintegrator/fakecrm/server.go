@@ -77,8 +77,7 @@ type Config struct {
 
 // Server is the fake CRM. Create it with New and stop it with Close.
 type Server struct {
-	token    [sha256.Size]byte // digest of "Bearer <token>", compared in constant time
-	hasToken bool
+	token    atomic.Pointer[[sha256.Size]byte] // digest of "Bearer <token>", compared in constant time; nil: none
 	maxBatch int
 	seed     int64
 	file     string
@@ -162,7 +161,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Token != "" {
-		s.token, s.hasToken = sha256.Sum256([]byte("Bearer "+cfg.Token)), true
+		s.SetToken(cfg.Token)
 	}
 	s.idemOff.Store(cfg.DisableIdempotency)
 	s.SetFaults(cfg.Faults)
@@ -273,7 +272,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // authorized compares the Authorization header in constant time; digests
 // keep the token's length from leaking too.
 func (s *Server) authorized(r *http.Request) bool {
-	if !s.hasToken {
+	want := s.token.Load()
+	if want == nil {
 		return true
 	}
 	got := r.Header.Get("Authorization")
@@ -281,7 +281,18 @@ func (s *Server) authorized(r *http.Request) bool {
 		got = "Bearer " + got[7:]
 	}
 	sum := sha256.Sum256([]byte(got))
-	return subtle.ConstantTimeCompare(sum[:], s.token[:]) == 1
+	return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+}
+
+// SetToken changes the bearer token required from now on ("": none), as a
+// CRM does when a session times out or a token is revoked.
+func (s *Server) SetToken(token string) {
+	if token == "" {
+		s.token.Store(nil)
+		return
+	}
+	sum := sha256.Sum256([]byte("Bearer " + token))
+	s.token.Store(&sum)
 }
 
 // pause waits d, or less when the server closes. The client leaving does
