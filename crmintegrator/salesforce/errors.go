@@ -60,7 +60,6 @@ func (c *Connector) statusError(ctx context.Context, resp *http.Response, op str
 			e.Class, e.RetryAfter = crmapi.ClassRateLimited, 2*time.Second
 			break
 		}
-		c.spent.Store(true)
 		if op != "limits" {
 			c.limits(ctx, "limits") // when to come back; an error leaves the last usage
 		}

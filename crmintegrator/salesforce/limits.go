@@ -34,7 +34,15 @@ func (c *Connector) limitInfo(h string) {
 		used, err1 := strconv.Atoi(strings.TrimSpace(u))
 		limit, err2 := strconv.Atoi(strings.TrimSpace(m))
 		if err1 == nil && err2 == nil && limit > 0 && used >= 0 {
+			// Answers of concurrent requests arrive in any order: a header
+			// never lowers the usage of the same allocation (the limits
+			// resource does, when the 24 hours have rolled on).
+			c.usageMu.Lock()
+			if u, m := c.Usage(); m == limit && u > used {
+				used = u
+			}
 			c.setUsage(used, limit)
+			c.usageMu.Unlock()
 		}
 		return
 	}
@@ -71,24 +79,39 @@ func (c *Connector) limits(ctx context.Context, op string) (limitsBody, error) {
 	return b, nil
 }
 
-// checkReserve answers ClassQuota, without sending the request, while the
-// allocation left is below the reserve. Once it has, the next request
-// first reads the limits resource: usage falls as the 24 hours roll on,
-// and only that resource says by how much.
-func (c *Connector) checkReserve(ctx context.Context) error {
-	if c.spent.Load() {
+// take books a request against the allocation, or answers ClassQuota
+// without sending it: a request goes only while what is left after it, and
+// after the others in flight (their answers not yet counted), stays at or
+// above the reserve. Once it has refused, the next request first reads the
+// limits resource: usage falls as the 24 hours roll on, and only that
+// resource says by how much. release is called when the answer is in.
+func (c *Connector) take(ctx context.Context) (release func(), err error) {
+	if at := c.recheck.Load(); at != 0 {
+		if time.Now().UnixNano() < at {
+			return nil, c.reserveError()
+		}
 		if _, err := c.limits(ctx, "limits"); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	used, limit := c.Usage()
-	if limit == 0 || limit-used >= c.keep(limit) {
-		c.spent.Store(false)
-		return nil
+	for {
+		used, limit := c.Usage()
+		n := c.inflight.Load()
+		if limit > 0 && limit-used-int(n)-1 < c.keep(limit) {
+			return nil, c.reserveError()
+		}
+		if c.inflight.CompareAndSwap(n, n+1) {
+			c.recheck.Store(0)
+			return func() { c.inflight.Add(-1) }, nil
+		}
 	}
-	c.spent.Store(true)
-	return c.quotaError("RESERVE", fmt.Sprintf("the org has %d of its %d daily API requests left, below the %g%% kept for its other integrations (-crm-reserve)",
-		limit-used, limit, 100*c.cfg.Reserve))
+}
+
+// reserveError is the answer while the reserve is reached.
+func (c *Connector) reserveError() *crmapi.Error {
+	used, limit := c.Usage()
+	return c.quotaError("RESERVE", fmt.Sprintf("the org has %d of its %d daily API requests left, and keeps %g%% of them for its other integrations (-crm-reserve)",
+		max(0, limit-used), limit, 100*c.cfg.Reserve))
 }
 
 // keep is the number of daily requests the reserve keeps.
@@ -107,6 +130,7 @@ func (c *Connector) quotaError(code, msg string) *crmapi.Error {
 		wait = time.Duration(float64(24*time.Hour) * float64(need) / float64(used))
 		wait = min(time.Hour, max(time.Minute, wait))
 	}
+	c.recheck.Store(time.Now().Add(wait).UnixNano())
 	return &crmapi.Error{Class: crmapi.ClassQuota, Status: http.StatusForbidden, Code: code,
 		Message:    msg + "; Salesforce counts the last 24 hours, so the daemon reads its limits again after " + wait.Round(time.Second).String(),
 		RetryAfter: wait}

@@ -30,9 +30,6 @@ type queryResult struct {
 // F FROM O WHERE F IN ('k1', 'k2', …)": one request for the batch where
 // the URL allows it, following nextRecordsUrl when the answer has pages.
 func (c *Connector) Read(ctx context.Context, ids []string) ([][]string, error) {
-	if err := c.checkReserve(ctx); err != nil {
-		return nil, err
-	}
 	found := make([][]string, len(ids))
 	at := map[string][]int{}
 	for i, id := range ids {
@@ -136,7 +133,13 @@ func (c *Connector) readQuery(ctx context.Context, q string, each func(map[strin
 	path := c.api + "/query?q=" + url.QueryEscape(q)
 	for pages := 0; ; pages++ {
 		var res queryResult
-		if err := c.send(ctx, "lookup", http.MethodGet, path, nil, &res); err != nil {
+		release, err := c.take(ctx) // every query and page is a call
+		if err != nil {
+			return err
+		}
+		err = c.send(ctx, "lookup", http.MethodGet, path, nil, &res)
+		release()
+		if err != nil {
 			return err
 		}
 		for _, rec := range res.Records {

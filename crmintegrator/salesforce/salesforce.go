@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,10 +68,12 @@ type Connector struct {
 	// used and max are the org's daily API usage as the last answer said
 	// (0, 0: not known yet).
 	used, max atomic.Int64
-	// spent is set once the connector answered ClassQuota: the next request
-	// first reads the limits resource, since usage only falls as the
-	// rolling 24 hours move on and no answer tells it.
-	spent atomic.Bool
+	usageMu   sync.Mutex // orders the headers' updates of used
+	// recheck is set (unix nanoseconds) once the connector answered
+	// ClassQuota: until then requests are refused without a call, and the
+	// first one after it reads the limits resource, since usage only falls
+	// as the rolling 24 hours move on and no other answer tells it.
+	recheck atomic.Int64
 	// caseSensitive: the id field compares case-sensitively (describe);
 	// SOQL's = and IN do not.
 	caseSensitive atomic.Bool
@@ -79,6 +82,9 @@ type Connector struct {
 	// before Check.
 	names atomic.Pointer[map[string]string]
 	last  atomic.Pointer[answered] // for Ping
+	// inflight counts writes and reads sent whose answer (and its usage)
+	// is not in yet, so that the reserve holds with many in flight.
+	inflight atomic.Int64
 }
 
 var versionRE = regexp.MustCompile(`^[0-9]{2,3}\.0$`)
@@ -202,9 +208,11 @@ var transientCodes = map[string]bool{
 // updated in the order they're listed in the request body. The
 // UpsertResult objects are returned in the same order."
 func (c *Connector) Write(ctx context.Context, req *crmapi.WriteRequest) (*crmapi.BatchResponse, error) {
-	if err := c.checkReserve(ctx); err != nil {
+	release, err := c.take(ctx)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	var out []saveResult
 	path := c.api + "/composite/sobjects/" + c.cfg.Object + "/" + c.cfg.IDField
 	if err := c.send(ctx, "upsert", http.MethodPatch, path, req.Body, &out); err != nil {

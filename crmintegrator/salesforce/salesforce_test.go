@@ -195,7 +195,7 @@ func TestReserve(t *testing.T) {
 	c.cfg.Usage = func(u, m int) { lastUsed.Store(int64(u)); lastMax.Store(int64(m)) }
 	ctx := context.Background()
 	req := c.Encode(contacts("K1"))
-	for i := 0; i < 3; i++ { // 650 → 600 → 550 → 500 left
+	for i := 0; i < 3; i++ { // 650 → 600 → 550 → 500 left (10%)
 		if _, err := c.Write(ctx, req); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
@@ -203,30 +203,37 @@ func TestReserve(t *testing.T) {
 	if lastUsed.Load() != 4500 || lastMax.Load() != 5000 {
 		t.Errorf("usage told %d/%d, want the header's 4500/5000", lastUsed.Load(), lastMax.Load())
 	}
-	if _, err := c.Write(ctx, req); err != nil { // 500 left: not below the 10% kept
-		t.Fatalf("write at the reserve: %v", err)
-	}
-	_, err := c.Write(ctx, req) // 450 left
+	// 500 left: one more would leave 499, below the 500 kept.
+	_, err := c.Write(ctx, req)
 	var ce *crmapi.Error
 	if !errors.As(err, &ce) || ce.Class != crmapi.ClassQuota || ce.Code != "RESERVE" || !strings.Contains(ce.Message, "-crm-reserve") {
-		t.Fatalf("below the reserve: got %v", err)
+		t.Fatalf("at the reserve: got %v", err)
 	}
-	if writes.Load() != 4 {
-		t.Errorf("%d writes reached the org, want 4: the one below the reserve must not be sent", writes.Load())
+	if writes.Load() != 3 {
+		t.Errorf("%d writes reached the org, want 3: the one that would cross the reserve must not be sent", writes.Load())
 	}
-	// Still short: one limits read, no write.
+	// Until the time it told, nothing is sent at all.
 	if _, err := c.Read(ctx, []string{"K1"}); !errors.As(err, &ce) || ce.Class != crmapi.ClassQuota {
 		t.Fatalf("read below the reserve: got %v", err)
 	}
-	if writes.Load() != 4 || limitReads.Load() != 1 {
-		t.Errorf("writes %d, limit reads %d; want 4 and 1", writes.Load(), limitReads.Load())
+	if writes.Load() != 3 || limitReads.Load() != 0 {
+		t.Errorf("writes %d, limit reads %d; want 3 and 0", writes.Load(), limitReads.Load())
 	}
+	// Then one limits read; still short, so no write.
+	c.recheck.Store(1)
+	if _, err := c.Read(ctx, []string{"K1"}); !errors.As(err, &ce) || ce.Class != crmapi.ClassQuota {
+		t.Fatalf("read below the reserve: got %v", err)
+	}
+	if writes.Load() != 3 || limitReads.Load() != 1 {
+		t.Errorf("writes %d, limit reads %d; want 3 and 1", writes.Load(), limitReads.Load())
+	}
+	c.recheck.Store(1)
 	remaining.Store(2000) // the rolling 24 hours moved on
 	if _, err := c.Write(ctx, req); err != nil {
 		t.Fatalf("after the allocation recovered: %v", err)
 	}
-	if writes.Load() != 5 || limitReads.Load() != 2 {
-		t.Errorf("writes %d, limit reads %d; want 5 and 2", writes.Load(), limitReads.Load())
+	if writes.Load() != 4 || limitReads.Load() != 2 {
+		t.Errorf("writes %d, limit reads %d; want 4 and 2", writes.Load(), limitReads.Load())
 	}
 }
 
@@ -481,5 +488,45 @@ func TestPingCostsLittle(t *testing.T) {
 	}
 	if err := c.Ping(ctx); crmapi.ClassOf(err) != crmapi.ClassUnauthorized || calls.Load() != 2 {
 		t.Errorf("second ping: %v after %d calls; want the refusal remembered, 2 calls", err, calls.Load())
+	}
+}
+
+// Many writes in flight at once: none crosses the reserve, though each
+// learns the usage only from answers that are not in yet.
+func TestReserveHoldsUnderConcurrency(t *testing.T) {
+	const limit = 100
+	var used atomic.Int64
+	c := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		n := used.Add(1)
+		w.Header().Set("Sforce-Limit-Info", "api-usage="+itoa(n)+"/"+itoa(limit))
+		if r.URL.Path == api+"/limits" {
+			answer(w, 200, `{"DailyApiRequests":{"Max":100,"Remaining":`+itoa(limit-n)+`}}`)
+			return
+		}
+		time.Sleep(5 * time.Millisecond) // keep many in flight
+		answer(w, 200, `[{"id":"003RM0000068xV6YAI","success":true,"errors":[],"created":true}]`)
+	})
+	ctx := context.Background()
+	if err := c.Ping(ctx); err != nil { // the daemon's start-up check reads the limits
+		t.Fatal(err)
+	}
+	req := c.Encode(contacts("K1"))
+	done := make(chan struct{})
+	for g := 0; g < 16; g++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < 20; i++ {
+				c.Write(ctx, req)
+			}
+		}()
+	}
+	for g := 0; g < 16; g++ {
+		<-done
+	}
+	// Answers counted but not yet released make the count err on the safe
+	// side, by at most the requests in flight.
+	if n := used.Load(); n > limit-limit/10 || n < limit-limit/10-16 {
+		t.Errorf("the org counted %d of %d requests; want the writes to stop at, never past, the 90%% the reserve leaves", n, limit)
 	}
 }

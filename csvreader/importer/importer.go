@@ -199,9 +199,12 @@ type Report struct {
 }
 
 // Accounted reports whether every row is counted in exactly one outcome.
-func (r *Report) Accounted() bool {
-	return r.Rows == r.RejectedInvalid+r.DuplicatesInFile+r.AlreadyDelivered+r.New+
-		r.Delivered+r.RejectedByCRM+r.Failed+r.Unfinished
+func (r *Report) Accounted() bool { return r.Rows == r.settled() }
+
+// settled is the number of rows counted in an outcome.
+func (r *Report) settled() int64 {
+	return r.RejectedInvalid + r.DuplicatesInFile + r.AlreadyDelivered + r.New +
+		r.Delivered + r.RejectedByCRM + r.Failed + r.Unfinished
 }
 
 // ErrTooManyRejects stops a run whose export looks broken.
@@ -384,6 +387,12 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 		runErr = readErr
 	}
 	p.fill(rep)
+	if runErr != nil {
+		// A fatal stop drops what was read but not settled (blocks queued,
+		// calls in flight): those rows are unfinished, for a rerun to
+		// resume, so the report still adds up.
+		rep.Unfinished += max(0, rep.Rows-rep.settled())
+	}
 	if u := p.n.quotaUntil.Load(); u > 0 {
 		rep.QuotaExhaustedUntil = time.Unix(0, u).UTC().Format(time.RFC3339)
 	}

@@ -237,6 +237,9 @@ func TestRunStopsOnFatalIntegratorError(t *testing.T) {
 	if rep.Delivered != 0 {
 		t.Errorf("delivered %d after a fatal error", rep.Delivered)
 	}
+	if !rep.Accounted() || rep.Unfinished != rep.Rows || rep.Rows == 0 {
+		t.Errorf("report %+v: the rows read but not settled must be unfinished", rep)
+	}
 }
 
 // A call whose outcome is unknown (the connection broke) is resent with
