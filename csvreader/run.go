@@ -442,7 +442,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case runErr != nil:
 		return runErr
 	case rep.QuotaExhaustedUntil != "":
-		return &exitError{exitQuota, fmt.Errorf("CRM quota exhausted; rerun after %s to resume (%d rows read, %d left unfinished)", rep.QuotaExhaustedUntil, rep.Rows, rep.Unfinished)}
+		why := ""
+		if rep.QuotaReason != "" {
+			why = "; the integrator said: " + rep.QuotaReason
+		}
+		return &exitError{exitQuota, fmt.Errorf("CRM quota exhausted; rerun after %s to resume (%d rows read, %d left unfinished)%s", rep.QuotaExhaustedUntil, rep.Rows, rep.Unfinished, why)}
 	case rep.Interrupted:
 		return &exitError{exitFatal, fmt.Errorf("interrupted: %d rows read, %d left unfinished; run the same command again to resume", rep.Rows, rep.Unfinished)}
 	case rep.Failed > 0:

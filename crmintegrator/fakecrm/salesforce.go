@@ -104,7 +104,7 @@ type salesforce struct {
 	unique    bool // idField is Unique
 	fields    []sfField
 	byName    map[string]*sfField // by lower-case name
-	daily     atomic.Int64 // 0: unlimited; SetSalesforceDaily changes it
+	daily     atomic.Int64        // 0: unlimited; SetSalesforceDaily changes it
 	dailyUsed atomic.Int64
 	batch     int
 	store     *sfStore

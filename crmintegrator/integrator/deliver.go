@@ -60,10 +60,17 @@ func (e *errNoTime) Error() string {
 
 // errQuota is what crmDo returns while the CRM's daily allocation is
 // spent: nothing is sent until it comes back.
-type errQuota struct{ until time.Time }
+type errQuota struct {
+	until time.Time
+	why   string // the CRM's or the connector's words; may be empty
+}
 
 func (e *errQuota) Error() string {
-	return "the CRM's daily request allocation is spent until " + e.until.UTC().Format(time.RFC3339)
+	msg := "the CRM's daily request allocation is spent until " + e.until.UTC().Format(time.RFC3339)
+	if e.why != "" {
+		msg += ": " + e.why
+	}
+	return msg
 }
 
 // crmDo runs one CRM request through the in-flight limit, the rate limiter
@@ -72,7 +79,7 @@ func (e *errQuota) Error() string {
 // then ends, by the CRM client's own timeout, within the call's bound.
 func (s *Server) crmDo(ctx context.Context, cutoff time.Time, fn func(context.Context) error) error {
 	if until, spent := s.quota.spentUntil(time.Now()); spent {
-		return &errQuota{until}
+		return &errQuota{until, s.quota.reason()}
 	}
 	if open, wait := s.breaker.Open(); open {
 		return &errCircuitOpen{wait} // fail fast rather than queue for a slot
@@ -133,7 +140,7 @@ func (s *Server) crmDo(ctx context.Context, cutoff time.Time, fn func(context.Co
 		if _, was := s.quota.spentUntil(time.Now()); !was {
 			s.log.Warn("crm daily request allocation spent; sending nothing until it comes back", "until", until.UTC().Format(time.RFC3339))
 		}
-		s.quota.spend(until)
+		s.quota.spend(until, ce.Message)
 		s.met.quotaUntil.Store(until.Unix())
 	case class == crmapi.ClassRateLimited:
 		result = ResultSuccess
@@ -384,8 +391,11 @@ func (d *delivery) retryLater(idx []int, wait time.Duration, code, msg string) {
 
 // quotaSpent answers the records with the daily-quota verdict: nothing
 // was created for them, and nothing is sent until until.
-func (d *delivery) quotaSpent(idx []int, until time.Time) {
+func (d *delivery) quotaSpent(idx []int, until time.Time, why string) {
 	msg := "the CRM's daily request allocation is spent; it comes back at " + until.UTC().Format(time.RFC3339)
+	if why != "" {
+		msg += ": " + why
+	}
 	for _, i := range idx {
 		d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: max(time.Until(until), time.Second), Ambiguous: d.maybe[i],
 			NotAttempted: !d.sent[i], Code: crmrpc.CodeQuotaExhausted, Message: msg}
@@ -489,7 +499,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		}
 		var eq *errQuota
 		if errors.As(err, &eq) {
-			d.quotaSpent(idx, eq.until)
+			d.quotaSpent(idx, eq.until, eq.why)
 			return false, false
 		}
 		var ce *crmapi.Error
@@ -515,7 +525,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 			}
 			return false, false
 		case crmapi.ClassQuota:
-			d.quotaSpent(idx, time.Now().Add(ce.RetryAfter))
+			d.quotaSpent(idx, time.Now().Add(ce.RetryAfter), ce.Message)
 			return false, false
 		case crmapi.ClassSplit:
 			// The batch was refused for what some records hold (an email

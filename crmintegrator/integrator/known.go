@@ -130,7 +130,16 @@ func (f *fates) known(externalID string, within time.Duration) (string, bool) {
 // quotaState is the CRM's daily allocation as the daemon knows it: spent
 // until a moment, after which requests may go again.
 type quotaState struct {
-	until atomic.Int64 // unix nanoseconds; 0: not spent
+	until atomic.Int64           // unix nanoseconds; 0: not spent
+	why   atomic.Pointer[string] // what the CRM or the connector said of it
+}
+
+// reason is what was said of the latest spend, or "".
+func (q *quotaState) reason() string {
+	if p := q.why.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 func (q *quotaState) spentUntil(now time.Time) (time.Time, bool) {
@@ -141,7 +150,10 @@ func (q *quotaState) spentUntil(now time.Time) (time.Time, bool) {
 	return time.Unix(0, u), true
 }
 
-func (q *quotaState) spend(until time.Time) {
+func (q *quotaState) spend(until time.Time, why string) {
+	if why != "" {
+		q.why.Store(&why)
+	}
 	for {
 		cur := q.until.Load()
 		if until.UnixNano() <= cur || q.until.CompareAndSwap(cur, until.UnixNano()) {

@@ -179,6 +179,9 @@ type Report struct {
 	// QuotaExhaustedUntil: the run stopped because the CRM's daily request
 	// allocation was spent; it comes back then (RFC 3339, UTC).
 	QuotaExhaustedUntil string `json:"quota_exhausted_until,omitempty"`
+	// QuotaReason is the daemon's word on it (the CRM's refusal, or the
+	// share it keeps for the CRM's other integrations).
+	QuotaReason string `json:"quota_reason,omitempty"`
 	// Lookups: external ids the integrators looked up for this run.
 	Lookups        int64   `json:"lookups,omitempty"`
 	Retries        int64   `json:"retries"`
@@ -249,9 +252,10 @@ type item struct {
 type counters struct {
 	rows, valid, invalid, dupes, already, delivered, crmRejected,
 	failed, unfinished, recovered, retries atomic.Int64
-	maybe                           atomic.Int64 // records that may be in the CRM, not settled yet: the recovery backlog
-	recoveryWait                    atomic.Int64 // longest wait for a dead run's calls, in ns
-	quotaUntil                      atomic.Int64 // unix ns the CRM's daily allocation comes back at; 0: not spent
+	maybe                           atomic.Int64           // records that may be in the CRM, not settled yet: the recovery backlog
+	recoveryWait                    atomic.Int64           // longest wait for a dead run's calls, in ns
+	quotaUntil                      atomic.Int64           // unix ns the CRM's daily allocation comes back at; 0: not spent
+	quotaReason                     atomic.Pointer[string] // the first quota verdict's message
 	suspect, blank, repeatedHeaders atomic.Int64
 }
 
@@ -395,6 +399,9 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	}
 	if u := p.n.quotaUntil.Load(); u > 0 {
 		rep.QuotaExhaustedUntil = time.Unix(0, u).UTC().Format(time.RFC3339)
+		if why := p.n.quotaReason.Load(); why != nil {
+			rep.QuotaReason = *why
+		}
 	}
 	rep.Interrupted = (ctx.Err() != nil || rep.QuotaExhaustedUntil != "") && runErr == nil
 	rep.finish(start)
@@ -853,6 +860,9 @@ func (p *pipeline) deliver(it *item) {
 				r.attempts-- // nothing reached the CRM for it: not an attempt
 			}
 			if v.Code == crmrpc.CodeQuotaExhausted && p.quotaStop != nil {
+				if v.Message != "" {
+					p.n.quotaReason.CompareAndSwap(nil, &v.Message)
+				}
 				p.quotaStop(time.Now().Add(v.RetryAfter))
 			}
 			r.last = v.Code
