@@ -45,10 +45,10 @@ compose-check: ## validate docker-compose.yml (needs docker-compose)
 		echo "docker-compose.yml: valid; missing secrets stop it"; \
 	else echo "compose-check: docker-compose is not installed, docker-compose.yml NOT validated (apt-get install docker-compose)"; fi
 
-# The CRM API of the demo: generic or hubspot (make demo CRM=hubspot).
+# The CRM API of the demo: generic, hubspot or salesforce (make demo CRM=salesforce).
 CRM ?= generic
 
-demo: build ## the whole duo on a generated export against fakecrm and a disposable PostgreSQL (CRM=hubspot: HubSpot's API)
+demo: build ## the whole duo on a generated export against fakecrm and a disposable PostgreSQL (CRM=hubspot or CRM=salesforce: their APIs)
 	CRM=$(CRM) scripts/with-pg scripts/demo
 
 bench: build ## benchmarks: end to end vs psql \copy, memory, CRM quota, flaky CRM, Go benchmarks
