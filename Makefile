@@ -35,15 +35,11 @@ fmt-check: ## fail when gofmt would change a file
 vet: ## go vet
 	$(GO) vet ./...
 
-# The file has no fallback secrets: dummy values stand in for them, for the
-# check only; and without them `config` must fail, naming the variable.
-compose-check: ## validate docker-compose.yml (needs docker-compose)
-	@if command -v docker-compose >/dev/null 2>&1; then \
-		POSTGRES_PASSWORD=check CRM_TOKEN=check RPC_TOKEN=check docker-compose -f docker-compose.yml config -q && \
-		if env -u POSTGRES_PASSWORD -u CRM_TOKEN -u RPC_TOKEN docker-compose -f docker-compose.yml config -q >/dev/null 2>&1; then \
-			echo "docker-compose.yml: a missing secret does not stop it"; exit 1; fi && \
-		echo "docker-compose.yml: valid; missing secrets stop it"; \
-	else echo "compose-check: docker-compose is not installed, docker-compose.yml NOT validated (apt-get install docker-compose)"; fi
+# With docker-compose config only (no Docker engine needed): valid with
+# nothing set and with the observability profile, no secret in the file or
+# in a program's environment, ports on 127.0.0.1 (scripts/compose-check).
+compose-check: ## validate docker-compose.yml (needs docker-compose; skipped, saying so, without it)
+	@scripts/compose-check
 
 # The CRM API of the demo: generic, hubspot or salesforce (make demo CRM=salesforce).
 CRM ?= generic

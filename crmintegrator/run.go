@@ -31,7 +31,7 @@ import (
 type options struct {
 	listen, httpAddr               string
 	crmURL, crmToken, crmTokenFile string
-	rpcToken                       string
+	rpcToken, rpcTokenFile         string
 	tlsCert, tlsKey, tlsClientCA   string
 	logFormat, logLevel            string
 	grace                          time.Duration
@@ -175,6 +175,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	e.int(&c.BreakerThreshold, "breaker-threshold", "INTEGRATOR_BREAKER_THRESHOLD", 20, "consecutive CRM failures (5xx, timeouts) that open the circuit breaker")
 	e.dur(&c.BreakerCooldown, "breaker-cooldown", "INTEGRATOR_BREAKER_COOLDOWN", 10*time.Second, "how long the open breaker refuses requests before a probe")
 	e.secret(&o.rpcToken, "rpc-token", "INTEGRATOR_RPC_TOKEN", "shared `token` readers must present; empty: none")
+	e.str(&o.rpcTokenFile, "rpc-token-file", "INTEGRATOR_RPC_TOKEN_FILE", "", "read the RPC token from this `file`; wins over -rpc-token")
 	e.str(&o.tlsCert, "tls-cert", "INTEGRATOR_TLS_CERT", "", "certificate `file` (PEM): serve RPC over TLS")
 	e.str(&o.tlsKey, "tls-key", "INTEGRATOR_TLS_KEY", "", "private key `file` (PEM) of -tls-cert")
 	e.str(&o.tlsClientCA, "tls-client-ca", "INTEGRATOR_TLS_CLIENT_CA", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
@@ -294,11 +295,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cfg.RPCToken = o.rpcToken
 	cfg.CRMToken = o.crmToken
 	if o.crmTokenFile != "" {
-		b, err := os.ReadFile(o.crmTokenFile)
-		if err != nil {
-			return fmt.Errorf("read crm token file: %w", err)
+		if cfg.CRMToken, err = readTokenFile("crm token file", o.crmTokenFile); err != nil {
+			return err
 		}
-		cfg.CRMToken = strings.TrimSpace(string(b))
+	}
+	if o.rpcTokenFile != "" {
+		if cfg.RPCToken, err = readTokenFile("rpc token file", o.rpcTokenFile); err != nil {
+			return err
+		}
 	}
 	if cfg.TLS, err = loadTLS(o); err != nil {
 		return err
@@ -359,6 +363,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return runErr
+}
+
+// readTokenFile reads a token from path, without the spaces and line break
+// around it. An empty file is an error: for the RPC token it would silently
+// mean no authentication at all.
+func readTokenFile(what, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", what, err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("%s %s is empty", what, path)
+	}
+	return tok, nil
 }
 
 // exitCodeOf is the code the process exits with after run returned err:

@@ -6,6 +6,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -56,6 +58,10 @@ func TestHelpExitsZero(t *testing.T) {
 }
 
 func TestBadConfiguration(t *testing.T) {
+	emptyFile := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(emptyFile, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -68,6 +74,8 @@ func TestBadConfiguration(t *testing.T) {
 		{"bad log format", []string{"-crm-url", "http://127.0.0.1:1", "-log-format", "xml"}, nil, "-log-format", 2},
 		{"client ca without cert", []string{"-crm-url", "http://127.0.0.1:1", "-tls-client-ca", "ca.pem"}, nil, "-tls-client-ca", 2},
 		{"missing token file", []string{"-crm-url", "http://127.0.0.1:1", "-crm-token-file", "/nonexistent/token"}, nil, "crm token file", 1},
+		{"missing rpc token file", []string{"-crm-url", "http://127.0.0.1:1"}, map[string]string{"INTEGRATOR_RPC_TOKEN_FILE": "/nonexistent/rpc-token"}, "rpc token file", 1},
+		{"empty rpc token file", []string{"-crm-url", "http://127.0.0.1:1", "-rpc-token-file", emptyFile}, nil, "is empty", 1},
 		{"unknown flag", []string{"-nope"}, nil, "not defined", 2},
 		{"salesforce without instance url", []string{"-crm-api", "salesforce"}, nil, "instance URL", 2},
 		{"salesforce create", []string{"-crm-api", "salesforce", "-crm-url", "https://x.my.salesforce.com", "-crm-write", "create"}, nil, "upsert", 1},
@@ -113,17 +121,39 @@ func TestParseShare(t *testing.T) {
 }
 
 // TestRunServesAndStops runs the daemon as main does, from the environment,
-// calls it, reads the side port, and stops it with the context (SIGTERM).
+// calls it, reads the side port, and stops it with the context (SIGTERM);
+// with the tokens in the environment, and in files as docker-compose.yml
+// gives them (a line break at the end).
 func TestRunServesAndStops(t *testing.T) {
 	const secret = "crm-SECRET-in-env"
+	dir := t.TempDir()
+	for name, v := range map[string]string{"crm-token": secret + "\n", "rpc-token": "rpc-SECRET\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		secrets map[string]string
+	}{
+		{"environment", map[string]string{"CRM_TOKEN": secret, "INTEGRATOR_RPC_TOKEN": "rpc-SECRET"}},
+		{"files", map[string]string{"CRM_TOKEN_FILE": filepath.Join(dir, "crm-token"), "INTEGRATOR_RPC_TOKEN_FILE": filepath.Join(dir, "rpc-token"),
+			"INTEGRATOR_RPC_TOKEN": "not-the-file's"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testRunServesAndStops(t, secret, tc.secrets) })
+	}
+}
+
+func testRunServesAndStops(t *testing.T, secret string, secrets map[string]string) {
 	crm, url := fakecrmtest.Start(t, fakecrm.Config{Token: secret})
 	env := map[string]string{
-		"CRM_URL":              url,
-		"CRM_TOKEN":            secret,
-		"INTEGRATOR_LISTEN":    "127.0.0.1:0",
-		"INTEGRATOR_HTTP":      "127.0.0.1:0",
-		"INTEGRATOR_GRACE":     "5s",
-		"INTEGRATOR_RPC_TOKEN": "rpc-SECRET",
+		"CRM_URL":           url,
+		"INTEGRATOR_LISTEN": "127.0.0.1:0",
+		"INTEGRATOR_HTTP":   "127.0.0.1:0",
+		"INTEGRATOR_GRACE":  "5s",
+	}
+	for k, v := range secrets {
+		env[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

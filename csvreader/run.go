@@ -91,6 +91,7 @@ type options struct {
 	progress       bool
 	progressEvery  time.Duration
 	rpcToken       string
+	rpcTokenFile   string
 	tlsOn          bool
 	tlsCA          string
 	tlsCert        string
@@ -200,6 +201,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.progress, "progress", envBool("CSVREADER_PROGRESS"), "print progress to stderr (default: on when stderr is a terminal) [CSVREADER_PROGRESS]")
 	fs.DurationVar(&o.progressEvery, "progress-interval", envDur("CSVREADER_PROGRESS_INTERVAL", 5*time.Second), "time between progress lines [CSVREADER_PROGRESS_INTERVAL]")
 	fs.StringVar(&o.rpcToken, "rpc-token", "", "shared token the integrator requires, if any; prefer the environment variable, a command line is visible in ps [CSVREADER_RPC_TOKEN]")
+	fs.StringVar(&o.rpcTokenFile, "rpc-token-file", env("CSVREADER_RPC_TOKEN_FILE", ""), "read the integrator's token from `FILE`; wins over -rpc-token [CSVREADER_RPC_TOKEN_FILE]")
 	fs.BoolVar(&o.tlsOn, "tls", envBool("CSVREADER_TLS"), "connect to the integrator over TLS [CSVREADER_TLS]")
 	fs.StringVar(&o.tlsCA, "tls-ca", env("CSVREADER_TLS_CA", ""), "PEM `FILE` of CAs that sign the integrator's certificate (implies -tls) [CSVREADER_TLS_CA]")
 	fs.StringVar(&o.tlsCert, "tls-cert", env("CSVREADER_TLS_CERT", ""), "client certificate PEM `FILE`, for mutual TLS (implies -tls) [CSVREADER_TLS_CERT]")
@@ -264,6 +266,16 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	}
 	if o.tlsCA != "" || o.tlsCert != "" {
 		o.tlsOn = true
+	}
+	if o.rpcTokenFile != "" {
+		b, err := os.ReadFile(o.rpcTokenFile)
+		if err != nil {
+			return nil, &exitError{exitFatal, fmt.Errorf("read rpc token file: %w", err)}
+		}
+		// An empty file would silently mean no token at all.
+		if o.rpcToken = strings.TrimSpace(string(b)); o.rpcToken == "" {
+			return nil, &exitError{exitFatal, fmt.Errorf("rpc token file %s is empty", o.rpcTokenFile)}
+		}
 	}
 	return o, nil
 }

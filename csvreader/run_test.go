@@ -25,6 +25,10 @@ func TestRunUsage(t *testing.T) {
 		t.Fatal(err)
 	}
 	dsn := func(s string) map[string]string { return map[string]string{"DATABASE_URL": s} }
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name     string
 		args     []string
@@ -51,6 +55,8 @@ func TestRunUsage(t *testing.T) {
 		{"dsn key=value", []string{"-dry-run", csv}, dsn("host=127.0.0.1 port=1 password=hunter2pw connect_timeout=1"), exitFatal, "database"},
 		{"dsn password in the query", []string{"-dry-run", csv}, dsn("postgres://u@127.0.0.1:1/db?password=hunter2pw&connect_timeout=1"), exitFatal, "database"},
 		{"dsn on the command line", []string{"-dry-run", "-db", "postgres://u:hunter2pw@127.0.0.1:54x/db", csv}, nil, exitFatal, "database"},
+		{"missing rpc token file", []string{"x.csv"}, map[string]string{"DATABASE_URL": "postgres://x", "CSVREADER_RPC_TOKEN_FILE": "/nonexistent/rpc-token"}, exitFatal, "rpc token file"},
+		{"empty rpc token file", []string{"-rpc-token-file", empty, "x.csv"}, secretEnv, exitFatal, "is empty"},
 		{"missing file", []string{"-dry-run", "/nonexistent/x.csv"}, map[string]string{"DATABASE_URL": "postgres://u:hunter2pw@127.0.0.1:1/db?connect_timeout=1"}, exitFatal, ""},
 	}
 	for _, tc := range tests {
@@ -71,6 +77,36 @@ func TestRunUsage(t *testing.T) {
 				if strings.Contains(all, secret) {
 					t.Errorf("output or error shows a secret:\n%s", all)
 				}
+			}
+		})
+	}
+}
+
+// TestRPCTokenFile: the token in a file (as docker-compose.yml gives it,
+// a line break at the end) wins over the environment's.
+func TestRPCTokenFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "rpc-token")
+	if err := os.WriteFile(file, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"environment", nil, map[string]string{"CSVREADER_RPC_TOKEN": "from-env"}, "from-env"},
+		{"file from the environment", nil, map[string]string{"CSVREADER_RPC_TOKEN": "from-env", "CSVREADER_RPC_TOKEN_FILE": file}, "from-file"},
+		{"file flag", []string{"-rpc-token-file", file}, map[string]string{"CSVREADER_RPC_TOKEN": "from-env"}, "from-file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.env["DATABASE_URL"] = "postgres://x"
+			o, err := parseFlags(append(tc.args, "x.csv"), func(k string) string { return tc.env[k] }, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.rpcToken != tc.want {
+				t.Errorf("token %q, want %q", o.rpcToken, tc.want)
 			}
 		})
 	}

@@ -56,6 +56,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	var (
 		listen     = fs.String("listen", env.str("FAKECRM_LISTEN", "127.0.0.1:8090"), "`address` to listen on; port 0 picks a free one ($FAKECRM_LISTEN)")
 		token      = fs.String("token", "", "bearer `token` required on API requests; empty: none; prefer the environment, a command line shows in ps ($FAKECRM_TOKEN"+tokenShown(getenv("FAKECRM_TOKEN"))+")")
+		tokenFile  = fs.String("token-file", env.str("FAKECRM_TOKEN_FILE", ""), "read the bearer token from this `file`; wins over -token ($FAKECRM_TOKEN_FILE)")
 		failRate   = fs.Float64("fail-rate", env.float("FAKECRM_FAIL_RATE", 0), "`fraction` of POSTs answered 503 before creating anything ($FAKECRM_FAIL_RATE)")
 		ambRate    = fs.Float64("ambiguous-rate", env.float("FAKECRM_AMBIGUOUS_RATE", 0), "`fraction` of POSTs that create, then answer 500/502/504, reset or hang ($FAKECRM_AMBIGUOUS_RATE)")
 		ambModes   = fs.String("ambiguous-modes", env.str("FAKECRM_AMBIGUOUS_MODES", ""), "comma separated `modes` among 500,502,504,reset,hang; empty: all ($FAKECRM_AMBIGUOUS_MODES)")
@@ -106,6 +107,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if *token == "" {
 		*token = getenv("FAKECRM_TOKEN") // after parsing, so that -h never prints it
+	}
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return fmt.Errorf("read token file: %w", err)
+		}
+		if *token = strings.TrimSpace(string(b)); *token == "" {
+			return fmt.Errorf("token file %s is empty: no token would let anyone in", *tokenFile)
+		}
 	}
 	log, err := logging.New("text", *logLevelIn, stderr)
 	if err != nil {
