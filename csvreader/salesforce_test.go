@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,6 +91,14 @@ func TestSalesforceDailyAllocation(t *testing.T) {
 	pgtest.Open(t, s.dsn).QueryRow(`SELECT count(*) FROM customers`).Scan(&n)
 	if a.DistinctExternalIDs != n || n != rep.Delivered {
 		t.Errorf("Salesforce holds %d records, customers %d, the report says %d delivered: want them equal", a.DistinctExternalIDs, n, rep.Delivered)
+	}
+	// Sforce-Limit-Info, as the daemon exports it.
+	rec := httptest.NewRecorder()
+	s.integ.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	m := rec.Body.String()
+	if !strings.Contains(m, "crmintegrator_crm_quota_limit 100\n") ||
+		!strings.Contains(m, fmt.Sprintf("crmintegrator_crm_quota_remaining %d\n", daily-a.Requests)) {
+		t.Errorf("metrics do not show the org's allocation (%d of %d used):\n%s", a.Requests, daily, m)
 	}
 
 	// The rolling 24 hours move on: room again. The daemon holds its
