@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crmsync/shared/cli"
 	"io"
 	"net/http"
 	"os"
@@ -104,7 +105,7 @@ func TestBadConfiguration(t *testing.T) {
 					t.Errorf("error or output shows the secret: %v\n%s", err, out.String())
 				}
 			}
-			if code := exitCodeOf(err); code != tc.code {
+			if code := cli.ExitCode(err); code != tc.code {
 				t.Errorf("exit code = %d, want %d", code, tc.code)
 			}
 		})

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crmsync/shared/cli"
 	"io"
 	"net"
 	"net/http"
@@ -155,23 +156,24 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		args    []string
 		env     map[string]string
 		wantErr string
+		code    int // exit code: 2 for what the operator typed, 1 for what failed
 	}{
-		{"bad env float", nil, map[string]string{"FAKECRM_FAIL_RATE": "lots"}, "FAKECRM_FAIL_RATE"},
-		{"bad env duration", nil, map[string]string{"FAKECRM_HANG": "30"}, "FAKECRM_HANG"},
-		{"bad env bool", nil, map[string]string{"FAKECRM_IDEMPOTENCY": "maybe"}, "FAKECRM_IDEMPOTENCY"},
-		{"rate out of range", []string{"-fail-rate", "2"}, nil, "fail_rate"},
-		{"unknown mode", []string{"-ambiguous-modes", "418"}, nil, "418"},
-		{"address as blocked domain", []string{"-blocked-domains", "ada@example.com"}, nil, "blocked domain"},
-		{"unknown flag", []string{"-nope"}, nil, "nope"},
-		{"stray argument", []string{"serve"}, nil, "unexpected arguments"},
-		{"bad log level", []string{"-log-level", "loud"}, nil, "log-level"},
-		{"bad address", []string{"-listen", "256.0.0.1:x"}, nil, "listen"},
-		{"unknown API", []string{"-api", "soap"}, nil, `API "soap"`},
-		{"hubspot with a state file", []string{"-api", "hubspot", "-state", "x.json"}, nil, "state file"},
-		{"hubspot property type", nil, map[string]string{"FAKECRM_API": "hubspot", "FAKECRM_HUBSPOT_PROPERTIES": "x:blob"}, "type"},
-		{"salesforce with a state file", []string{"-api", "salesforce", "-state", "x.json"}, nil, "state file"},
-		{"salesforce field name", nil, map[string]string{"FAKECRM_API": "salesforce", "FAKECRM_SALESFORCE_FIELDS": "shoe size"}, "shoe size"},
-		{"salesforce bad query batch", nil, map[string]string{"FAKECRM_SALESFORCE_QUERY_BATCH": "many"}, "FAKECRM_SALESFORCE_QUERY_BATCH"},
+		{"bad env float", nil, map[string]string{"FAKECRM_FAIL_RATE": "lots"}, "FAKECRM_FAIL_RATE", 2},
+		{"bad env duration", nil, map[string]string{"FAKECRM_HANG": "30"}, "FAKECRM_HANG", 2},
+		{"bad env bool", nil, map[string]string{"FAKECRM_IDEMPOTENCY": "maybe"}, "FAKECRM_IDEMPOTENCY", 2},
+		{"rate out of range", []string{"-fail-rate", "2"}, nil, "fail_rate", 2},
+		{"unknown mode", []string{"-ambiguous-modes", "418"}, nil, "418", 2},
+		{"address as blocked domain", []string{"-blocked-domains", "ada@example.com"}, nil, "blocked domain", 2},
+		{"unknown flag", []string{"-nope"}, nil, "nope", 2},
+		{"stray argument", []string{"serve"}, nil, "unexpected arguments", 2},
+		{"bad log level", []string{"-log-level", "loud"}, nil, "log-level", 2},
+		{"bad address", []string{"-listen", "256.0.0.1:x"}, nil, "listen", 1},
+		{"unknown API", []string{"-api", "soap"}, nil, `API "soap"`, 2},
+		{"hubspot with a state file", []string{"-api", "hubspot", "-state", "x.json"}, nil, "state file", 2},
+		{"hubspot property type", nil, map[string]string{"FAKECRM_API": "hubspot", "FAKECRM_HUBSPOT_PROPERTIES": "x:blob"}, "type", 2},
+		{"salesforce with a state file", []string{"-api", "salesforce", "-state", "x.json"}, nil, "state file", 2},
+		{"salesforce field name", nil, map[string]string{"FAKECRM_API": "salesforce", "FAKECRM_SALESFORCE_FIELDS": "shoe size"}, "shoe size", 2},
+		{"salesforce bad query batch", nil, map[string]string{"FAKECRM_SALESFORCE_QUERY_BATCH": "many"}, "FAKECRM_SALESFORCE_QUERY_BATCH", 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -180,7 +182,24 @@ func TestRunRejectsBadConfig(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error()+stderr.String(), tc.wantErr) {
 				t.Errorf("got %v, want an error about %q", err, tc.wantErr)
 			}
+			if code := cli.ExitCode(err); code != tc.code {
+				t.Errorf("exit code %d, want %d", code, tc.code)
+			}
 		})
+	}
+}
+
+// Every bad value is reported at once, flags and environment alike.
+func TestRunReportsEveryBadValue(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"-latency", "soon", "-burst", "many"}, envOf(map[string]string{"FAKECRM_FAIL_RATE": "lots"}), &stdout, &stderr)
+	for _, want := range []string{"-latency", "-burst", "FAKECRM_FAIL_RATE"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want it to name %s", err, want)
+		}
+	}
+	if cli.ExitCode(err) != cli.ExitUsage {
+		t.Errorf("exit code %d, want %d", cli.ExitCode(err), cli.ExitUsage)
 	}
 }
 
