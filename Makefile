@@ -56,11 +56,13 @@ fuzz: ## run every fuzz target for FUZZTIME (default 1m) each
 # Fixture folders to replay; any folder of fixture folders, or one fixture.
 REPLAY_DIR ?= testdata/replay
 
-replay: build ## replay the fixtures under REPLAY_DIR (default testdata/replay) through the whole duo and diff against their goldens
-	$(WITH_PG) $(GO) run ./scripts/replay -bin $(BIN) -dir $(REPLAY_DIR) $(REPLAY_FLAGS)
+# `csvreader replay` takes crmintegrator and fakecrm from beside itself: $(BIN).
+# $(value …) keeps a regexp's $ (REPLAY_FLAGS='-run ^clean$ -runs 3') from make.
+replay: build ## replay the fixtures under REPLAY_DIR (default testdata/replay) through the whole duo and diff against their goldens (csvreader replay; docs/replay.md)
+	$(WITH_PG) $(BIN)/csvreader replay $(value REPLAY_FLAGS) $(value REPLAY_DIR)
 
 replay-update: build ## rewrite the goldens of the fixtures under REPLAY_DIR (review them with git diff)
-	$(WITH_PG) $(GO) run ./scripts/replay -bin $(BIN) -dir $(REPLAY_DIR) -update $(REPLAY_FLAGS)
+	$(WITH_PG) $(BIN)/csvreader replay -update $(value REPLAY_FLAGS) $(value REPLAY_DIR)
 
 clean: ## remove binaries, disposable clusters and generated data
 	@for d in .pg/*/; do [ -d "$$d" ] && scripts/pg stop "$$d"; done; true

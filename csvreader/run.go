@@ -23,6 +23,7 @@ import (
 
 	"crmsync/csvreader/export"
 	"crmsync/csvreader/importer"
+	"crmsync/csvreader/replay"
 	"crmsync/db"
 	"crmsync/shared/buildinfo"
 	"crmsync/shared/crmrpc"
@@ -108,6 +109,7 @@ type options struct {
 }
 
 const usageHead = `Usage: csvreader [flags] FILE [FILE...]
+       csvreader replay [flags] DIR
 
 Streams customer exports (CSV, optionally gzipped; "-" reads stdin) to the CRM
 through crmintegrator, exactly once, and records every customer the CRM
@@ -121,6 +123,11 @@ Exit codes: 0 every row accounted for, none failed; 1 fatal error;
 2 usage error; 3 finished, but some records failed after all retries;
 4 stopped cleanly because the CRM's daily quota is spent: rerun after the
 time it says.
+
+csvreader replay replays sample exports through csvreader, crmintegrator and
+fakecrm and compares the outcome with golden files, for CI: see
+csvreader replay -h. To import a file named "replay", write ./replay (or
+put -- or any flag before it).
 
 Flags:
 `
@@ -296,10 +303,29 @@ func parseDelimiter(s string) (rune, error) {
 	return r[0], nil
 }
 
+// runReplay is `csvreader replay`, with its exit codes (0 match, 1
+// differs, 2 could not run) and its messages named as replay's.
+func runReplay(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	err := replay.Run(ctx, args, getenv, stdout, stderr)
+	var re *replay.Error
+	if err == nil || !errors.As(err, &re) {
+		return err
+	}
+	if re.Err == nil {
+		return &exitError{code: re.Code}
+	}
+	return &exitError{re.Code, fmt.Errorf("replay: %w", re.Err)}
+}
+
 // errVersion is parseFlags' answer to -version.
 var errVersion = errors.New("version asked")
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) (err error) {
+	// Only a first argument: "csvreader -- replay" and "csvreader ./replay"
+	// import a file of that name.
+	if len(args) > 0 && args[0] == "replay" {
+		return runReplay(ctx, args[1:], getenv, stdout, stderr)
+	}
 	o, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, errVersion) {
 		fmt.Fprintln(stdout, buildinfo.Read().String("csvreader"))

@@ -187,3 +187,43 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// "replay" as the first argument is the replay command; anywhere else it is
+// an export file to import. csvreader/replay tests the command itself.
+func TestReplaySubcommand(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantErr    string // in the error; "" for none
+		wantStderr string
+	}{
+		{"replay help", []string{"replay", "-h"}, exitOK, "", "Usage: csvreader replay [flags] DIR"},
+		{"no DIR", []string{"replay"}, exitUsage, "replay: no fixture folder", ""},
+		{"no database", []string{"replay", t.TempDir()}, exitUsage, "replay: DATABASE_URL is not set", ""},
+		{"bad flag", []string{"replay", "-nope"}, exitUsage, "", "flag provided but not defined: -nope"},
+		{"csvreader help names it", []string{"-h"}, exitOK, "", "csvreader replay [flags] DIR"},
+		// The import's own check after "no export file": "replay" was taken as a file.
+		{"file after --", []string{"--", "replay"}, exitUsage, "no database: set -db", ""},
+		{"file as ./replay", []string{"./replay"}, exitUsage, "no database: set -db", ""},
+		{"file after a flag", []string{"-workers", "2", "replay"}, exitUsage, "no database: set -db", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := run(context.Background(), tc.args, func(string) string { return "" }, &out, &errb)
+			if code := exitCodeOf(err); code != tc.wantCode {
+				t.Errorf("exit code = %d, want %d (err %v)", code, tc.wantCode, err)
+			}
+			switch {
+			case tc.wantErr == "" && err != nil && err.Error() != "":
+				t.Errorf("err = %q, want no message", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("err = %v, want it to mention %q", err, tc.wantErr)
+			}
+			if !strings.Contains(errb.String(), tc.wantStderr) {
+				t.Errorf("stderr lacks %q:\n%s", tc.wantStderr, errb.String())
+			}
+		})
+	}
+}

@@ -1,4 +1,4 @@
-# Shared by scripts/demo, scripts/bench and scripts/replay: start the daemons
+# Shared by scripts/demo and scripts/bench: start the daemons
 # on free loopback ports and always stop them.
 # shellcheck shell=bash
 

@@ -1,4 +1,4 @@
-package main
+package replay
 
 import (
 	"bufio"
@@ -26,8 +26,6 @@ import (
 
 	_ "github.com/lib/pq"
 )
-
-var binaries = []string{"csvreader", "crmintegrator", "fakecrm"}
 
 // fixtureOptions is a fixture's options.json. Every field is optional: a
 // folder with only an export file is a fixture.
@@ -189,7 +187,7 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 	logHint := ""
 	defer func() {
 		if c.keep || err != nil {
-			fmt.Fprintf(os.Stderr, "replay: %s: work folder kept: %s\n", dir, work)
+			fmt.Fprintf(c.stderr, "replay: %s: work folder kept: %s\n", dir, work)
 			return
 		}
 		os.RemoveAll(work)
@@ -208,21 +206,21 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 		}
 	}
 
-	dsn, drop, err := createDatabase(ctx, c.dsn)
+	dsn, drop, err := createDatabase(ctx, c.dsn, c.stderr)
 	if err != nil {
 		return nil, err
 	}
 	defer drop()
 
 	token := randomHex(12)
-	crm, err := startDaemon(ctx, work, "fakecrm", filepath.Join(c.bin, "fakecrm"),
+	crm, err := startDaemon(ctx, work, "fakecrm", c.progs.fakecrm,
 		append([]string{"-listen", "127.0.0.1:0", "-seed", defaultFakeSeed, "-hang", "200ms"}, o.Fakecrm...),
 		"FAKECRM_TOKEN="+token)
 	if err != nil {
 		return nil, err
 	}
 	defer crm.stop()
-	integ, err := startDaemon(ctx, work, "crmintegrator", filepath.Join(c.bin, "crmintegrator"),
+	integ, err := startDaemon(ctx, work, "crmintegrator", c.progs.integrator,
 		append([]string{"-listen", "127.0.0.1:0", "-http", "off", "-crm-url", "http://" + crm.addr, "-crm-timeout", "2s"}, o.Integrator...),
 		"CRM_TOKEN="+token)
 	if err != nil {
@@ -234,7 +232,7 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 		args := append([]string{"-integrator", integ.addr, "-progress=false",
 			"-report", name + ".report.json", "-rejects", name + ".rejects.csv", "-max-retry-time", "1m"}, o.Reader...)
 		// The DSN goes in the environment: the log shows the command line.
-		return runProgram(ctx, work, name, filepath.Join(c.bin, "csvreader"), append(args, files...), "DATABASE_URL="+dsn)
+		return runProgram(ctx, work, name, c.progs.reader, append(args, files...), "DATABASE_URL="+dsn)
 	}
 	if o.Earlier != "" {
 		code, err := reader("earlier", filepath.Base(o.Earlier))
@@ -294,7 +292,7 @@ func copyFile(from, to string) error {
 
 // createDatabase creates an empty database on base's server and returns
 // its DSN and a func that drops it.
-func createDatabase(ctx context.Context, base string) (string, func(), error) {
+func createDatabase(ctx context.Context, base string, stderr io.Writer) (string, func(), error) {
 	admin, err := sql.Open("postgres", base)
 	if err != nil {
 		return "", nil, fmt.Errorf("DATABASE_URL: %w", err)
@@ -308,7 +306,7 @@ func createDatabase(ctx context.Context, base string) (string, func(), error) {
 		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if _, err := admin.ExecContext(dctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`); err != nil {
-			fmt.Fprintf(os.Stderr, "replay: drop database %s: %v\n", name, err)
+			fmt.Fprintf(stderr, "replay: drop database %s: %v\n", name, err)
 		}
 		admin.Close()
 	}
