@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crmsync/shared/cli"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -24,7 +25,7 @@ func TestMain(m *testing.M) {
 		args := strings.Split(os.Getenv("CSVREADER_TEST_ARGS"), "\x1f")
 		if err := run(context.Background(), args, os.Getenv, os.Stdout, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "csvreader:", err)
-			os.Exit(exitCodeOf(err)) // as main does
+			os.Exit(cli.ExitCode(err)) // as main does
 		}
 		os.Exit(0)
 	}

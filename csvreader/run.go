@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -26,6 +24,7 @@ import (
 	"crmsync/csvreader/replay"
 	"crmsync/db"
 	"crmsync/shared/buildinfo"
+	"crmsync/shared/cli"
 	"crmsync/shared/crmrpc"
 	"crmsync/shared/logging"
 	"crmsync/shared/profiling"
@@ -33,42 +32,14 @@ import (
 	"crmsync/shared/runtimecfg"
 )
 
-// Exit codes.
+// Exit codes: cli's 0, 1 and 2, and two of csvreader's own.
 const (
-	exitOK     = 0
-	exitFatal  = 1
-	exitUsage  = 2
+	exitOK     = cli.ExitOK
+	exitFatal  = cli.ExitFatal
+	exitUsage  = cli.ExitUsage
 	exitFailed = 3 // finished, but some records failed after all retries
 	exitQuota  = 4 // stopped cleanly: the CRM's daily quota is spent
 )
-
-type exitCoder interface{ ExitCode() int }
-
-// exitCodeOf is the code the process exits with after run returned err.
-func exitCodeOf(err error) int {
-	if err == nil {
-		return exitOK
-	}
-	var ec exitCoder
-	if errors.As(err, &ec) {
-		return ec.ExitCode()
-	}
-	return exitFatal
-}
-
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string {
-	if e.err == nil {
-		return ""
-	}
-	return e.err.Error()
-}
-func (e *exitError) Unwrap() error { return e.err }
-func (e *exitError) ExitCode() int { return e.code }
 
 type options struct {
 	integrators    string
@@ -117,8 +88,6 @@ accepted in PostgreSQL. Rows that cannot be delivered go to the rejects file
 with the reason; rerunning the same command resumes where a run stopped and
 never sends a customer twice.
 
-Every flag can also be set by the environment variable in brackets.
-
 Exit codes: 0 every row accounted for, none failed; 1 fatal error;
 2 usage error; 3 finished, but some records failed after all retries;
 4 stopped cleanly because the CRM's daily quota is spent: rerun after the
@@ -128,132 +97,60 @@ csvreader replay replays sample exports through csvreader, crmintegrator and
 fakecrm and compares the outcome with golden files, for CI: see
 csvreader replay -h. To import a file named "replay", write ./replay (or
 put -- or any flag before it).
-
-Flags:
 `
 
 func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
-	env := func(name, def string) string {
-		if v := getenv(name); v != "" {
-			return v
-		}
-		return def
-	}
-	var bad []string
-	envInt := func(name string, def int) int {
-		if v := getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				bad = append(bad, fmt.Sprintf("%s=%q is not a whole number", name, v))
-				return def
-			}
-			return n
-		}
-		return def
-	}
-	envDur := func(name string, def time.Duration) time.Duration {
-		if v := getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				bad = append(bad, fmt.Sprintf("%s=%q is not a duration (like 90s or 10m)", name, v))
-				return def
-			}
-			return d
-		}
-		return def
-	}
-	envFloat := func(name string, def float64) float64 {
-		if v := getenv(name); v != "" {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				bad = append(bad, fmt.Sprintf("%s=%q is not a number", name, v))
-				return def
-			}
-			return f
-		}
-		return def
-	}
-	envBool := func(name string) bool {
-		v := getenv(name)
-		b, err := strconv.ParseBool(v)
-		if v != "" && err != nil {
-			bad = append(bad, fmt.Sprintf("%s=%q is not true or false", name, v))
-		}
-		return b
-	}
-
 	o := &options{}
-	fs := flag.NewFlagSet("csvreader", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.integrators, "integrator", env("CSVREADER_INTEGRATOR", "127.0.0.1:4004"), "`ADDR[,ADDR...]` of crmintegrator; later ones are fallbacks [CSVREADER_INTEGRATOR]")
-	// Secrets are read from the environment after parsing, so that -h never
-	// prints them as a default.
-	fs.StringVar(&o.dsn, "db", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db); prefer the environment variable, a command line is visible in ps [DATABASE_URL]")
-	fs.IntVar(&o.workers, "workers", envInt("CSVREADER_WORKERS", 12), "concurrent blocks in flight to the integrator [CSVREADER_WORKERS]")
-	fs.IntVar(&o.blockSize, "block-size", envInt("CSVREADER_BLOCK_SIZE", 1000), "records per block (per integrator call); capped by the integrator's limit [CSVREADER_BLOCK_SIZE]")
-	fs.StringVar(&o.rejects, "rejects", env("CSVREADER_REJECTS", ""), "rejects file `PATH` (default: <file>.rejects.csv in the current directory) [CSVREADER_REJECTS]")
-	fs.StringVar(&o.skipped, "skipped", env("CSVREADER_SKIPPED", ""), "optional `PATH` listing every duplicate skipped and why [CSVREADER_SKIPPED]")
-	fs.StringVar(&o.report, "report", env("CSVREADER_REPORT", ""), "write the final report as JSON to `PATH` [CSVREADER_REPORT]")
-	fs.StringVar(&o.key, "key", env("CSVREADER_KEY", "id"), "`COLUMN` holding the dedup key, sent as the CRM's external_id [CSVREADER_KEY]")
-	fs.StringVar(&o.dropColumns, "drop-columns", env("CSVREADER_DROP_COLUMNS", ""), "`COLUMN[,COLUMN...]` whose values are not sent (columns the CRM has no field for) [CSVREADER_DROP_COLUMNS]")
-	fs.StringVar(&o.delimiter, "delimiter", env("CSVREADER_DELIMITER", ""), "field delimiter: one character, or \"tab\" (default: a first line \"sep=X\" names it, else ',') [CSVREADER_DELIMITER]")
-	fs.StringVar(&o.encoding, "encoding", env("CSVREADER_ENCODING", "utf-8"), "text encoding of the files: utf-8, windows-1252, latin-1, utf-16, utf-16le or utf-16be (a byte order mark decides by itself) [CSVREADER_ENCODING]")
-	fs.BoolVar(&o.trustQuotes, "trust-quotes", envBool("CSVREADER_TRUST_QUOTES"), "deliver rows whose quoted field spans lines that look like rows, instead of rejecting them as runaway_quote (still counted as suspect) [CSVREADER_TRUST_QUOTES]")
-	fs.IntVar(&o.maxRejects, "max-rejects", envInt("CSVREADER_MAX_REJECTS", 0), "stop once more than `N` rows are rejected; 0 means no limit [CSVREADER_MAX_REJECTS]")
-	fs.Float64Var(&o.maxRejectRatio, "max-reject-ratio", envFloat("CSVREADER_MAX_REJECT_RATIO", 0.5), fmt.Sprintf("stop once more than %d rows are rejected and they are more than this share of the rows read; 0 means no limit [CSVREADER_MAX_REJECT_RATIO]", importer.RejectRatioMinimum))
-	fs.IntVar(&o.maxAttempts, "max-attempts", envInt("CSVREADER_MAX_ATTEMPTS", 10), "sends per record before it is reported as failed [CSVREADER_MAX_ATTEMPTS]")
-	fs.DurationVar(&o.maxRetryTime, "max-retry-time", envDur("CSVREADER_MAX_RETRY_TIME", 10*time.Minute), "time from a record's first send after which it is reported as failed [CSVREADER_MAX_RETRY_TIME]")
-	fs.DurationVar(&o.dbRetryTime, "db-retry-time", envDur("CSVREADER_DB_RETRY_TIME", 2*time.Minute), "how long to ride out an unavailable database before giving up [CSVREADER_DB_RETRY_TIME]")
-	fs.BoolVar(&o.dryRun, "dry-run", envBool("CSVREADER_DRY_RUN"), "validate and count new / already delivered / invalid rows; no CRM call [CSVREADER_DRY_RUN]")
-	fs.BoolVar(&o.progress, "progress", envBool("CSVREADER_PROGRESS"), "print progress to stderr (default: on when stderr is a terminal) [CSVREADER_PROGRESS]")
-	fs.DurationVar(&o.progressEvery, "progress-interval", envDur("CSVREADER_PROGRESS_INTERVAL", 5*time.Second), "time between progress lines [CSVREADER_PROGRESS_INTERVAL]")
-	fs.StringVar(&o.rpcToken, "rpc-token", "", "shared token the integrator requires, if any; prefer the environment variable, a command line is visible in ps [CSVREADER_RPC_TOKEN]")
-	fs.StringVar(&o.rpcTokenFile, "rpc-token-file", env("CSVREADER_RPC_TOKEN_FILE", ""), "read the integrator's token from `FILE`; wins over -rpc-token [CSVREADER_RPC_TOKEN_FILE]")
-	fs.BoolVar(&o.tlsOn, "tls", envBool("CSVREADER_TLS"), "connect to the integrator over TLS [CSVREADER_TLS]")
-	fs.StringVar(&o.tlsCA, "tls-ca", env("CSVREADER_TLS_CA", ""), "PEM `FILE` of CAs that sign the integrator's certificate (implies -tls) [CSVREADER_TLS_CA]")
-	fs.StringVar(&o.tlsCert, "tls-cert", env("CSVREADER_TLS_CERT", ""), "client certificate PEM `FILE`, for mutual TLS (implies -tls) [CSVREADER_TLS_CERT]")
-	fs.StringVar(&o.tlsKey, "tls-key", env("CSVREADER_TLS_KEY", ""), "client key PEM `FILE`, for mutual TLS [CSVREADER_TLS_KEY]")
-	fs.StringVar(&o.tlsServerName, "tls-server-name", env("CSVREADER_TLS_SERVER_NAME", ""), "expected name in the integrator's certificate (default: the address's host) [CSVREADER_TLS_SERVER_NAME]")
-	fs.DurationVar(&o.callTimeout, "call-timeout", envDur("CSVREADER_CALL_TIMEOUT", 0), "longest wait for one integrator call; 0 takes the integrator's advice [CSVREADER_CALL_TIMEOUT]")
-	fs.StringVar(&o.logFormat, "log-format", env("CSVREADER_LOG_FORMAT", "text"), "log format: text or json [CSVREADER_LOG_FORMAT]")
-	fs.StringVar(&o.logLevel, "log-level", env("CSVREADER_LOG_LEVEL", "info"), "log level: debug, info, warn or error [CSVREADER_LOG_LEVEL]")
-	fs.StringVar(&o.httpAddr, "http", env("CSVREADER_HTTP", ""), "serve /metrics (Prometheus text) on `ADDR` while the run goes on, e.g. 127.0.0.1:9465; empty: none [CSVREADER_HTTP]")
+	f := cli.NewFlags("csvreader", usageHead, getenv, stderr)
+	fs := f.FlagSet()
+	f.String(&o.integrators, "integrator", "CSVREADER_INTEGRATOR", "127.0.0.1:4004", "`ADDR[,ADDR...]` of crmintegrator; later ones are fallbacks")
+	f.Int(&o.workers, "workers", "CSVREADER_WORKERS", 12, "concurrent blocks in flight to the integrator")
+	f.Int(&o.blockSize, "block-size", "CSVREADER_BLOCK_SIZE", 1000, "records per block (per integrator call); capped by the integrator's limit")
+	f.String(&o.rejects, "rejects", "CSVREADER_REJECTS", "", "rejects file `PATH` (default: <file>.rejects.csv in the current directory)")
+	f.String(&o.skipped, "skipped", "CSVREADER_SKIPPED", "", "optional `PATH` listing every duplicate skipped and why")
+	f.String(&o.report, "report", "CSVREADER_REPORT", "", "write the final report as JSON to `PATH`")
+	f.String(&o.key, "key", "CSVREADER_KEY", "id", "`COLUMN` holding the dedup key, sent as the CRM's external_id")
+	f.String(&o.dropColumns, "drop-columns", "CSVREADER_DROP_COLUMNS", "", "`COLUMN[,COLUMN...]` whose values are not sent (columns the CRM has no field for)")
+	f.String(&o.delimiter, "delimiter", "CSVREADER_DELIMITER", "", "field delimiter: one character, or \"tab\" (default: a first line \"sep=X\" names it, else ',')")
+	f.String(&o.encoding, "encoding", "CSVREADER_ENCODING", "utf-8", "text encoding of the files: utf-8, windows-1252, latin-1, utf-16, utf-16le or utf-16be (a byte order mark decides by itself)")
+	f.Bool(&o.trustQuotes, "trust-quotes", "CSVREADER_TRUST_QUOTES", false, "deliver rows whose quoted field spans lines that look like rows, instead of rejecting them as runaway_quote (still counted as suspect)")
+	f.Int(&o.maxRejects, "max-rejects", "CSVREADER_MAX_REJECTS", 0, "stop once more than `N` rows are rejected; 0 means no limit")
+	f.Int(&o.maxAttempts, "max-attempts", "CSVREADER_MAX_ATTEMPTS", 10, "sends per record before it is reported as failed")
+	f.Duration(&o.maxRetryTime, "max-retry-time", "CSVREADER_MAX_RETRY_TIME", 10*time.Minute, "time from a record's first send after which it is reported as failed")
+	f.Duration(&o.dbRetryTime, "db-retry-time", "CSVREADER_DB_RETRY_TIME", 2*time.Minute, "how long to ride out an unavailable database before giving up")
+	f.Bool(&o.dryRun, "dry-run", "CSVREADER_DRY_RUN", false, "validate and count new / already delivered / invalid rows; no CRM call")
+	f.Bool(&o.progress, "progress", "CSVREADER_PROGRESS", false, "print progress to stderr (default: on when stderr is a terminal)")
+	f.Duration(&o.progressEvery, "progress-interval", "CSVREADER_PROGRESS_INTERVAL", 5*time.Second, "time between progress lines")
+	f.String(&o.rpcTokenFile, "rpc-token-file", "CSVREADER_RPC_TOKEN_FILE", "", "read the integrator's token from `FILE`; wins over -rpc-token")
+	f.Bool(&o.tlsOn, "tls", "CSVREADER_TLS", false, "connect to the integrator over TLS")
+	f.String(&o.tlsCA, "tls-ca", "CSVREADER_TLS_CA", "", "PEM `FILE` of CAs that sign the integrator's certificate (implies -tls)")
+	f.String(&o.tlsCert, "tls-cert", "CSVREADER_TLS_CERT", "", "client certificate PEM `FILE`, for mutual TLS (implies -tls)")
+	f.String(&o.tlsKey, "tls-key", "CSVREADER_TLS_KEY", "", "client key PEM `FILE`, for mutual TLS")
+	f.String(&o.tlsServerName, "tls-server-name", "CSVREADER_TLS_SERVER_NAME", "", "expected name in the integrator's certificate (default: the address's host)")
+	f.Duration(&o.callTimeout, "call-timeout", "CSVREADER_CALL_TIMEOUT", 0, "longest wait for one integrator call; 0 takes the integrator's advice")
+	f.String(&o.logFormat, "log-format", "CSVREADER_LOG_FORMAT", "text", "log format: text or json")
+	f.String(&o.logLevel, "log-level", "CSVREADER_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	f.String(&o.httpAddr, "http", "CSVREADER_HTTP", "", "serve /metrics (Prometheus text) on `ADDR` while the run goes on, e.g. 127.0.0.1:9465; empty: none")
+	f.URL(&o.dsn, "db", "DATABASE_URL", "", "PostgreSQL `DSN` (postgres://user:pass@host:port/db); prefer the environment variable, a command line is visible in ps")
+	f.Float(&o.maxRejectRatio, "max-reject-ratio", "CSVREADER_MAX_REJECT_RATIO", 0.5, fmt.Sprintf("stop once more than %d rows are rejected and they are more than this share of the rows read; 0 means no limit", importer.RejectRatioMinimum))
+	f.Secret(&o.rpcToken, "rpc-token", "CSVREADER_RPC_TOKEN", "shared `token` the integrator requires, if any; prefer the environment variable or -rpc-token-file, a command line is visible in ps")
 	o.cpuProfile = profiling.Flag(fs)
 	fs.BoolVar(&o.version, "version", false, "print the version, commit and build time, and exit")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usageHead)
-		profiling.PrintDefaults(fs)
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := f.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, &exitError{code: exitOK}
+			return nil, &cli.Error{Code: exitOK}
 		}
-		return nil, &exitError{exitUsage, errors.New("")}
+		return nil, err
 	}
 	if o.version {
 		return nil, errVersion
 	}
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "progress" {
-			o.progressSet = true
-		}
-	})
-	if getenv("CSVREADER_PROGRESS") != "" {
-		o.progressSet = true
-	}
-	if o.dsn == "" {
-		o.dsn = getenv("DATABASE_URL")
-	}
-	if o.rpcToken == "" {
-		o.rpcToken = getenv("CSVREADER_RPC_TOKEN")
-	}
+	o.progressSet = f.Given("progress")
 	o.files = fs.Args()
 	usage := func(msg string) (*options, error) {
-		return nil, &exitError{exitUsage, fmt.Errorf("%s (see csvreader -h)", msg)}
+		return nil, &cli.Error{Code: exitUsage, Err: fmt.Errorf("%s (see csvreader -h)", msg)}
 	}
 	switch {
-	case len(bad) > 0:
-		return usage(strings.Join(bad, "; "))
 	case len(o.files) == 0:
 		return usage("no export file given")
 	case o.dsn == "":
@@ -275,13 +172,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		o.tlsOn = true
 	}
 	if o.rpcTokenFile != "" {
-		b, err := os.ReadFile(o.rpcTokenFile)
-		if err != nil {
-			return nil, &exitError{exitFatal, fmt.Errorf("read rpc token file: %w", err)}
-		}
-		// An empty file would silently mean no token at all.
-		if o.rpcToken = strings.TrimSpace(string(b)); o.rpcToken == "" {
-			return nil, &exitError{exitFatal, fmt.Errorf("rpc token file %s is empty", o.rpcTokenFile)}
+		var err error
+		if o.rpcToken, err = cli.ReadSecret(o.rpcTokenFile, "rpc token"); err != nil {
+			return nil, err
 		}
 	}
 	return o, nil
@@ -312,9 +205,9 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	if re.Err == nil {
-		return &exitError{code: re.Code}
+		return &cli.Error{Code: re.Code}
 	}
-	return &exitError{re.Code, fmt.Errorf("replay: %w", re.Err)}
+	return &cli.Error{Code: re.Code, Err: fmt.Errorf("replay: %w", re.Err)}
 }
 
 // errVersion is parseFlags' answer to -version.
@@ -354,7 +247,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
-		return &exitError{exitUsage, err}
+		return &cli.Error{Code: exitUsage, Err: err}
 	}
 	delim, _ := parseDelimiter(o.delimiter)
 	// A soft memory limit of a fixed allowance plus ~1 KiB per record the
@@ -484,11 +377,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if rep.QuotaReason != "" {
 			why = "; the integrator said: " + rep.QuotaReason
 		}
-		return &exitError{exitQuota, fmt.Errorf("CRM quota exhausted; rerun after %s to resume (%d rows read, %d left unfinished)%s", rep.QuotaExhaustedUntil, rep.Rows, rep.Unfinished, why)}
+		return &cli.Error{Code: exitQuota, Err: fmt.Errorf("CRM quota exhausted; rerun after %s to resume (%d rows read, %d left unfinished)%s", rep.QuotaExhaustedUntil, rep.Rows, rep.Unfinished, why)}
 	case rep.Interrupted:
-		return &exitError{exitFatal, fmt.Errorf("interrupted: %d rows read, %d left unfinished; run the same command again to resume", rep.Rows, rep.Unfinished)}
+		return &cli.Error{Code: exitFatal, Err: fmt.Errorf("interrupted: %d rows read, %d left unfinished; run the same command again to resume", rep.Rows, rep.Unfinished)}
 	case rep.Failed > 0:
-		return &exitError{exitFailed, fmt.Errorf("%d records failed after all retries; they are in %s and a rerun retries them", rep.Failed, rep.RejectsFile)}
+		return &cli.Error{Code: exitFailed, Err: fmt.Errorf("%d records failed after all retries; they are in %s and a rerun retries them", rep.Failed, rep.RejectsFile)}
 	}
 	return nil
 }
@@ -498,7 +391,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 func serveMetrics(addr string, cfg *importer.Config, log *slog.Logger) (stop func(), bound string, err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, "", &exitError{exitUsage, fmt.Errorf("-http %s: %w", addr, err)}
+		return nil, "", &cli.Error{Code: exitUsage, Err: fmt.Errorf("-http %s: %w", addr, err)}
 	}
 	var snap atomic.Pointer[func() importer.Snapshot]
 	cfg.OnStart = func(f func() importer.Snapshot) { snap.Store(&f) }
@@ -567,7 +460,7 @@ func checkColumns(api string, fields []string) func([]string) error {
 		if len(hints) > 0 {
 			hint = " (" + strings.Join(hints, "; ") + ")"
 		}
-		return &exitError{exitFatal, fmt.Errorf("the CRM (%s) has no field for the column(s) %q; nothing was sent. Create them in the CRM (HubSpot: a contact property of that internal name; Salesforce: a field of that API name the token's user may edit), rename the columns to fields it has%s, or leave them out with -drop-columns %q",
+		return &cli.Error{Code: exitFatal, Err: fmt.Errorf("the CRM (%s) has no field for the column(s) %q; nothing was sent. Create them in the CRM (HubSpot: a contact property of that internal name; Salesforce: a field of that API name the token's user may edit), rename the columns to fields it has%s, or leave them out with -drop-columns %q",
 			api, missing, hint, strings.Join(missing, ","))}
 	}
 }
@@ -605,13 +498,9 @@ func dialIntegrator(ctx context.Context, o *options, sendGate func(context.Conte
 	if o.tlsOn {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.tlsServerName}
 		if o.tlsCA != "" {
-			pem, err := os.ReadFile(o.tlsCA)
+			pool, err := cli.CertPool(o.tlsCA, "-tls-ca")
 			if err != nil {
-				return nil, fmt.Errorf("-tls-ca: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("-tls-ca %s: no PEM certificate in it", o.tlsCA)
+				return nil, err
 			}
 			tc.RootCAs = pool
 		}

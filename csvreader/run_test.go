@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crmsync/shared/cli"
 	"io"
 	"log/slog"
 	"net/http"
@@ -63,7 +64,7 @@ func TestRunUsage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
 			err := run(context.Background(), tc.args, func(k string) string { return tc.env[k] }, &out, &errb)
-			if code := exitCodeOf(err); code != tc.wantCode {
+			if code := cli.ExitCode(err); code != tc.wantCode {
 				t.Errorf("exit code = %d, want %d (err %v)", code, tc.wantCode, err)
 			}
 			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
@@ -212,7 +213,7 @@ func TestReplaySubcommand(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
 			err := run(context.Background(), tc.args, func(string) string { return "" }, &out, &errb)
-			if code := exitCodeOf(err); code != tc.wantCode {
+			if code := cli.ExitCode(err); code != tc.wantCode {
 				t.Errorf("exit code = %d, want %d (err %v)", code, tc.wantCode, err)
 			}
 			switch {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crmsync/shared/cli"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -400,7 +401,7 @@ func TestStackInterruptThenResume(t *testing.T) {
 		cancel()
 	}()
 	rep, out, err := s.reader(ctx, s.dsn, "-workers", "2", "-block-size", "100", file)
-	if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), "interrupted") {
+	if cli.ExitCode(err) != exitFatal || !strings.Contains(err.Error(), "interrupted") {
 		t.Fatalf("interrupted run: err = %v, want exit 1 saying interrupted\n%s", err, out)
 	}
 	if !rep.Interrupted || rep.Delivered == 0 || rep.Rows >= 5000 || !rep.Accounted() {
@@ -423,7 +424,7 @@ func TestStackCRMDownExitsThree(t *testing.T) {
 		integrator.Config{CallBudget: 200 * time.Millisecond, BreakerCooldown: 100 * time.Millisecond})
 	file := exportFile(t, 30)
 	rep, out, err := s.reader(context.Background(), s.dsn, "-max-attempts", "2", "-max-retry-time", "3s", "-block-size", "10", file)
-	if exitCodeOf(err) != exitFailed {
+	if cli.ExitCode(err) != exitFailed {
 		t.Fatalf("err = %v, want exit code 3\n%s", err, out)
 	}
 	if rep.Failed != 30 || !rep.Accounted() {
@@ -452,7 +453,7 @@ func TestStackMaxRejectsStopsEarly(t *testing.T) {
 		bad = append(bad, fmt.Sprintf("B%d,x,y,broken-%d,,z", i, i))
 	}
 	_, out, err := s.reader(context.Background(), s.dsn, "-max-rejects", "10", exportFile(t, 5, bad...))
-	if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), "-max-rejects") {
+	if cli.ExitCode(err) != exitFatal || !strings.Contains(err.Error(), "-max-rejects") {
 		t.Fatalf("err = %v, want a fatal error naming -max-rejects\n%s", err, out)
 	}
 }
@@ -543,7 +544,7 @@ func TestStackMaxRejectRatioByDefault(t *testing.T) {
 		bad = append(bad, fmt.Sprintf("B%d,x,y,broken-%d,,z", i, i))
 	}
 	rep, out, err := s.reader(context.Background(), s.dsn, exportFile(t, 20, bad...))
-	if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), "-max-reject-ratio") || !strings.Contains(err.Error(), "invalid_email") {
+	if cli.ExitCode(err) != exitFatal || !strings.Contains(err.Error(), "-max-reject-ratio") || !strings.Contains(err.Error(), "invalid_email") {
 		t.Fatalf("err = %v, want a fatal error naming -max-reject-ratio and the last reason\n%s", err, out)
 	}
 	if rep.Rows >= int64(len(bad)) || rep.Error == "" {
@@ -586,7 +587,7 @@ func TestStackFatalBeforeAnyRow(t *testing.T) {
 			var out, errb bytes.Buffer
 			err := run(context.Background(), []string{"-integrator", s.addr, "-db", s.dsn, "-report", report,
 				"-rejects", filepath.Join(dir, tc.name+".rejects.csv"), write(tc.name, tc.content)}, func(string) string { return "" }, &out, &errb)
-			if exitCodeOf(err) != exitFatal || !strings.Contains(err.Error(), tc.wantErr) {
+			if cli.ExitCode(err) != exitFatal || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("err = %v, want exit 1 and %q", err, tc.wantErr)
 			}
 			if strings.Contains(out.String(), "delivered") || !strings.Contains(out.String(), "nothing was sent") {

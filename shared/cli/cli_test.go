@@ -54,7 +54,8 @@ func TestFlags(t *testing.T) {
 			want: opts{s: "def", d: 10 * time.Second, n: 2, x: 0.5, b: true, token: "flagtok"}},
 		{name: "every bad value at once", env: map[string]string{"PROG_TIMEOUT": "soon"},
 			args: []string{"-workers", "many", "-rate", "half", "-dry-run=maybe"},
-			errs: []string{`PROG_TIMEOUT="soon"`, `-workers "many": invalid syntax`, `-rate "half"`, `-dry-run "maybe"`}},
+			errs: []string{`PROG_TIMEOUT="soon": not a duration`, `-workers "many": not a whole number`, `-rate "half": not a number`, `-dry-run "maybe": not true or false`}},
+		{name: "out of range", args: []string{"-seed", "99999999999999999999"}, errs: []string{"out of range"}},
 		{name: "unknown flag", args: []string{"-nope"}, errs: []string{"not defined: -nope"}},
 	}
 	for _, tc := range tests {

@@ -99,7 +99,7 @@ func (v *value[T]) String() string {
 func (v *value[T]) Set(s string) error {
 	x, err := v.parse(s)
 	if err != nil {
-		v.f.errs = append(v.f.errs, fmt.Errorf("-%s %q: %v", v.name, s, cause(err)))
+		v.f.errs = append(v.f.errs, fmt.Errorf("-%s %q: %s", v.name, s, explain(v.kind, err)))
 		return nil
 	}
 	*v.p = x
@@ -110,14 +110,23 @@ type boolValue struct{ *value[bool] }
 
 func (boolValue) IsBoolFlag() bool { return true }
 
-// cause drops strconv's repetition of the input ("strconv.Atoi: parsing
-// "x": invalid syntax" → "invalid syntax").
-func cause(err error) error {
+// explain turns a parse error into what the value should have been.
+func explain(kind string, err error) string {
 	var ne *strconv.NumError
-	if errors.As(err, &ne) {
-		return ne.Err
+	if errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange) {
+		return "out of range"
 	}
-	return err
+	switch kind {
+	case "int":
+		return "not a whole number"
+	case "float":
+		return "not a number"
+	case "duration":
+		return "not a duration (like 90s or 10m)"
+	case "":
+		return "not true or false"
+	}
+	return err.Error()
 }
 
 func define[T any](f *Flags, p *T, name, env string, def T, usage, kind string,
@@ -127,7 +136,7 @@ func define[T any](f *Flags, p *T, name, env string, def T, usage, kind string,
 	if s := f.getenv(env); s != "" {
 		x, err := parse(s)
 		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("environment variable %s=%q: %v", env, s, cause(err)))
+			f.errs = append(f.errs, fmt.Errorf("environment variable %s=%q: %s", env, s, explain(kind, err)))
 		} else {
 			*p = x
 			f.fromEnv[name] = true
