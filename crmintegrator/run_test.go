@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crmsync/shared/cli"
 	"io"
 	"net/http"
 	"os"
@@ -16,6 +15,7 @@ import (
 
 	"crmsync/crmintegrator/fakecrm"
 	"crmsync/crmintegrator/fakecrm/fakecrmtest"
+	"crmsync/shared/cli"
 	"crmsync/shared/contact"
 	"crmsync/shared/crmrpc"
 )

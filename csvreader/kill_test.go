@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crmsync/shared/cli"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -16,6 +15,8 @@ import (
 
 	"crmsync/crmintegrator/fakecrm"
 	"crmsync/crmintegrator/integrator"
+	"crmsync/shared/cli"
+	"crmsync/shared/pgtest"
 )
 
 // TestMain lets the test binary act as csvreader itself, so tests can run
@@ -93,4 +94,43 @@ func TestStackStdinGzip(t *testing.T) {
 		t.Errorf("summary:\n%s", out)
 	}
 	s.assertExactlyOnce(300)
+}
+
+// killAndRerun runs a reader on an export of rows as a child process with
+// flags, kills it with SIGKILL once the CRM created at least created
+// records and at least inFlight are claimed but unsettled, reruns it to
+// the end, and checks: every key once in the CRM and in customers, the
+// faults exercised, no record without a key, and a second rerun sends
+// nothing.
+func (s *stack) killAndRerun(rows int, created int64, inFlight int, flags ...string) {
+	t := s.t
+	t.Helper()
+	d := pgtest.Open(t, s.dsn)
+	file := exportFile(t, rows)
+	dir := t.TempDir()
+	args := append([]string{"-integrator", s.addr, "-db", s.dsn, "-rejects", filepath.Join(dir, "rejects.csv"),
+		"-report", filepath.Join(dir, "report.json")}, flags...)
+	args = append(args, file)
+	cmd := child(args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return s.crm.Audit().Creates >= created && unsettled(t, d) >= inFlight })
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if out, err := child(args...).CombinedOutput(); err != nil {
+		t.Fatalf("rerun: %v\n%s", err, out)
+	}
+	s.assertExactlyOnce(rows)
+	a := s.crm.Audit()
+	if a.ContactsWithoutKey != 0 || a.Failed == 0 || a.Ambiguous == 0 {
+		t.Errorf("audit %+v: want no record without a key, and the faults exercised", a)
+	}
+	before := a.Requests
+	if out, err := child(args...).CombinedOutput(); err != nil {
+		t.Fatalf("second rerun: %v\n%s", err, out)
+	}
+	if n := s.crm.Audit().Requests - before; n != 0 {
+		t.Errorf("a rerun of a delivered export sent %d requests to the CRM", n)
+	}
 }

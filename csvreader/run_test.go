@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crmsync/shared/cli"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"crmsync/csvreader/importer"
+	"crmsync/shared/cli"
 )
 
 func TestRunUsage(t *testing.T) {

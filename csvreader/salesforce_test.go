@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,33 +25,7 @@ func TestSalesforceKill9AndRerun(t *testing.T) {
 	s := newStack(t, fakecrm.Config{API: fakecrm.APISalesforce, Token: "00Dtest!token", Seed: 5, Faults: fakecrm.Faults{
 		FailRate: 0.1, AmbiguousRate: 0.05, Hang: 300 * time.Millisecond, Latency: 20 * time.Millisecond, Jitter: 60 * time.Millisecond}},
 		integrator.Config{API: "salesforce", CRMToken: "00Dtest!token", CRMTimeout: 500 * time.Millisecond, BreakerThreshold: 1000})
-	d := pgtest.Open(t, s.dsn)
-	file := exportFile(t, rows)
-	dir := t.TempDir()
-	args := []string{"-integrator", s.addr, "-db", s.dsn, "-rejects", filepath.Join(dir, "rejects.csv"),
-		"-workers", "4", "-block-size", "200", "-max-attempts", "50", "-report", filepath.Join(dir, "report.json"), file}
-	cmd := child(args...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return s.crm.Audit().Creates >= 1000 && unsettled(t, d) >= 200 })
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
-	if out, err := child(args...).CombinedOutput(); err != nil {
-		t.Fatalf("rerun: %v\n%s", err, out)
-	}
-	s.assertExactlyOnce(rows)
-	a := s.crm.Audit()
-	if a.ContactsWithoutKey != 0 || a.Failed == 0 || a.Ambiguous == 0 {
-		t.Errorf("audit %+v: want no record without a key, and the faults exercised", a)
-	}
-	before := a.Requests
-	if out, err := child(args...).CombinedOutput(); err != nil {
-		t.Fatalf("second rerun: %v\n%s", err, out)
-	}
-	if n := s.crm.Audit().Requests - before; n != 0 {
-		t.Errorf("a rerun of a delivered export sent %d requests to Salesforce", n)
-	}
+	s.killAndRerun(rows, 1000, 200, "-workers", "4", "-block-size", "200", "-max-attempts", "50")
 }
 
 // The org's daily allocation runs out mid-run: the daemon keeps its 10%

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crmsync/shared/cli"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"crmsync/crmintegrator/fakecrm/fakecrmtest"
 	"crmsync/crmintegrator/integrator"
 	"crmsync/csvreader/importer"
+	"crmsync/shared/cli"
 	"crmsync/shared/pgtest"
 )
 

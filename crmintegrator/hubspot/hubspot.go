@@ -362,22 +362,11 @@ func (c *Connector) newRequest(ctx context.Context, method, path string, body []
 }
 
 func (c *Connector) do(req *http.Request, op string, out any) error {
-	if c.cfg.Timeout > 0 {
-		ctx, cancel := context.WithTimeout(req.Context(), c.cfg.Timeout)
-		defer cancel()
-		req = req.WithContext(ctx)
-	}
-	start := time.Now()
-	resp, err := c.hc.Do(req)
+	resp, done, err := crmapi.Exchange(c.hc, req, c.cfg.Timeout, c.observer(op))
 	if err != nil {
-		c.observe(op, 0, start)
-		return crmapi.TransportError(err)
+		return err
 	}
-	defer func() {
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-	}()
-	c.observe(op, resp.StatusCode, start)
+	defer done()
 	c.limits(resp.Header)
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		return c.statusError(resp, op)
@@ -388,10 +377,12 @@ func (c *Connector) do(req *http.Request, op string, out any) error {
 	return nil
 }
 
-func (c *Connector) observe(op string, status int, start time.Time) {
-	if c.cfg.Observe != nil {
-		c.cfg.Observe(op, status, time.Since(start))
+// observer is what Exchange tells of a request of op, for Config.Observe.
+func (c *Connector) observer(op string) func(int, time.Duration) {
+	if c.cfg.Observe == nil {
+		return nil
 	}
+	return func(status int, d time.Duration) { c.cfg.Observe(op, status, d) }
 }
 
 func (c *Connector) limits(h http.Header) {

@@ -321,23 +321,11 @@ func (c *Connector) send(ctx context.Context, op, method, path string, body []by
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
-	if c.cfg.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
-		defer cancel()
-		req = req.WithContext(ctx)
-	}
-	start := time.Now()
-	resp, err := c.hc.Do(req)
+	resp, done, err := crmapi.Exchange(c.hc, req, c.cfg.Timeout, c.observer(op))
 	if err != nil {
-		c.observe(op, 0, start)
-		return crmapi.TransportError(err)
+		return err
 	}
-	defer func() {
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-	}()
-	c.observe(op, resp.StatusCode, start)
+	defer done()
 	c.limitInfo(resp.Header.Get("Sforce-Limit-Info"))
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		err := c.statusError(ctx, resp, op)
@@ -351,8 +339,10 @@ func (c *Connector) send(ctx context.Context, op, method, path string, body []by
 	return nil
 }
 
-func (c *Connector) observe(op string, status int, start time.Time) {
-	if c.cfg.Observe != nil {
-		c.cfg.Observe(op, status, time.Since(start))
+// observer is what Exchange tells of a request of op, for Config.Observe.
+func (c *Connector) observer(op string) func(int, time.Duration) {
+	if c.cfg.Observe == nil {
+		return nil
 	}
+	return func(status int, d time.Duration) { c.cfg.Observe(op, status, d) }
 }

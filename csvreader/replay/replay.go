@@ -31,6 +31,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"crmsync/shared/cli"
 )
 
 // Exit codes of Run's errors (Error.ExitCode).
@@ -42,22 +44,10 @@ const (
 
 // Error is every error Run returns: Code is the exit code, Err the message
 // (nil when everything worth saying is already printed).
-type Error struct {
-	Code int
-	Err  error
-}
-
-func (e *Error) Error() string {
-	if e.Err == nil {
-		return ""
-	}
-	return e.Err.Error()
-}
-func (e *Error) Unwrap() error { return e.Err }
-func (e *Error) ExitCode() int { return e.Code }
+type Error = cli.Error
 
 func cannotRun(format string, args ...any) error {
-	return &Error{ExitCannotRun, fmt.Errorf(format, args...)}
+	return &Error{Code: ExitCannotRun, Err: fmt.Errorf(format, args...)}
 }
 
 type config struct {
@@ -116,14 +106,14 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cannotRun("cannot tell where this csvreader is (%v): point -bin at the folder holding csvreader, crmintegrator and fakecrm", err)
 	}
 	if c.progs, err = findPrograms(c.bin, self, exec.LookPath); err != nil {
-		return &Error{ExitCannotRun, err}
+		return &Error{Code: ExitCannotRun, Err: err}
 	}
 	if c.verbose {
 		fmt.Fprintf(c.stderr, "replay: csvreader %s, crmintegrator %s, fakecrm %s\n", c.progs.reader, c.progs.integrator, c.progs.fakecrm)
 	}
 	fixtures, err := findFixtures(c.dir, c.match)
 	if err != nil {
-		return &Error{ExitCannotRun, err}
+		return &Error{Code: ExitCannotRun, Err: err}
 	}
 	if len(fixtures) == 0 {
 		return cannotRun("no fixture under %s: a fixture is a folder holding an export file", c.dir)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crmsync/shared/cli"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"crmsync/crmintegrator/crmapi"
+	"crmsync/shared/cli"
 )
 
 var listeningLine = regexp.MustCompile(`^listening on (127\.0\.0\.1:\d+)$`)

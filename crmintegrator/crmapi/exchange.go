@@ -1,0 +1,40 @@
+package crmapi
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"time"
+)
+
+// Exchange sends req with hc within timeout (0: the request's context
+// alone) and tells observe, when set, the answer's status (0: none) and
+// latency: the one HTTP exchange every connector makes. On success the
+// caller reads resp and then calls done, which drains what is left of the
+// body (up to 64 KiB, so the connection can be reused), closes it and ends
+// the timeout. A failure is a TransportError.
+func Exchange(hc *http.Client, req *http.Request, timeout time.Duration, observe func(status int, d time.Duration)) (resp *http.Response, done func(), err error) {
+	cancel := context.CancelFunc(func() {})
+	if timeout > 0 {
+		var ctx context.Context
+		ctx, cancel = context.WithTimeout(req.Context(), timeout)
+		req = req.WithContext(ctx)
+	}
+	start := time.Now()
+	resp, err = hc.Do(req)
+	if err != nil {
+		cancel()
+		if observe != nil {
+			observe(0, time.Since(start))
+		}
+		return nil, nil, TransportError(err)
+	}
+	if observe != nil {
+		observe(resp.StatusCode, time.Since(start))
+	}
+	return resp, func() {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		cancel()
+	}, nil
+}
