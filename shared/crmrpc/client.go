@@ -18,8 +18,9 @@ import (
 type ClientConfig struct {
 	// Addrs are daemon addresses (host:port). The client keeps a
 	// connection to every one it can reach and sends each call to the
-	// daemon with the fewest calls of this client in flight (ties: the
-	// first listed), so several daemons share the work; a daemon that is
+	// daemon with the fewest calls of this client in flight (ties: round
+	// robin for Deliver, the first listed for Hello and Lookup), so
+	// several daemons share the work; a daemon that is
 	// down or whose connection broke is left out until a redial (in the
 	// background, with backoff) reaches it again.
 	Addrs []string
@@ -82,6 +83,7 @@ type Client struct {
 	cfg     ClientConfig
 	mu      sync.Mutex    // guards slots' state, done and changed
 	slots   []*slot       // one per address, in the order given
+	rr      int           // where the next Deliver's search for a tie starts
 	changed chan struct{} // closed (and replaced) when a dial ends
 	done    bool
 	life    context.Context // background dials; cancelled by Close
@@ -408,10 +410,10 @@ func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, *Handshake
 // pick returns a connection for a call, counted in flight on its slot
 // until the caller calls c.release: pin's when pin is set (an error when
 // it is down), else the one to the daemon ctx asks for (WithInstance) if
-// connected, else the one with the fewest calls in flight, the first
-// listed on a tie. When no daemon is connected it waits, up to RedialFor,
+// connected, else the one with the fewest calls in flight
+// (leastLoadedLocked). When no daemon is connected it waits, up to RedialFor,
 // for a redial to reach one.
-func (c *Client) pick(ctx context.Context, pin *slot) (*slot, *conn, error) {
+func (c *Client) pick(ctx context.Context, pin *slot, rotate bool) (*slot, *conn, error) {
 	want := InstanceOf(ctx)
 	var giveUp <-chan time.Time
 	for {
@@ -423,7 +425,7 @@ func (c *Client) pick(ctx context.Context, pin *slot) (*slot, *conn, error) {
 		c.kick(time.Now()) // a daemon that came back rejoins
 		best := pin
 		if pin == nil {
-			best = c.leastLoadedLocked(want)
+			best = c.leastLoadedLocked(want, rotate)
 		} else if pin.cn == nil {
 			c.mu.Unlock()
 			return nil, nil, fmt.Errorf("crmrpc: %s: not connected", pin.addr)
@@ -477,11 +479,19 @@ func (c *Client) pick(ctx context.Context, pin *slot) (*slot, *conn, error) {
 }
 
 // leastLoadedLocked is the connected slot whose daemon is want, if any,
-// else the connected one with the fewest calls in flight (the first
-// listed on a tie); nil when none is connected. Lock held.
-func (c *Client) leastLoadedLocked(want string) *slot {
+// else the connected one with the fewest calls in flight; nil when none is
+// connected. Ties go round robin when rotate is set (Deliver: so that a
+// reader with fewer blocks in flight than daemons still spreads them), to
+// the first listed otherwise. Lock held.
+func (c *Client) leastLoadedLocked(want string, rotate bool) *slot {
 	var best *slot
-	for _, s := range c.slots {
+	at, n := 0, len(c.slots)
+	if rotate {
+		at = c.rr
+	}
+	for k := range n {
+		i := (at + k) % n
+		s := c.slots[i]
 		if s.cn == nil {
 			continue
 		}
@@ -490,6 +500,9 @@ func (c *Client) leastLoadedLocked(want string) *slot {
 		}
 		if best == nil || s.inflight < best.inflight {
 			best = s
+			if rotate {
+				c.rr = (i + 1) % n
+			}
 		}
 	}
 	return best
@@ -552,7 +565,7 @@ func (c *Client) callGated(ctx context.Context, method string, args func(*conn) 
 	}
 	var last error
 	for attempt := 0; attempt < maxCallAttempts; attempt++ {
-		s, cn, err := c.pick(ctx, pin)
+		s, cn, err := c.pick(ctx, pin, method == MethodDeliver)
 		if err != nil {
 			if last != nil {
 				return nil, fmt.Errorf("%s: %w (after %v)", method, err, last)
