@@ -17,6 +17,7 @@ import (
 	"crmsync/crmintegrator/integrator"
 	"crmsync/csvreader/importer"
 	"crmsync/shared/cli"
+	"crmsync/shared/crmrpc"
 )
 
 // daemon is one more integrator on the stack's CRM, that a test can kill:
@@ -246,5 +247,17 @@ func TestShardUsage(t *testing.T) {
 				t.Errorf("exit %d, err %v; want %d naming %s", code, err, exitUsage, tc.wantErr)
 			}
 		})
+	}
+}
+
+// With several integrators the run honours the strictest: the smallest
+// limits, the longest call bound, the fields every one has.
+func TestStrictest(t *testing.T) {
+	h := func(maxRec, maxField int, bound time.Duration, fields ...string) crmrpc.DaemonHello {
+		return crmrpc.DaemonHello{HelloReply: &crmrpc.HelloReply{MaxRecords: maxRec, MaxFieldBytes: maxField, CallTimeout: bound, Fields: fields}}
+	}
+	got := strictest([]crmrpc.DaemonHello{h(1000, 0, 5*time.Second, "email", "city"), h(500, 4096, 9*time.Second), h(0, 2048, time.Second, "city", "zip")})
+	if got.MaxRecords != 500 || got.MaxFieldBytes != 2048 || got.CallTimeout != 9*time.Second || len(got.Fields) != 1 || got.Fields[0] != "city" {
+		t.Errorf("strictest = %+v", got)
 	}
 }
