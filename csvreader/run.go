@@ -43,6 +43,8 @@ const (
 
 type options struct {
 	integrators    string
+	shard          string
+	shardOf        importer.Shard
 	dsn            string
 	workers        int
 	blockSize      int
@@ -103,7 +105,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	o := &options{}
 	f := cli.NewFlags("csvreader", usageHead, getenv, stderr)
 	fs := f.FlagSet()
-	f.String(&o.integrators, "integrator", "CSVREADER_INTEGRATOR", "127.0.0.1:4004", "`ADDR[,ADDR...]` of crmintegrator; later ones are fallbacks")
+	f.String(&o.integrators, "integrator", "CSVREADER_INTEGRATOR", "127.0.0.1:4004", "`ADDR[,ADDR...]` of crmintegrator; blocks go to the one with the fewest in flight (ties: in turn), and a daemon that is down is left out until it is back")
+	f.String(&o.shard, "shard", "CSVREADER_SHARD", "", "`I/N`: this reader is shard I (1 to N) of N readers splitting the files by key (FNV-1a 64 of the key, mod N, is I-1); each reads every row and sends only its own keys; empty: the whole file")
 	f.Int(&o.workers, "workers", "CSVREADER_WORKERS", 12, "concurrent blocks in flight to the integrator")
 	f.Int(&o.blockSize, "block-size", "CSVREADER_BLOCK_SIZE", 1000, "records per block (per integrator call); capped by the integrator's limit")
 	f.String(&o.rejects, "rejects", "CSVREADER_REJECTS", "", "rejects file `PATH` (default: <file>.rejects.csv in the current directory)")
@@ -167,6 +170,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	}
 	if _, err := parseDelimiter(o.delimiter); err != nil {
 		return usage(err.Error())
+	}
+	var err error
+	if o.shardOf, err = importer.ParseShard(o.shard); err != nil {
+		return usage(fmt.Sprintf("-shard %q (or CSVREADER_SHARD): %v", o.shard, err))
 	}
 	if o.tlsCA != "" || o.tlsCert != "" {
 		o.tlsOn = true
@@ -286,6 +293,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		RejectsPath:    o.rejects,
 		SkippedPath:    o.skipped,
 		DryRun:         o.dryRun,
+		Shard:          o.shardOf,
 		ProgressEvery:  o.progressEvery,
 		Logger:         log,
 	}
@@ -316,10 +324,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer client.Close()
 		cfg.Lookups = client.Lookups
 		cfg.Instance = client.Instance
-		hello, err := client.Hello(ctx)
+		hellos, err := client.HelloAll(ctx)
 		if err != nil {
 			return fmt.Errorf("integrator at %s: %w", o.integrators, err)
 		}
+		hello := strictest(hellos)
 		if hello.MaxRecords > 0 && cfg.BlockSize > hello.MaxRecords {
 			cfg.BlockSize = hello.MaxRecords
 		}
@@ -416,6 +425,41 @@ func serveMetrics(addr string, cfg *importer.Config, log *slog.Logger) (stop fun
 		srv.Shutdown(ctx)
 		<-done
 	}, ln.Addr().String(), nil
+}
+
+// strictest combines the daemons' Hello replies into the limits every one
+// of them accepts: the smallest MaxRecords and MaxFieldBytes, the longest
+// CallTimeout (the run's call bound must cover every daemon's calls), the
+// fields all of them have.
+func strictest(hs []crmrpc.DaemonHello) crmrpc.HelloReply {
+	out := *hs[0].HelloReply
+	for _, h := range hs[1:] {
+		if h.MaxRecords > 0 && (out.MaxRecords == 0 || h.MaxRecords < out.MaxRecords) {
+			out.MaxRecords = h.MaxRecords
+		}
+		if h.MaxFieldBytes > 0 && (out.MaxFieldBytes == 0 || h.MaxFieldBytes < out.MaxFieldBytes) {
+			out.MaxFieldBytes = h.MaxFieldBytes
+		}
+		out.CallTimeout = max(out.CallTimeout, h.CallTimeout)
+		switch {
+		case h.Fields == nil:
+		case out.Fields == nil:
+			out.Fields = h.Fields
+		default:
+			has := make(map[string]bool, len(h.Fields))
+			for _, f := range h.Fields {
+				has[f] = true
+			}
+			var both []string
+			for _, f := range out.Fields {
+				if has[f] {
+					both = append(both, f)
+				}
+			}
+			out.Fields = both
+		}
+	}
+	return out
 }
 
 // splitList is a comma separated list, trimmed, without empty entries.
@@ -539,12 +583,19 @@ func printSummary(w io.Writer, r *importer.Report) {
 		fmt.Fprintf(w, "nothing was sent: the run%s stopped before any row was read (see the error below)\n", run)
 		return
 	}
+	shard := ""
+	if r.Shard != "" {
+		shard = fmt.Sprintf(" · %d of other shards (this is shard %s)", r.OtherShard, r.Shard)
+	}
 	if r.DryRun {
-		fmt.Fprintf(w, "dry run: %d rows · %d valid · %d new · %d already delivered · %d duplicates in file · %d invalid\n",
-			r.Rows, r.Valid, r.New, r.AlreadyDelivered, r.DuplicatesInFile, r.RejectedInvalid)
+		fmt.Fprintf(w, "dry run: %d rows · %d valid · %d new · %d already delivered · %d duplicates in file · %d invalid%s\n",
+			r.Rows, r.Valid, r.New, r.AlreadyDelivered, r.DuplicatesInFile, r.RejectedInvalid, shard)
 		return
 	}
 	fmt.Fprintf(w, "run %d: %d rows in %.1fs (%.0f rows/s)\n", r.RunID, r.Rows, r.ElapsedSeconds, r.RowsPerSecond)
+	if r.Shard != "" {
+		fmt.Fprintf(w, "  other shards       %d (shard %s: their readers send them)\n", r.OtherShard, r.Shard)
+	}
 	fmt.Fprintf(w, "  delivered          %d\n", r.Delivered)
 	fmt.Fprintf(w, "  already delivered  %d\n", r.AlreadyDelivered)
 	fmt.Fprintf(w, "  duplicates in file %d\n", r.DuplicatesInFile)

@@ -16,7 +16,7 @@ import (
 // claiming or sending anything. Keys met earlier in the files are tracked in
 // a temporary table, so memory stays bounded however large the files are.
 func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
-	rep := &Report{Files: cfg.Files, DryRun: true}
+	rep := &Report{Files: cfg.Files, DryRun: true, Shard: cfg.Shard.String()}
 	conn, err := d.Conn(ctx)
 	if err != nil {
 		return rep, fmt.Errorf("dry run: connect: %w", err)
@@ -83,6 +83,10 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 				return rep, err
 			}
 			rep.Rows++
+			if !cfg.Shard.Owns(row.Key) {
+				rep.OtherShard++
+				continue
+			}
 			if len(row.Suspect) > 0 {
 				rep.Suspect++
 			}

@@ -84,6 +84,10 @@ type Config struct {
 	// that process may be resolved through it without waiting out its calls.
 	Instance func() string
 
+	// Shard, when set, is this reader's part of the files: rows of keys
+	// other shards own are counted as OtherShard and nothing else.
+	Shard Shard
+
 	RejectsPath string // default: <first file's base name>.rejects.csv
 	SkippedPath string // optional: one line per duplicate skipped, with why
 	DryRun      bool   // validate and count; no claim, no CRM call
@@ -155,23 +159,27 @@ func DefaultRejectsPath(file string) string {
 }
 
 // Report is the account of a run. Every row read is counted in exactly one
-// of RejectedInvalid, DuplicatesInFile, AlreadyDelivered, Delivered,
-// RejectedByCRM, Failed, Unfinished (and, in a dry run, New).
+// of OtherShard, RejectedInvalid, DuplicatesInFile, AlreadyDelivered,
+// Delivered, RejectedByCRM, Failed, Unfinished (and, in a dry run, New).
 type Report struct {
-	RunID            int64    `json:"run_id,omitempty"`
-	Files            []string `json:"files"`
-	DryRun           bool     `json:"dry_run,omitempty"`
-	Rows             int64    `json:"rows"`
-	Valid            int64    `json:"valid"`
-	RejectedInvalid  int64    `json:"rejected_invalid"`
-	DuplicatesInFile int64    `json:"duplicates_in_file"`
-	AlreadyDelivered int64    `json:"already_delivered"`
-	New              int64    `json:"new,omitempty"`
-	Delivered        int64    `json:"delivered"`
-	RejectedByCRM    int64    `json:"rejected_by_crm"`
-	Failed           int64    `json:"failed"`
-	Unfinished       int64    `json:"unfinished"`
-	Recovered        int64    `json:"recovered"` // claims of dead runs taken over
+	RunID  int64    `json:"run_id,omitempty"`
+	Files  []string `json:"files"`
+	DryRun bool     `json:"dry_run,omitempty"`
+	// Shard is the reader's shard ("2/3", Config.Shard); OtherShard the
+	// rows read whose keys other shards own, left to their readers.
+	Shard            string `json:"shard,omitempty"`
+	OtherShard       int64  `json:"other_shard,omitempty"`
+	Rows             int64  `json:"rows"`
+	Valid            int64  `json:"valid"`
+	RejectedInvalid  int64  `json:"rejected_invalid"`
+	DuplicatesInFile int64  `json:"duplicates_in_file"`
+	AlreadyDelivered int64  `json:"already_delivered"`
+	New              int64  `json:"new,omitempty"`
+	Delivered        int64  `json:"delivered"`
+	RejectedByCRM    int64  `json:"rejected_by_crm"`
+	Failed           int64  `json:"failed"`
+	Unfinished       int64  `json:"unfinished"`
+	Recovered        int64  `json:"recovered"` // claims of dead runs taken over
 	// RecoveryWaitSeconds: the longest the run waited before looking up
 	// claims taken over, for the integrator calls their dead owner may have
 	// left running.
@@ -206,7 +214,7 @@ func (r *Report) Accounted() bool { return r.Rows == r.settled() }
 
 // settled is the number of rows counted in an outcome.
 func (r *Report) settled() int64 {
-	return r.RejectedInvalid + r.DuplicatesInFile + r.AlreadyDelivered + r.New +
+	return r.OtherShard + r.RejectedInvalid + r.DuplicatesInFile + r.AlreadyDelivered + r.New +
 		r.Delivered + r.RejectedByCRM + r.Failed + r.Unfinished
 }
 
@@ -251,7 +259,7 @@ type item struct {
 
 type counters struct {
 	rows, valid, invalid, dupes, already, delivered, crmRejected,
-	failed, unfinished, recovered, retries atomic.Int64
+	failed, unfinished, recovered, retries, otherShard atomic.Int64
 	maybe                           atomic.Int64           // records that may be in the CRM, not settled yet: the recovery backlog
 	recoveryWait                    atomic.Int64           // longest wait for a dead run's calls, in ns
 	quotaUntil                      atomic.Int64           // unix ns the CRM's daily allocation comes back at; 0: not spent
@@ -326,7 +334,7 @@ func Run(ctx context.Context, cfg Config, d *sql.DB, crm Deliverer) (*Report, er
 	defer cancel(nil)
 	p.offset = func() (int64, int64) { return 0, -1 }
 
-	rep := &Report{Files: cfg.Files, RejectsFile: cfg.RejectsPath}
+	rep := &Report{Files: cfg.Files, RejectsFile: cfg.RejectsPath, Shard: cfg.Shard.String()}
 	first, err := export.Open(cfg.Files[0], cfg.Export)
 	if err != nil {
 		return rep, err
@@ -435,6 +443,7 @@ func (r *Report) finish(start time.Time) {
 
 func (p *pipeline) fill(r *Report) {
 	r.Rows, r.Valid, r.RejectedInvalid = p.n.rows.Load(), p.n.valid.Load(), p.n.invalid.Load()
+	r.OtherShard = p.n.otherShard.Load()
 	r.DuplicatesInFile, r.AlreadyDelivered = p.n.dupes.Load(), p.n.already.Load()
 	r.Delivered, r.RejectedByCRM, r.Failed = p.n.delivered.Load(), p.n.crmRejected.Load(), p.n.failed.Load()
 	r.Unfinished, r.Recovered, r.Retries = p.n.unfinished.Load(), p.n.recovered.Load(), p.n.retries.Load()
@@ -583,6 +592,10 @@ func (p *pipeline) readFile(r *export.Reader) error {
 			return err
 		}
 		p.n.rows.Add(1)
+		if !p.cfg.Shard.Owns(row.Key) {
+			p.n.otherShard.Add(1) // its reader sends, skips or rejects it
+			continue
+		}
 		if len(row.Suspect) > 0 {
 			p.n.suspect.Add(1)
 		}
@@ -936,7 +949,9 @@ func (p *pipeline) send1(it *item) ([]crmrpc.Verdict, bool) {
 			recs[i] = crmrpc.Record{Contact: r.c, MaybeSent: r.maybeSent}
 			if r.via != "" {
 				if now.Before(r.fullDue) {
-					ctx = context.WithValue(p.workCtx, viaKey{}, r.via)
+					// The client sends it to that daemon if it is
+					// connected to it; the gate refuses any other.
+					ctx = crmrpc.WithInstance(p.workCtx, r.via)
 				} else {
 					r.via = ""
 				}
@@ -1009,10 +1024,6 @@ func (p *pipeline) send1(it *item) ([]crmrpc.Verdict, bool) {
 	}
 }
 
-// viaKey is the context key of the integrator process a call must go to
-// (rec.via).
-type viaKey struct{}
-
 // errWrongDaemon: the call carries records released early for one
 // integrator process, and was about to go to another.
 var errWrongDaemon = errors.New("records released for another integrator process")
@@ -1022,7 +1033,7 @@ func (p *pipeline) gate(ctx context.Context, instance string) error {
 	if err := p.run.SendGate(); err != nil {
 		return err
 	}
-	if need, _ := ctx.Value(viaKey{}).(string); need != "" && need != instance {
+	if need := crmrpc.InstanceOf(ctx); need != "" && need != instance {
 		return errWrongDaemon
 	}
 	return p.run.NoteIntegrator(ctx, instance)

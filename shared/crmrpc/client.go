@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/rpc"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,8 +16,13 @@ import (
 
 // ClientConfig configures Dial. Only Addrs is required.
 type ClientConfig struct {
-	// Addrs are daemon addresses (host:port), tried in order: a failed
-	// dial moves on to the next one, and so does a broken connection.
+	// Addrs are daemon addresses (host:port). The client keeps a
+	// connection to every one it can reach and sends each call to the
+	// daemon with the fewest calls of this client in flight (ties: round
+	// robin for Deliver, the first listed for Hello and Lookup), so
+	// several daemons share the work; a daemon that is
+	// down or whose connection broke is left out until a redial (in the
+	// background, with backoff) reaches it again.
 	Addrs []string
 	Token string      // shared RPC token, sent with every call
 	TLS   *tls.Config // when set, connections use TLS (ServerName defaults to the host)
@@ -25,9 +31,9 @@ type ClientConfig struct {
 	// CallTimeout bounds one call, reconnects included; 0 means only the
 	// caller's context does. Hello reports how long a Deliver may take.
 	CallTimeout time.Duration
-	// RedialFor is how long a call keeps redialing (every address, with
-	// backoff) before it gives up; default 30s. Dial itself tries each
-	// address once.
+	// RedialFor is how long a call waits for some daemon to be reachable
+	// (every address redialed, with backoff) before it gives up; default
+	// 30s. Dial itself tries each address once.
 	RedialFor time.Duration
 	// SendGate, when set, is asked right before a Deliver is written to a
 	// connection, after any wait for a connection, with the call's context
@@ -59,9 +65,10 @@ func (e *ConnError) Error() string {
 
 func (e *ConnError) Unwrap() error { return e.Err }
 
-// Client calls a crmintegrator daemon. It is safe for concurrent use:
-// calls are multiplexed over one connection, which is redialed
-// transparently after the daemon restarts or fails over to the next address.
+// Client calls crmintegrator daemons. It is safe for concurrent use: calls
+// are multiplexed over one connection per daemon, spread over the daemons
+// by how many calls each has in flight, and redialed transparently after a
+// daemon restarts; while one is down the others take its share.
 //
 // Errors of the typed methods are a *Error (the daemon answered that the
 // call failed as a whole), a *ConnError (outcome unknown), or another error
@@ -70,15 +77,18 @@ func (e *ConnError) Unwrap() error { return e.Err }
 // Deliver sends the records packed (DeliverArgs.Packed) to a daemon that
 // reported it reads them, and as gob Records otherwise. What a daemon
 // reads is learnt per connection, as a redial may reach another daemon
-// (failover, a rolling upgrade): from a Hello, or from the reply to a
-// Deliver, so the first Deliver on a connection no Hello was sent on goes
-// as Records.
+// (a restart, a rolling upgrade): from the handshake, a Hello, or the
+// reply to a Deliver.
 type Client struct {
-	cfg  ClientConfig
-	lock chan struct{} // guards the fields below; a channel so waiting honours ctx
-	cn   *conn         // nil when there is no connection
-	next int           // index of the address to try first
-	done bool
+	cfg     ClientConfig
+	mu      sync.Mutex    // guards slots' state, done and changed
+	slots   []*slot       // one per address, in the order given
+	rr      int           // where the next Deliver's search for a tie starts
+	changed chan struct{} // closed (and replaced) when a dial ends
+	done    bool
+	life    context.Context // background dials; cancelled by Close
+	stop    context.CancelFunc
+	dials   sync.WaitGroup
 
 	// packBufs are buffers for AppendPackedRecords, kept between calls.
 	// A block's packed bytes are copied into the string DeliverArgs.Packed,
@@ -91,19 +101,68 @@ type Client struct {
 	maxBound atomic.Int64 // the longest call bound a daemon advertised
 }
 
-// Instance is the Instance of the daemon on the current connection, "" when
-// there is none or it has not said.
+// slot is one daemon address and its connection. Fields guarded by
+// Client.mu.
+type slot struct {
+	addr     string
+	cn       *conn // nil while down
+	inflight int   // this client's calls on it now, abandoned ones included
+	calls    int64 // calls sent to it so far
+	dialing  bool
+	retryAt  time.Time // a down slot is redialed from then on
+	lastErr  error     // why the last dial failed
+	refused  bool      // lastErr is a refusal no retry can fix (*Error)
+	bo       backoff.Backoff
+}
+
+// WithInstance asks that calls made with ctx go to the daemon whose
+// Instance is instance, when the client holds a connection to it; else
+// they go where they would have gone (and SendGate, told the instance,
+// may refuse). A reader sends records a dead run sent only through that
+// daemon this way.
+func WithInstance(ctx context.Context, instance string) context.Context {
+	return context.WithValue(ctx, instanceKey{}, instance)
+}
+
+// InstanceOf is the instance WithInstance put in ctx, "" for none.
+func InstanceOf(ctx context.Context) string {
+	s, _ := ctx.Value(instanceKey{}).(string)
+	return s
+}
+
+type instanceKey struct{}
+
+// Instance is the Instance of the first listed daemon the client is
+// connected to, "" when there is none or it has not said.
 func (c *Client) Instance() string {
-	select {
-	case c.lock <- struct{}{}:
-	default:
-		return "" // busy redialing: no current daemon to speak of
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.slots {
+		if s.cn != nil {
+			return s.cn.instanceName()
+		}
 	}
-	defer func() { <-c.lock }()
-	if c.cn == nil {
-		return ""
+	return ""
+}
+
+// DaemonStats is what the client did with one daemon address.
+type DaemonStats struct {
+	Addr      string
+	Connected bool
+	InFlight  int   // calls in flight on it now
+	Calls     int64 // calls sent to it so far
+}
+
+// Daemons reports, per address in the order given, the connection and
+// the calls in flight and sent so far.
+func (c *Client) Daemons() []DaemonStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]DaemonStats, len(c.slots))
+	for i, s := range c.slots {
+		out[i] = DaemonStats{Addr: s.addr, Connected: s.cn != nil, InFlight: s.inflight, Calls: s.calls}
 	}
-	return c.cn.instanceName()
+	return out
 }
 
 // Lookups is how many external ids the daemons looked up in the CRM for
@@ -153,7 +212,9 @@ func (c *Client) bound(cn *conn) time.Duration {
 // ErrClosed is returned by calls after Close.
 var ErrClosed = errors.New("crmrpc: client closed")
 
-// Dial connects to the first reachable address of cfg.Addrs.
+// Dial connects to every reachable address of cfg.Addrs, trying each once
+// (all at once); it fails when none is reachable. The others are redialed
+// in the background while calls go on.
 func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("crmrpc: no daemon address")
@@ -164,49 +225,143 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if cfg.RedialFor <= 0 {
 		cfg.RedialFor = 30 * time.Second
 	}
-	c := &Client{cfg: cfg, lock: make(chan struct{}, 1), packBufs: make(chan []byte, 4)}
-	c.lock <- struct{}{}
-	err := c.dialRound(ctx)
-	<-c.lock
-	if err != nil {
+	c := &Client{cfg: cfg, changed: make(chan struct{}), packBufs: make(chan []byte, 4)}
+	c.life, c.stop = context.WithCancel(context.WithoutCancel(ctx))
+	for _, a := range cfg.Addrs {
+		c.slots = append(c.slots, &slot{addr: a, bo: backoff.Backoff{Base: 50 * time.Millisecond, Max: 2 * time.Second}})
+	}
+	// The first round honours ctx: a dial outlives it only in the
+	// background.
+	stop := context.AfterFunc(ctx, c.stop)
+	defer stop()
+	c.mu.Lock()
+	c.kick(time.Now())
+	for c.dialingLocked() {
+		ch := c.changed
+		c.mu.Unlock()
+		<-ch
+		c.mu.Lock()
+	}
+	err := c.downErrLocked()
+	live := c.liveLocked()
+	c.mu.Unlock()
+	if ctx.Err() != nil {
+		c.Close()
+		return nil, ctx.Err()
+	}
+	if !live {
+		c.Close()
 		return nil, err
 	}
 	return c, nil
 }
 
-// Close closes the connection. Calls in flight fail.
+// Close closes the connections. Calls in flight fail.
 func (c *Client) Close() error {
-	c.lock <- struct{}{}
-	defer func() { <-c.lock }()
+	c.mu.Lock()
 	c.done = true
-	if c.cn != nil {
-		err := c.cn.rc.Close()
-		c.cn = nil
-		return err
+	var errs []error
+	for _, s := range c.slots {
+		if s.cn != nil {
+			errs = append(errs, s.cn.rc.Close())
+			s.cn = nil
+		}
 	}
-	return nil
+	c.mu.Unlock()
+	c.stop()
+	c.dials.Wait()
+	return errors.Join(errs...)
 }
 
-// dialRound tries every address once, starting at c.next. Lock held. A
-// refusal no retry can fix (a wrong token, an untrusted certificate) ends
-// the round at once with that *Error.
-func (c *Client) dialRound(ctx context.Context) error {
-	var errs []error
-	for i := range c.cfg.Addrs {
-		j := (c.next + i) % len(c.cfg.Addrs)
-		addr := c.cfg.Addrs[j]
-		nc, hs, err := c.dialOne(ctx, addr)
-		if err != nil {
-			var e *Error
-			if errors.As(err, &e) {
-				return fmt.Errorf("crmrpc: connection refused: %w", err)
-			}
-			errs = append(errs, err)
-			continue
+// kick starts a background dial of every slot that is down and due. Lock
+// held.
+func (c *Client) kick(now time.Time) {
+	if c.done {
+		return
+	}
+	for _, s := range c.slots {
+		if s.cn == nil && !s.dialing && !now.Before(s.retryAt) {
+			s.dialing = true
+			c.dials.Add(1)
+			go c.dial(s)
 		}
-		c.cn, c.next = &conn{rc: rpc.NewClient(nc), addr: addr}, j
-		c.learn(c.cn, hs.PackedRecords, hs.CallTimeout, hs.Instance)
-		return nil
+	}
+}
+
+// dial connects s (over TLS when configured) and tells the waiting calls.
+func (c *Client) dial(s *slot) {
+	defer c.dials.Done()
+	nc, hs, err := c.dialOne(c.life, s.addr)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.dialing = false
+	switch {
+	case err == nil && c.done:
+		nc.Close()
+	case err == nil:
+		cn := &conn{addr: s.addr}
+		// A connection the daemon closed (it died, restarted) is dropped
+		// as soon as its reader sees it, not at the next call that picks
+		// it: calls go to the other daemons meanwhile.
+		cn.rc = rpc.NewClient(&watchedConn{Conn: nc, broken: func() { go c.drop(cn, 0) }})
+		s.cn = cn
+		s.lastErr, s.refused = nil, false
+		s.bo.Reset()
+		c.learn(s.cn, hs.PackedRecords, hs.CallTimeout, hs.Instance)
+	default:
+		var e *Error
+		s.lastErr, s.refused = err, errors.As(err, &e)
+		s.retryAt = time.Now().Add(s.bo.Next())
+	}
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// watchedConn tells when reading it fails: the connection is over.
+type watchedConn struct {
+	net.Conn
+	once   sync.Once
+	broken func()
+}
+
+func (w *watchedConn) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	if err != nil {
+		w.once.Do(w.broken)
+	}
+	return n, err
+}
+
+func (c *Client) dialingLocked() bool {
+	for _, s := range c.slots {
+		if s.dialing {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Client) liveLocked() bool {
+	for _, s := range c.slots {
+		if s.cn != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// downErrLocked says why no daemon can be reached: a refusal no retry can
+// fix (a wrong token, an untrusted certificate) when one said so, else
+// every address's last dial error.
+func (c *Client) downErrLocked() error {
+	var errs []error
+	for _, s := range c.slots {
+		if s.refused {
+			return fmt.Errorf("crmrpc: connection refused: %w", s.lastErr)
+		}
+		if s.lastErr != nil {
+			errs = append(errs, s.lastErr)
+		}
 	}
 	return fmt.Errorf("crmrpc: no daemon reachable: %w", errors.Join(errs...))
 }
@@ -252,46 +407,136 @@ func (c *Client) dialOne(ctx context.Context, addr string) (net.Conn, *Handshake
 	return nc, hs, nil
 }
 
-// conn returns the current connection, redialing with backoff when there
-// is none.
-func (c *Client) conn(ctx context.Context) (*conn, error) {
-	select {
-	case c.lock <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { <-c.lock }()
-	if c.done {
-		return nil, ErrClosed
-	}
-	if c.cn != nil {
-		return c.cn, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.RedialFor)
-	defer cancel()
-	bo := backoff.Backoff{Base: 50 * time.Millisecond, Max: 2 * time.Second}
+// pick returns a connection for a call, counted in flight on its slot
+// until the caller calls c.release: pin's when pin is set (an error when
+// it is down), else the one to the daemon ctx asks for (WithInstance) if
+// connected, else the one with the fewest calls in flight
+// (leastLoadedLocked). When no daemon is connected it waits, up to RedialFor,
+// for a redial to reach one.
+func (c *Client) pick(ctx context.Context, pin *slot, rotate bool) (*slot, *conn, error) {
+	want := InstanceOf(ctx)
+	var giveUp <-chan time.Time
 	for {
-		err := c.dialRound(ctx)
-		if err == nil {
-			return c.cn, nil
+		c.mu.Lock()
+		if c.done {
+			c.mu.Unlock()
+			return nil, nil, ErrClosed
 		}
-		if e := (*Error)(nil); errors.As(err, &e) {
-			return nil, err // refused: redialing cannot help
+		c.kick(time.Now()) // a daemon that came back rejoins
+		best := pin
+		if pin == nil {
+			best = c.leastLoadedLocked(want, rotate)
+		} else if pin.cn == nil {
+			c.mu.Unlock()
+			return nil, nil, fmt.Errorf("crmrpc: %s: not connected", pin.addr)
 		}
-		if werr := bo.Wait(ctx); werr != nil {
-			return nil, err
+		if best != nil {
+			best.inflight++
+			best.calls++
+			cn := best.cn
+			c.mu.Unlock()
+			return best, cn, nil
 		}
+		// Nothing connected: wait for a dial to end, or for the next one
+		// to be due.
+		if !c.dialingLocked() && c.anyRefusedLocked() {
+			err := c.downErrLocked()
+			c.mu.Unlock()
+			return nil, nil, err
+		}
+		ch := c.changed
+		var next time.Time
+		for _, s := range c.slots {
+			if !s.dialing && (next.IsZero() || s.retryAt.Before(next)) {
+				next = s.retryAt
+			}
+		}
+		c.mu.Unlock()
+		if giveUp == nil {
+			t := time.NewTimer(c.cfg.RedialFor)
+			defer t.Stop()
+			giveUp = t.C
+		}
+		due := time.NewTimer(time.Hour)
+		if !next.IsZero() {
+			due.Reset(max(time.Until(next), time.Millisecond))
+		}
+		select {
+		case <-ch:
+		case <-due.C:
+		case <-giveUp:
+			due.Stop()
+			c.mu.Lock()
+			err := c.downErrLocked()
+			c.mu.Unlock()
+			return nil, nil, err
+		case <-ctx.Done():
+			due.Stop()
+			return nil, nil, ctx.Err()
+		}
+		due.Stop()
 	}
 }
 
-// drop forgets a broken connection and moves on to the next address.
-func (c *Client) drop(cn *conn) {
-	c.lock <- struct{}{}
-	defer func() { <-c.lock }()
-	if c.cn == cn {
-		cn.rc.Close()
-		c.cn = nil
-		c.next = (c.next + 1) % len(c.cfg.Addrs)
+// leastLoadedLocked is the connected slot whose daemon is want, if any,
+// else the connected one with the fewest calls in flight; nil when none is
+// connected. Ties go round robin when rotate is set (Deliver: so that a
+// reader with fewer blocks in flight than daemons still spreads them), to
+// the first listed otherwise. Lock held.
+func (c *Client) leastLoadedLocked(want string, rotate bool) *slot {
+	var best *slot
+	at, n := 0, len(c.slots)
+	if rotate {
+		at = c.rr
+	}
+	for k := range n {
+		i := (at + k) % n
+		s := c.slots[i]
+		if s.cn == nil {
+			continue
+		}
+		if want != "" && s.cn.instanceName() == want {
+			return s
+		}
+		if best == nil || s.inflight < best.inflight {
+			best = s
+			if rotate {
+				c.rr = (i + 1) % n
+			}
+		}
+	}
+	return best
+}
+
+func (c *Client) anyRefusedLocked() bool {
+	for _, s := range c.slots {
+		if s.refused {
+			return true
+		}
+	}
+	return false
+}
+
+// release ends a call pick counted on s.
+func (c *Client) release(s *slot) {
+	c.mu.Lock()
+	s.inflight--
+	c.mu.Unlock()
+}
+
+// drop forgets a broken connection; its address is redialed after pause
+// (in the background, kicked by the next call), and calls meanwhile go
+// to the other daemons.
+func (c *Client) drop(cn *conn, pause time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.slots {
+		if s.cn == cn {
+			cn.rc.Close()
+			s.cn = nil
+			s.retryAt = time.Now().Add(pause)
+			return
+		}
 	}
 }
 
@@ -302,13 +547,17 @@ const maxCallAttempts = 4
 // call may be repeated after a broken connection (Hello, Lookup);
 // otherwise a break after sending is a *ConnError. retryable tells whether
 // the reply says "call again elsewhere" (shutting down), which is always
-// safe: nothing was done.
-func (c *Client) call(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool) (*conn, error) {
-	return c.callGated(ctx, method, args, reply, safe, retryable, nil)
+// safe: nothing was done. pin, when set, is the only daemon tried.
+func (c *Client) call(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool, pin *slot) (*conn, error) {
+	return c.callGated(ctx, method, args, reply, safe, retryable, nil, pin)
 }
 
+// shutdownPause is how long a daemon that answered shutting down is left
+// out before it is redialed: its successor may take over its address.
+const shutdownPause = time.Second
+
 // callGated is call, asking gate (when set) right before each write.
-func (c *Client) callGated(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool, gate func(context.Context, string) error) (*conn, error) {
+func (c *Client) callGated(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool, gate func(context.Context, string) error, pin *slot) (*conn, error) {
 	if c.cfg.CallTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
@@ -316,7 +565,7 @@ func (c *Client) callGated(ctx context.Context, method string, args func(*conn) 
 	}
 	var last error
 	for attempt := 0; attempt < maxCallAttempts; attempt++ {
-		cn, err := c.conn(ctx)
+		s, cn, err := c.pick(ctx, pin, method == MethodDeliver)
 		if err != nil {
 			if last != nil {
 				return nil, fmt.Errorf("%s: %w (after %v)", method, err, last)
@@ -326,6 +575,7 @@ func (c *Client) callGated(ctx context.Context, method string, args func(*conn) 
 		a := args(cn)
 		if gate != nil {
 			if err := gate(ctx, cn.instanceName()); err != nil {
+				c.release(s)
 				return nil, fmt.Errorf("%s: not sent: %w", method, err)
 			}
 		}
@@ -342,27 +592,34 @@ func (c *Client) callGated(ctx context.Context, method string, args func(*conn) 
 		default:
 			select {
 			case <-ctx.Done():
-				// The daemon may carry the call out anyway.
+				// The daemon may carry the call out anyway: it stays in
+				// flight on its daemon, for picking, until it ends or the
+				// connection does.
+				go func() {
+					<-call.Done
+					c.release(s)
+				}()
 				return nil, &ConnError{Method: method, Addr: cn.addr, Err: ctx.Err(), CallTimeout: c.bound(cn)}
 			case <-call.Done:
 			}
 		}
+		c.release(s)
 		switch err := call.Error; {
 		case err == nil:
 			if retryable() {
-				c.drop(cn)
+				c.drop(cn, shutdownPause)
 				last = errors.New("daemon shutting down")
 				continue
 			}
 			return cn, nil
 		case notSent:
-			c.drop(cn)
+			c.drop(cn, 0)
 			last = err
 			continue
 		case isServerError(err):
 			return nil, fmt.Errorf("%s on %s: %w", method, cn.addr, err)
 		default:
-			c.drop(cn)
+			c.drop(cn, 0)
 			if !safe {
 				return nil, &ConnError{Method: method, Addr: cn.addr, Err: err, CallTimeout: c.bound(cn)}
 			}
@@ -381,12 +638,65 @@ func isServerError(err error) bool {
 	return errors.As(err, &se)
 }
 
-// Hello asks the daemon for its version and limits.
+// Hello asks a daemon for its version and limits.
 func (c *Client) Hello(ctx context.Context) (*HelloReply, error) {
+	return c.hello(ctx, nil)
+}
+
+// DaemonHello is one daemon's answer to HelloAll.
+type DaemonHello struct {
+	Addr string
+	*HelloReply
+}
+
+// HelloAll asks every daemon the client is connected to for its version
+// and limits, so that a caller can honour the strictest. It fails when a
+// daemon refused the call (a *Error) or none answered.
+func (c *Client) HelloAll(ctx context.Context) ([]DaemonHello, error) {
+	c.mu.Lock()
+	var live []*slot
+	for _, s := range c.slots {
+		if s.cn != nil {
+			live = append(live, s)
+		}
+	}
+	c.mu.Unlock()
+	var out []DaemonHello
+	var errs []error
+	for _, s := range live {
+		h, err := c.hello(ctx, s)
+		if e := (*Error)(nil); errors.As(err, &e) {
+			return nil, fmt.Errorf("%s: %w", s.addr, err)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, DaemonHello{s.addr, h})
+	}
+	if len(out) == 0 {
+		if len(errs) == 0 {
+			return c.helloAny(ctx)
+		}
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// helloAny is HelloAll when no daemon was connected: the first to be.
+func (c *Client) helloAny(ctx context.Context) ([]DaemonHello, error) {
+	h, err := c.Hello(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return []DaemonHello{{"", h}}, nil
+}
+
+func (c *Client) hello(ctx context.Context, pin *slot) (*HelloReply, error) {
 	var reply HelloReply
 	cn, err := c.call(ctx, MethodHello, fixed(&HelloArgs{Token: c.cfg.Token}), &reply, true, func() bool {
 		return shuttingDown(&reply, &reply.Err)
-	})
+	}, pin)
 	if err != nil {
 		return nil, err
 	}
@@ -424,7 +734,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 	}
 	cn, err := c.callGated(ctx, MethodDeliver, args, &reply, false, func() bool {
 		return shuttingDown(&reply, &reply.Err)
-	}, c.cfg.SendGate)
+	}, c.cfg.SendGate, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -445,7 +755,7 @@ func (c *Client) Lookup(ctx context.Context, ids []string) ([]LookupResult, erro
 	var reply LookupReply
 	_, err := c.call(ctx, MethodLookup, fixed(&LookupArgs{Token: c.cfg.Token, ExternalIDs: ids}), &reply, true, func() bool {
 		return shuttingDown(&reply, &reply.Err)
-	})
+	}, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -149,10 +149,10 @@ func TestDeliverNotResentWhenConnectionClosedUnderIt(t *testing.T) {
 			t.Fatal("the Deliver never reached the daemon")
 		}
 	}
-	c.lock <- struct{}{}
-	cn := c.cn
-	<-c.lock
-	c.drop(cn) // what a concurrent caller does after a broken call
+	c.mu.Lock()
+	cn := c.slots[0].cn
+	c.mu.Unlock()
+	c.drop(cn, 0) // what a concurrent caller does after a broken call
 	select {
 	case err := <-errc:
 		var ce *ConnError
