@@ -11,6 +11,7 @@ import (
 type Snapshot struct {
 	Rows, Valid, Invalid, Duplicates, AlreadyDelivered int64
 	Delivered, RejectedByCRM, Failed, Unfinished       int64
+	OtherShard                                         int64 // rows another -shard's reader owns
 	Retries                                            int64 // retry verdicts acted on
 	InFlight                                           int64 // records read and not settled
 	RetryQueue                                         int64 // records waiting for a retry
@@ -26,7 +27,7 @@ func (p *pipeline) snapshot() Snapshot {
 		Rows: p.n.rows.Load(), Valid: p.n.valid.Load(), Invalid: p.n.invalid.Load(),
 		Duplicates: p.n.dupes.Load(), AlreadyDelivered: p.n.already.Load(),
 		Delivered: p.n.delivered.Load(), RejectedByCRM: p.n.crmRejected.Load(), Failed: p.n.failed.Load(),
-		Unfinished: p.n.unfinished.Load(), Retries: p.n.retries.Load(),
+		Unfinished: p.n.unfinished.Load(), Retries: p.n.retries.Load(), OtherShard: p.n.otherShard.Load(),
 		InFlight:        int64(len(p.room) + len(p.spare)),
 		RecoveryBacklog: p.n.maybe.Load(),
 		Elapsed:         time.Since(p.started),
@@ -56,7 +57,8 @@ func (s Snapshot) WriteMetrics(w io.Writer) {
 		outcome string
 		n       int64
 	}{{"delivered", s.Delivered}, {"already_delivered", s.AlreadyDelivered}, {"duplicate_in_file", s.Duplicates},
-		{"invalid", s.Invalid}, {"rejected_by_crm", s.RejectedByCRM}, {"failed", s.Failed}, {"unfinished", s.Unfinished}} {
+		{"invalid", s.Invalid}, {"rejected_by_crm", s.RejectedByCRM}, {"failed", s.Failed}, {"unfinished", s.Unfinished},
+		{"other_shard", s.OtherShard}} {
 		p("csvreader_rows_total{outcome=\"%s\"} %d\n", o.outcome, o.n)
 	}
 	metric("csvreader_retries_total", "counter", "Retry verdicts the reader acted on.", s.Retries)
