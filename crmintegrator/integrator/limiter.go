@@ -32,6 +32,7 @@ type Limiter struct {
 
 	tat         time.Time // GCRA theoretical arrival time
 	windowStart time.Time // when SetWindow first learnt the CRM's allowance
+	shared      bool      // paced by SetShared: the CRM states its bucket
 	pausedUntil time.Time
 	lastCut     time.Time
 	lastRaise   time.Time
@@ -62,6 +63,11 @@ const (
 	// probePerSec: how fast to probe above it once there.
 	settleFactor = 0.97
 	probePerSec  = 0.002
+	// shareGain: the pace at a full shared bucket, in refill rates (and
+	// the slope of pace over level); shareFloor: the pace at an empty one,
+	// so answers keep coming to say it refilled.
+	shareGain  = 2.0
+	shareFloor = 0.1
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -181,7 +187,7 @@ func (l *Limiter) RateLimited(start time.Time, retryAfter time.Duration) (cut bo
 	now := l.clock.Now()
 	// A CRM that states its window (SetWindow) is paced by it: a 429 then
 	// comes from jitter at the window's edge, and only pauses.
-	if l.windowStart.IsZero() && !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing {
+	if l.windowStart.IsZero() && !l.shared && !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing {
 		cur := l.rate
 		if sent := l.sentRate(now); cur == 0 || (sent > 0 && sent < cur) {
 			cur = sent
@@ -209,7 +215,7 @@ func (l *Limiter) Succeeded() {
 	now := l.clock.Now()
 	l.ok.add(now)
 	l.okSinceEmpty++
-	if l.rate == 0 {
+	if l.rate == 0 || l.shared {
 		return
 	}
 	el := now.Sub(l.lastRaise)
@@ -286,6 +292,33 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 			l.tat = booked
 		}
 	}
+}
+
+// SetShared paces all requests by a CRM's token bucket that other clients
+// may share (the IETF RateLimit fields): it refills at rate requests a
+// second, holds burst, and remaining are left. No daemon sees the others'
+// traffic, only the level they all leave, so each paces at
+//
+//	rate × shareGain × remaining/burst   (within [shareFloor, shareGain] × rate)
+//
+// Then n daemons settle where together they take exactly the refill rate:
+// the level stops moving only there. Alone at half a bucket, two at a
+// quarter, n at 1/(2n) of it: never full (quota unused) while there is
+// work, and never empty (429s) in the steady state. Every answer restates
+// the level, so each pace follows the others within a few requests. A 429
+// then only pauses for its Retry-After; the pace never creeps.
+func (l *Limiter) SetShared(rate float64, burst, remaining int) {
+	if rate <= 0 || burst <= 0 {
+		return
+	}
+	pace := rate * shareGain * float64(min(max(remaining, 0), burst)) / float64(burst)
+	pace = max(pace, rate*shareFloor, minRate)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.maxRate > 0 {
+		pace = min(pace, l.maxRate) // -crm-rate still caps
+	}
+	l.shared, l.rate = true, pace
 }
 
 // Rate reports the current pace in requests per second (0: unlimited).
