@@ -658,7 +658,7 @@ func (p *sfParser) bare() (sfItem, error) {
 // digits before the point, 1 to 3 after).
 func (p *sfParser) number() (sfItem, error) {
 	i := 0
-	if p.s[0] == '-' {
+	if p.s != "" && p.s[0] == '-' {
 		i++
 	}
 	start, dot := i, -1

@@ -33,6 +33,11 @@ type Limiter struct {
 	tat         time.Time // GCRA theoretical arrival time
 	windowStart time.Time // when SetWindow first learnt the CRM's allowance
 	shared      bool      // paced by SetShared: the CRM states its bucket
+	pending     int       // requests booked by WaitUntil and not yet Done
+	shareRate   float64   // under SetShared: the bucket's refill rate,
+	scale       float64   // this daemon's share of it (see SetShared),
+	lastShare   time.Time // and when the last statement came
+	lastSlot    time.Time // the last slot booked
 	pausedUntil time.Time
 	lastCut     time.Time
 	lastRaise   time.Time
@@ -63,11 +68,15 @@ const (
 	// probePerSec: how fast to probe above it once there.
 	settleFactor = 0.97
 	probePerSec  = 0.002
-	// shareGain: the pace at a full shared bucket, in refill rates (and
-	// the slope of pace over level); shareFloor: the pace at an empty one,
-	// so answers keep coming to say it refilled.
-	shareGain  = 2.0
-	shareFloor = 0.1
+	// Shared pacing (SetShared): how fast a daemon's share learns, per
+	// second of full error; the least share; the most pace, in rates.
+	shareLearn    = 1.0
+	shareEven     = 0.05
+	shareMaxStep  = 250 * time.Millisecond
+	shareMinScale = 0.01
+	shareMaxPace  = 2.0
+	// shareHorizon: how far ahead a slot is booked under SetShared.
+	shareHorizon = 100 * time.Millisecond
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -95,18 +104,35 @@ func (e *WaitError) Error() string {
 // through a pause it cannot outlast and its slot goes to a call that can.
 func (l *Limiter) WaitUntil(ctx context.Context, deadline time.Time) error {
 	for {
-		d, ok := l.reserve(deadline)
+		d, booked, ok := l.reserve(deadline)
 		if !ok {
 			return &WaitError{Wait: d}
 		}
+		if !booked {
+			// Shared pacing: look again soon, the pace may have moved.
+			if err := backoff.Sleep(ctx, l.clock, d); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := backoff.Sleep(ctx, l.clock, d); err != nil {
+			l.Done()
 			return err
 		}
 		// A 429 while we slept pauses everybody, booked or not.
 		if !l.paused() {
 			return nil
 		}
+		l.Done()
 	}
+}
+
+// Done says a request WaitUntil let go has its answer, or was not sent
+// after all: the CRM's next statement of its level no longer owes it.
+func (l *Limiter) Done() {
+	l.mu.Lock()
+	l.pending = max(0, l.pending-1)
+	l.mu.Unlock()
 }
 
 func (l *Limiter) paused() bool {
@@ -116,8 +142,12 @@ func (l *Limiter) paused() bool {
 }
 
 // reserve books the next slot and returns how long to wait for it. A slot
-// past deadline (when set) is not booked: ok is false.
-func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, ok bool) {
+// past deadline (when set) is not booked: ok is false. Under SetShared a
+// slot further than shareHorizon away is not booked either (booked is
+// false, wait is how long to look away): a slot booked at one pace must
+// not hold when the next answer states another, or every daemon's pace
+// lags by as many slots as it has waiting requests.
+func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
@@ -128,14 +158,27 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, ok bool) {
 	var interval time.Duration
 	if l.rate > 0 {
 		interval = time.Duration(float64(time.Second) / l.rate)
+	}
+	switch {
+	case l.shared:
+		// One interval of the current pace after the last slot, no burst:
+		// a pace just cut must bite at once, and one just raised too.
+		if next := l.lastSlot.Add(interval); next.After(at) {
+			at = next
+		}
+	case l.rate > 0:
 		tolerance := time.Duration(float64(interval) * (limiterBurst - 1))
 		if earliest := l.tat.Add(-tolerance); earliest.After(at) {
 			at = earliest
 		}
 	}
 	if !deadline.IsZero() && at.After(deadline) {
-		return at.Sub(now), false
+		return at.Sub(now), false, false
 	}
+	if l.shared && at.Sub(now) > shareHorizon {
+		return min(at.Sub(now)-shareHorizon/2, shareHorizon), false, true
+	}
+	l.lastSlot = at
 	if l.rate > 0 {
 		if l.tat.Before(at) {
 			l.tat = at
@@ -143,7 +186,8 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, ok bool) {
 		l.tat = l.tat.Add(interval)
 	}
 	l.sent.add(at)
-	return at.Sub(now), true
+	l.pending++
+	return at.Sub(now), true, true
 }
 
 // perSecond counts events in the current one-second window and the one
@@ -186,8 +230,15 @@ func (l *Limiter) RateLimited(start time.Time, retryAfter time.Duration) (cut bo
 	defer l.mu.Unlock()
 	now := l.clock.Now()
 	// A CRM that states its window (SetWindow) is paced by it: a 429 then
-	// comes from jitter at the window's edge, and only pauses.
-	if l.windowStart.IsZero() && !l.shared && !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing {
+	// comes from jitter at the window's edge, and only pauses. One that
+	// states its bucket (SetShared): the daemons sharing it all asked
+	// too much, and all halve their shares, once a wave.
+	wave := !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing
+	if l.shared && wave {
+		l.scale = max(l.shareRate*shareMinScale, l.scale*cutFactor)
+		l.lastCut, cut = now, true
+	}
+	if l.windowStart.IsZero() && !l.shared && wave {
 		cur := l.rate
 		if sent := l.sentRate(now); cur == 0 || (sent > 0 && sent < cur) {
 			cur = sent
@@ -297,28 +348,56 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 // SetShared paces all requests by a CRM's token bucket that other clients
 // may share (the IETF RateLimit fields): it refills at rate requests a
 // second, holds burst, and remaining are left. No daemon sees the others'
-// traffic, only the level they all leave, so each paces at
+// traffic, only the level they all leave, and the bucket is used to the
+// full exactly while that level stays off both ends: neither full (quota
+// lost) nor empty (429s). So each daemon steers the level to half the
+// bucket, with
 //
-//	rate × shareGain × remaining/burst   (within [shareFloor, shareGain] × rate)
+//	pace = scale × level / (burst/2)
 //
-// Then n daemons settle where together they take exactly the refill rate:
-// the level stops moving only there. Alone at half a bucket, two at a
-// quarter, n at 1/(2n) of it: never full (quota unused) while there is
-// work, and never empty (429s) in the steady state. Every answer restates
-// the level, so each pace follows the others within a few requests. A 429
-// then only pauses for its Retry-After; the pace never creeps.
+// The proportional part answers within a few requests; scale, this
+// daemon's share of the rate, learns slowly and multiplicatively from the
+// same error (+shareLearn × error a second, error = level/(burst/2) − 1).
+// As the scales of n daemons settle near rate/n, the loop's gain is that
+// of one daemon alone, however many share the bucket, and the level
+// settles at half. level counts this daemon's own requests booked or in
+// flight, beside the one answered, as spent already: they were paced
+// before this statement. A 429 then only pauses for its Retry-After; the
+// pace never creeps.
 func (l *Limiter) SetShared(rate float64, burst, remaining int) {
 	if rate <= 0 || burst <= 0 {
 		return
 	}
-	pace := rate * shareGain * float64(min(max(remaining, 0), burst)) / float64(burst)
-	pace = max(pace, rate*shareFloor, minRate)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := l.clock.Now()
+	half := float64(burst) / 2
+	raw := float64(min(max(remaining, 0), burst))
+	level := raw - float64(max(0, l.pending-1))
+	if !l.shared || l.shareRate != rate {
+		l.shared, l.shareRate, l.scale = true, rate, rate
+	} else {
+		// A long silence (a pause) says nothing of the others meanwhile.
+		dt := min(now.Sub(l.lastShare).Seconds(), shareMaxStep.Seconds())
+		// The share learns from the level all daemons see alike, so their
+		// shares agree on when to stop; by factors, so that the sum of n
+		// shares moves as one share would. A little more up by the same
+		// amount for all than down by the same factor evens them out.
+		switch e := max(-1, min(1, raw/half-1)); {
+		case e < 0:
+			l.scale *= 1 + shareLearn*dt*e
+		case l.sentRate(now) >= 0.8*l.rate: // a daemon short of work does not grow a share it leaves unused
+			l.scale *= 1 + shareLearn*dt*e
+			l.scale += shareEven * dt * e * rate
+		}
+		l.scale = max(rate*shareMinScale, min(l.scale, rate*shareMaxPace))
+	}
+	l.lastShare = now
+	pace := max(minRate, min(l.scale*max(level, 0)/half, rate*shareMaxPace))
 	if l.maxRate > 0 {
 		pace = min(pace, l.maxRate) // -crm-rate still caps
 	}
-	l.shared, l.rate = true, pace
+	l.rate = pace
 }
 
 // Rate reports the current pace in requests per second (0: unlimited).
