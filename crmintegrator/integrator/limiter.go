@@ -68,8 +68,10 @@ const (
 	// probePerSec: how fast to probe above it once there.
 	settleFactor = 0.97
 	probePerSec  = 0.002
-	// Shared pacing (SetShared): how fast a daemon's share learns, per
-	// second of full error; the least share; the most pace, in rates.
+	// Shared pacing (SetShared): how fast a daemon's share learns, by
+	// factor and by addend, per second of full error; the longest step
+	// one statement learns for (a pause says nothing of the others); the
+	// least share and the most pace, in rates.
 	shareLearn    = 1.0
 	shareEven     = 0.05
 	shareMaxStep  = 250 * time.Millisecond
@@ -355,15 +357,17 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 //
 //	pace = scale × level / (burst/2)
 //
-// The proportional part answers within a few requests; scale, this
-// daemon's share of the rate, learns slowly and multiplicatively from the
-// same error (+shareLearn × error a second, error = level/(burst/2) − 1).
-// As the scales of n daemons settle near rate/n, the loop's gain is that
-// of one daemon alone, however many share the bucket, and the level
-// settles at half. level counts this daemon's own requests booked or in
-// flight, beside the one answered, as spent already: they were paced
-// before this statement. A 429 then only pauses for its Retry-After; the
-// pace never creeps.
+// The proportional part answers within a few requests. scale, this
+// daemon's share of the rate, learns slowly from the same error, e =
+// level/(burst/2) − 1 within ±1: by the factor 1 + shareLearn·e a second
+// (plus, upwards, shareEven·e·rate a second, which evens unequal shares
+// out). The factor is common to all daemons, so the sum of n shares moves
+// as one share would: as they settle near rate/n, the loop's gain stays
+// that of one daemon alone, however many share the bucket. level counts
+// this daemon's own requests booked or in flight, beside the one
+// answered, as spent already: they were paced before this statement. A
+// 429 pauses for its Retry-After and halves the share (RateLimited); the
+// pace never creeps (Succeeded).
 func (l *Limiter) SetShared(rate float64, burst, remaining int) {
 	if rate <= 0 || burst <= 0 {
 		return
