@@ -162,6 +162,10 @@ type Client struct {
 	// ("create", "lookup", "ping"), the HTTP status (0 when no answer was
 	// read) and the latency. Set it before the first request.
 	Observe func(op string, status int, d time.Duration)
+	// Limits, when set, is called with what every answer that carries the
+	// IETF rate-limit fields says (ParseRateLimit), before its outcome is
+	// returned. Set it before the first request.
+	Limits func(RateLimit)
 }
 
 // NewClient returns a Client for the API at baseURL authenticated with the
@@ -306,6 +310,11 @@ func (c *Client) do(req *http.Request, op string, out any) (http.Header, error) 
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 	}()
+	if c.Limits != nil {
+		if l, ok := ParseRateLimit(resp.Header.Values(HeaderRateLimitPolicy), resp.Header.Values(HeaderRateLimit)); ok {
+			c.Limits(l)
+		}
+	}
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		c.observe(op, resp.StatusCode, start)
 		return nil, statusError(resp)
@@ -374,4 +383,339 @@ func ParseRetryAfter(v string, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
+}
+
+// The IETF rate-limit fields, draft-ietf-httpapi-ratelimit-headers-10
+// (docs/crm-api.md, "Rate limits"): RateLimit-Policy states each quota
+// policy ("default";q=40;w=1: 40 requests a second), RateLimit what is
+// left of it now ("default";r=17;t=1).
+const (
+	HeaderRateLimitPolicy = "RateLimit-Policy"
+	HeaderRateLimit       = "RateLimit"
+	// ParamBurst is our vendor parameter of a policy whose bucket holds
+	// another amount than q.
+	ParamBurst = "crmsync-burst"
+)
+
+// RateLimit is the most restrictive policy an answer states in the IETF
+// fields: Quota requests per Window refill it, it holds Burst, Remaining
+// are left now, more are due in Reset (0: not said).
+type RateLimit struct {
+	Policy    string
+	Quota     int
+	Window    time.Duration
+	Burst     int
+	Remaining int
+	Reset     time.Duration
+}
+
+// Rate is the policy's long-run allowance in requests per second.
+func (l RateLimit) Rate() float64 { return float64(l.Quota) / l.Window.Seconds() }
+
+// ParseRateLimit reads an answer's RateLimit-Policy and RateLimit fields
+// (each possibly over several lines). Of the policies both name, counted in
+// requests and with a window, it returns the most restrictive: the one
+// whose allowance left, Rate × Remaining/Burst, is least. A field that is
+// not a valid structured-field List is ignored whole, as the draft says; a
+// member with missing or wrong parameters is ignored alone. ok is false
+// when no policy is usable.
+func ParseRateLimit(policyLines, limitLines []string) (l RateLimit, ok bool) {
+	policies, err := parseSFList(strings.Join(policyLines, ","))
+	if err != nil || len(policies) == 0 {
+		return RateLimit{}, false
+	}
+	limits, err := parseSFList(strings.Join(limitLines, ","))
+	if err != nil {
+		return RateLimit{}, false
+	}
+	type policy struct{ q, w, burst int }
+	known := map[string]policy{}
+	for _, m := range policies {
+		q, okQ := m.intParam("q")
+		w, okW := m.intParam("w")
+		if m.kind != sfString && m.kind != sfToken || !okQ || !okW || q < 0 || w <= 0 {
+			continue
+		}
+		if u, has := m.params["qu"]; has && (u.kind != sfString || u.s != "requests" && u.s != "request") {
+			continue // content-bytes, concurrent-requests: not what we pace
+		}
+		p := policy{q: q, w: w, burst: q}
+		if b, has := m.intParam(ParamBurst); has && b > 0 {
+			p.burst = b
+		}
+		known[m.s] = p
+	}
+	best := -1.0
+	for _, m := range limits {
+		p, has := known[m.s]
+		r, okR := m.intParam("r")
+		if m.kind != sfString && m.kind != sfToken || !has || !okR || r < 0 || p.burst == 0 {
+			continue
+		}
+		cand := RateLimit{Policy: m.s, Quota: p.q, Window: time.Duration(p.w) * time.Second, Burst: p.burst, Remaining: min(r, p.burst)}
+		if t, has := m.intParam("t"); has && t >= 0 {
+			cand.Reset = time.Duration(min(t, 24*3600)) * time.Second
+		}
+		if left := cand.Rate() * float64(cand.Remaining) / float64(cand.Burst); best < 0 || left < best {
+			l, best, ok = cand, left, true
+		}
+	}
+	return l, ok
+}
+
+// A structured-field Item (RFC 9651) as ParseRateLimit needs it: its bare
+// item's kind and value, and its parameters.
+type sfItem struct {
+	kind   sfKind
+	s      string // string, token, or the text of any other kind
+	n      int64  // integer
+	params map[string]sfItem
+}
+
+type sfKind uint8
+
+const (
+	sfInteger sfKind = iota + 1
+	sfDecimal
+	sfString
+	sfToken
+	sfBytes
+	sfBoolean
+	sfOther // date, display string: valid, unused here
+)
+
+func (it sfItem) intParam(key string) (int, bool) {
+	p, ok := it.params[key]
+	if !ok || p.kind != sfInteger || p.n > 1<<31-1 || p.n < -(1<<31) {
+		return 0, false
+	}
+	return int(p.n), true
+}
+
+var errSF = errors.New("invalid structured field")
+
+// parseSFList parses a List of Items (RFC 9651 §4.2.1). Inner lists are
+// valid syntax, kept as sfOther members.
+func parseSFList(v string) ([]sfItem, error) {
+	p := sfParser{s: strings.TrimLeft(v, " \t")}
+	var out []sfItem
+	for p.s = strings.TrimRight(p.s, " \t"); p.s != ""; {
+		var it sfItem
+		var err error
+		if p.s[0] == '(' {
+			it, err = p.innerList()
+		} else {
+			it, err = p.item()
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, it)
+		p.s = strings.TrimLeft(p.s, " \t")
+		if p.s == "" {
+			break
+		}
+		if p.s[0] != ',' {
+			return nil, errSF
+		}
+		p.s = strings.TrimLeft(p.s[1:], " \t")
+		if p.s == "" {
+			return nil, errSF // a trailing comma
+		}
+	}
+	return out, nil
+}
+
+type sfParser struct{ s string }
+
+func (p *sfParser) innerList() (sfItem, error) {
+	p.s = p.s[1:]
+	for {
+		p.s = strings.TrimLeft(p.s, " ")
+		if p.s == "" {
+			return sfItem{}, errSF
+		}
+		if p.s[0] == ')' {
+			p.s = p.s[1:]
+			params, err := p.params()
+			return sfItem{kind: sfOther, params: params}, err
+		}
+		if _, err := p.item(); err != nil {
+			return sfItem{}, err
+		}
+		if p.s != "" && p.s[0] != ' ' && p.s[0] != ')' {
+			return sfItem{}, errSF
+		}
+	}
+}
+
+func (p *sfParser) item() (sfItem, error) {
+	it, err := p.bare()
+	if err != nil {
+		return sfItem{}, err
+	}
+	it.params, err = p.params()
+	return it, err
+}
+
+func (p *sfParser) params() (map[string]sfItem, error) {
+	var m map[string]sfItem
+	for p.s != "" && p.s[0] == ';' {
+		p.s = strings.TrimLeft(p.s[1:], " ")
+		key, err := p.key()
+		if err != nil {
+			return nil, err
+		}
+		val := sfItem{kind: sfBoolean, s: "?1"}
+		if p.s != "" && p.s[0] == '=' {
+			p.s = p.s[1:]
+			if val, err = p.bare(); err != nil {
+				return nil, err
+			}
+		}
+		if m == nil {
+			m = map[string]sfItem{}
+		}
+		m[key] = val // a repeated key: the last wins
+	}
+	return m, nil
+}
+
+func (p *sfParser) key() (string, error) {
+	if p.s == "" || !(p.s[0] >= 'a' && p.s[0] <= 'z' || p.s[0] == '*') {
+		return "", errSF
+	}
+	i := 1
+	for i < len(p.s) && (p.s[i] >= 'a' && p.s[i] <= 'z' || p.s[i] >= '0' && p.s[i] <= '9' || strings.IndexByte("_-.*", p.s[i]) >= 0) {
+		i++
+	}
+	k := p.s[:i]
+	p.s = p.s[i:]
+	return k, nil
+}
+
+func (p *sfParser) bare() (sfItem, error) {
+	if p.s == "" {
+		return sfItem{}, errSF
+	}
+	switch c := p.s[0]; {
+	case c == '-' || c >= '0' && c <= '9':
+		return p.number()
+	case c == '"':
+		return p.str()
+	case c == '*' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z':
+		i := 1
+		for i < len(p.s) && isTokenChar(p.s[i]) {
+			i++
+		}
+		it := sfItem{kind: sfToken, s: p.s[:i]}
+		p.s = p.s[i:]
+		return it, nil
+	case c == ':':
+		end := strings.IndexByte(p.s[1:], ':')
+		if end < 0 {
+			return sfItem{}, errSF
+		}
+		for _, b := range []byte(p.s[1 : 1+end]) {
+			if !(b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '+' || b == '/' || b == '=') {
+				return sfItem{}, errSF
+			}
+		}
+		it := sfItem{kind: sfBytes, s: p.s[1 : 1+end]}
+		p.s = p.s[2+end:]
+		return it, nil
+	case c == '?':
+		if len(p.s) < 2 || p.s[1] != '0' && p.s[1] != '1' {
+			return sfItem{}, errSF
+		}
+		it := sfItem{kind: sfBoolean, s: p.s[:2]}
+		p.s = p.s[2:]
+		return it, nil
+	case c == '@':
+		p.s = p.s[1:]
+		it, err := p.number()
+		if err != nil || it.kind != sfInteger {
+			return sfItem{}, errSF
+		}
+		return sfItem{kind: sfOther, s: "@" + it.s}, nil
+	case c == '%':
+		// A display string: %"..." with %xx escapes; checked loosely.
+		if len(p.s) < 2 || p.s[1] != '"' {
+			return sfItem{}, errSF
+		}
+		end := strings.IndexByte(p.s[2:], '"')
+		if end < 0 {
+			return sfItem{}, errSF
+		}
+		it := sfItem{kind: sfOther, s: p.s[:3+end]}
+		p.s = p.s[3+end:]
+		return it, nil
+	}
+	return sfItem{}, errSF
+}
+
+// number reads an Integer (at most 15 digits) or a Decimal (at most 12
+// digits before the point, 1 to 3 after).
+func (p *sfParser) number() (sfItem, error) {
+	i := 0
+	if p.s != "" && p.s[0] == '-' {
+		i++
+	}
+	start, dot := i, -1
+	for ; i < len(p.s); i++ {
+		c := p.s[i]
+		if c == '.' && dot < 0 {
+			dot = i
+			continue
+		}
+		if c < '0' || c > '9' {
+			break
+		}
+	}
+	text := p.s[:i]
+	switch {
+	case i == start || dot == start:
+		return sfItem{}, errSF
+	case dot < 0:
+		if i-start > 15 {
+			return sfItem{}, errSF
+		}
+		n, err := strconv.ParseInt(text, 10, 64)
+		if err != nil {
+			return sfItem{}, errSF
+		}
+		p.s = p.s[i:]
+		return sfItem{kind: sfInteger, n: n, s: text}, nil
+	case dot-start > 12 || i-dot-1 < 1 || i-dot-1 > 3:
+		return sfItem{}, errSF
+	}
+	p.s = p.s[i:]
+	return sfItem{kind: sfDecimal, s: text}, nil
+}
+
+func (p *sfParser) str() (sfItem, error) {
+	var b strings.Builder
+	for i := 1; i < len(p.s); i++ {
+		switch c := p.s[i]; {
+		case c == '\\':
+			if i+1 == len(p.s) || p.s[i+1] != '"' && p.s[i+1] != '\\' {
+				return sfItem{}, errSF
+			}
+			i++
+			b.WriteByte(p.s[i])
+		case c == '"':
+			p.s = p.s[i+1:]
+			return sfItem{kind: sfString, s: b.String()}, nil
+		case c < 0x20 || c > 0x7e:
+			return sfItem{}, errSF
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return sfItem{}, errSF
+}
+
+// isTokenChar: tchar, ":" and "/" (RFC 9651 §3.3.4).
+func isTokenChar(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~:/", c) >= 0
 }

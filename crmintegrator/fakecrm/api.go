@@ -160,6 +160,12 @@ func (s *Server) serveV1(w http.ResponseWriter, r *http.Request) {
 		c.fail(http.StatusUnauthorized, crmapi.CodeUnauthorized, "missing or wrong bearer token in the Authorization header")
 		return
 	}
+	if c.f.Rate > 0 {
+		// Every answer past the token check states the bucket (a caller
+		// without the token learns nothing of others' traffic); one that
+		// spends no token states it as it is.
+		s.limiter.setHeaders(w.Header(), s.now())
+	}
 	if c.f.Down {
 		s.audit.failed.Add(1)
 		w.Header()[crmapi.HeaderRetryAfter] = headerOne
@@ -167,7 +173,10 @@ func (s *Server) serveV1(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c.f.Rate > 0 {
-		if ok, after := s.limiter.take(s.now()); !ok {
+		now := s.now()
+		ok, after := s.limiter.take(now)
+		s.limiter.setHeaders(w.Header(), now)
+		if !ok {
 			s.audit.rateLimited.Add(1)
 			w.Header().Set(crmapi.HeaderRetryAfter, strconv.Itoa(after))
 			c.fail(http.StatusTooManyRequests, crmapi.CodeRateLimited, "rate limit exceeded; nothing was created, retry after "+strconv.Itoa(after)+"s")

@@ -107,6 +107,7 @@ func (s *Server) crmDo(ctx context.Context, cutoff time.Time, fn func(context.Co
 		}
 		return &errNoTime{wait: time.Second, why: "the rate limit's next slot"}
 	}
+	defer s.limiter.Done() // answered or not sent: either way no longer owed
 	// Admission now, after the waits: a request queued while the breaker
 	// tripped must not go out, and its ticket is of the generation it is
 	// really sent in.

@@ -32,6 +32,12 @@ type Limiter struct {
 
 	tat         time.Time // GCRA theoretical arrival time
 	windowStart time.Time // when SetWindow first learnt the CRM's allowance
+	shared      bool      // paced by SetShared: the CRM states its bucket
+	pending     int       // requests booked by WaitUntil and not yet Done
+	shareRate   float64   // under SetShared: the bucket's refill rate,
+	scale       float64   // this daemon's share of it (see SetShared),
+	lastShare   time.Time // and when the last statement came
+	lastSlot    time.Time // the last slot booked
 	pausedUntil time.Time
 	lastCut     time.Time
 	lastRaise   time.Time
@@ -62,6 +68,17 @@ const (
 	// probePerSec: how fast to probe above it once there.
 	settleFactor = 0.97
 	probePerSec  = 0.002
+	// Shared pacing (SetShared): how fast a daemon's share learns, by
+	// factor and by addend, per second of full error; the longest step
+	// one statement learns for (a pause says nothing of the others); the
+	// least share and the most pace, in rates.
+	shareLearn    = 1.0
+	shareEven     = 0.05
+	shareMaxStep  = 250 * time.Millisecond
+	shareMinScale = 0.01
+	shareMaxPace  = 2.0
+	// shareHorizon: how far ahead a slot is booked under SetShared.
+	shareHorizon = 100 * time.Millisecond
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -89,18 +106,35 @@ func (e *WaitError) Error() string {
 // through a pause it cannot outlast and its slot goes to a call that can.
 func (l *Limiter) WaitUntil(ctx context.Context, deadline time.Time) error {
 	for {
-		d, ok := l.reserve(deadline)
+		d, booked, ok := l.reserve(deadline)
 		if !ok {
 			return &WaitError{Wait: d}
 		}
+		if !booked {
+			// Shared pacing: look again soon, the pace may have moved.
+			if err := backoff.Sleep(ctx, l.clock, d); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := backoff.Sleep(ctx, l.clock, d); err != nil {
+			l.Done()
 			return err
 		}
 		// A 429 while we slept pauses everybody, booked or not.
 		if !l.paused() {
 			return nil
 		}
+		l.Done()
 	}
+}
+
+// Done says a request WaitUntil let go has its answer, or was not sent
+// after all: the CRM's next statement of its level no longer owes it.
+func (l *Limiter) Done() {
+	l.mu.Lock()
+	l.pending = max(0, l.pending-1)
+	l.mu.Unlock()
 }
 
 func (l *Limiter) paused() bool {
@@ -110,8 +144,12 @@ func (l *Limiter) paused() bool {
 }
 
 // reserve books the next slot and returns how long to wait for it. A slot
-// past deadline (when set) is not booked: ok is false.
-func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, ok bool) {
+// past deadline (when set) is not booked: ok is false. Under SetShared a
+// slot further than shareHorizon away is not booked either (booked is
+// false, wait is how long to look away): a slot booked at one pace must
+// not hold when the next answer states another, or every daemon's pace
+// lags by as many slots as it has waiting requests.
+func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
@@ -122,14 +160,27 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, ok bool) {
 	var interval time.Duration
 	if l.rate > 0 {
 		interval = time.Duration(float64(time.Second) / l.rate)
+	}
+	switch {
+	case l.shared:
+		// One interval of the current pace after the last slot, no burst:
+		// a pace just cut must bite at once, and one just raised too.
+		if next := l.lastSlot.Add(interval); next.After(at) {
+			at = next
+		}
+	case l.rate > 0:
 		tolerance := time.Duration(float64(interval) * (limiterBurst - 1))
 		if earliest := l.tat.Add(-tolerance); earliest.After(at) {
 			at = earliest
 		}
 	}
 	if !deadline.IsZero() && at.After(deadline) {
-		return at.Sub(now), false
+		return at.Sub(now), false, false
 	}
+	if l.shared && at.Sub(now) > shareHorizon {
+		return min(at.Sub(now)-shareHorizon/2, shareHorizon), false, true
+	}
+	l.lastSlot = at
 	if l.rate > 0 {
 		if l.tat.Before(at) {
 			l.tat = at
@@ -137,7 +188,8 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, ok bool) {
 		l.tat = l.tat.Add(interval)
 	}
 	l.sent.add(at)
-	return at.Sub(now), true
+	l.pending++
+	return at.Sub(now), true, true
 }
 
 // perSecond counts events in the current one-second window and the one
@@ -180,8 +232,15 @@ func (l *Limiter) RateLimited(start time.Time, retryAfter time.Duration) (cut bo
 	defer l.mu.Unlock()
 	now := l.clock.Now()
 	// A CRM that states its window (SetWindow) is paced by it: a 429 then
-	// comes from jitter at the window's edge, and only pauses.
-	if l.windowStart.IsZero() && !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing {
+	// comes from jitter at the window's edge, and only pauses. One that
+	// states its bucket (SetShared): the daemons sharing it all asked
+	// too much, and all halve their shares, once a wave.
+	wave := !start.Before(l.lastCut) && now.Sub(l.lastCut) >= minCutSpacing
+	if l.shared && wave {
+		l.scale = max(l.shareRate*shareMinScale, l.scale*cutFactor)
+		l.lastCut, cut = now, true
+	}
+	if l.windowStart.IsZero() && !l.shared && wave {
 		cur := l.rate
 		if sent := l.sentRate(now); cur == 0 || (sent > 0 && sent < cur) {
 			cur = sent
@@ -209,7 +268,7 @@ func (l *Limiter) Succeeded() {
 	now := l.clock.Now()
 	l.ok.add(now)
 	l.okSinceEmpty++
-	if l.rate == 0 {
+	if l.rate == 0 || l.shared {
 		return
 	}
 	el := now.Sub(l.lastRaise)
@@ -286,6 +345,63 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 			l.tat = booked
 		}
 	}
+}
+
+// SetShared paces all requests by a CRM's token bucket that other clients
+// may share (the IETF RateLimit fields): it refills at rate requests a
+// second, holds burst, and remaining are left. No daemon sees the others'
+// traffic, only the level they all leave, and the bucket is used to the
+// full exactly while that level stays off both ends: neither full (quota
+// lost) nor empty (429s). So each daemon steers the level to half the
+// bucket, with
+//
+//	pace = scale × level / (burst/2)
+//
+// The proportional part answers within a few requests. scale, this
+// daemon's share of the rate, learns slowly from the same error, e =
+// level/(burst/2) − 1 within ±1: by the factor 1 + shareLearn·e a second
+// (plus, upwards, shareEven·e·rate a second, which evens unequal shares
+// out). The factor is common to all daemons, so the sum of n shares moves
+// as one share would: as they settle near rate/n, the loop's gain stays
+// that of one daemon alone, however many share the bucket. level counts
+// this daemon's own requests booked or in flight, beside the one
+// answered, as spent already: they were paced before this statement. A
+// 429 pauses for its Retry-After and halves the share (RateLimited); the
+// pace never creeps (Succeeded).
+func (l *Limiter) SetShared(rate float64, burst, remaining int) {
+	if rate <= 0 || burst <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock.Now()
+	half := float64(burst) / 2
+	raw := float64(min(max(remaining, 0), burst))
+	level := raw - float64(max(0, l.pending-1))
+	if !l.shared || l.shareRate != rate {
+		l.shared, l.shareRate, l.scale = true, rate, rate
+	} else {
+		// A long silence (a pause) says nothing of the others meanwhile.
+		dt := min(now.Sub(l.lastShare).Seconds(), shareMaxStep.Seconds())
+		// The share learns from the level all daemons see alike, so their
+		// shares agree on when to stop; by factors, so that the sum of n
+		// shares moves as one share would. A little more up by the same
+		// amount for all than down by the same factor evens them out.
+		switch e := max(-1, min(1, raw/half-1)); {
+		case e < 0:
+			l.scale *= 1 + shareLearn*dt*e
+		case l.sentRate(now) >= 0.8*l.rate: // a daemon short of work does not grow a share it leaves unused
+			l.scale *= 1 + shareLearn*dt*e
+			l.scale += shareEven * dt * e * rate
+		}
+		l.scale = max(rate*shareMinScale, min(l.scale, rate*shareMaxPace))
+	}
+	l.lastShare = now
+	pace := max(minRate, min(l.scale*max(level, 0)/half, rate*shareMaxPace))
+	if l.maxRate > 0 {
+		pace = min(pace, l.maxRate) // -crm-rate still caps
+	}
+	l.rate = pace
 }
 
 // Rate reports the current pace in requests per second (0: unlimited).

@@ -242,6 +242,13 @@ func (s *Server) hubspotLimits(l hubspot.Limits) {
 	}
 }
 
+// genericLimits paces all traffic from the generic API's IETF rate-limit
+// fields (Limiter.SetShared), so daemons sharing one CRM's bucket share
+// its rate without 429s.
+func (s *Server) genericLimits(l crmapi.RateLimit) {
+	s.limiter.SetShared(l.Rate(), l.Burst, l.Remaining)
+}
+
 // nextMidnight is the first midnight in zone after now.
 func nextMidnight(now time.Time, zone *time.Location) time.Time {
 	t := now.In(zone)
@@ -306,6 +313,7 @@ func New(cfg Config) (*Server, error) {
 	s.met.breakerState = s.breaker.State
 	s.met.rate = s.limiter.Rate
 	client.Observe = s.met.observeCRM
+	client.Limits = s.genericLimits
 	switch cfg.API {
 	case "", "generic":
 		if cfg.CRMWrite == "upsert" {
