@@ -40,6 +40,10 @@ type Faults struct {
 	// tokens (0: one second's worth, at least 1); 0 is unlimited.
 	Rate  float64 `json:"rate"`
 	Burst int     `json:"burst"`
+	// SilentRate keeps the bucket out of the answers' RateLimit-Policy and
+	// RateLimit fields, as a CRM that only answers 429 does: clients must
+	// find the rate from the 429s alone.
+	SilentRate bool `json:"silent_rate,omitempty"`
 	// Down answers every /v1 request 503, as a CRM in maintenance would.
 	Down bool `json:"down"`
 	// AmbiguousModes limits the ambiguous answers to a comma separated

@@ -113,7 +113,7 @@ func newHubSpot(cfg HubSpotConfig, now time.Time) (*hubspot, error) {
 		h.lag = 0
 	}
 	h.window.configure(cfg.Window, hubSpotInterval)
-	h.search.configure(hubSpotSearchPerSecond, hubSpotSearchPerSecond)
+	h.search.configure(hubSpotSearchPerSecond, hubSpotSearchPerSecond, true)
 	extra := cfg.Properties
 	if extra == nil {
 		extra = DefaultHubSpotProperties

@@ -30,7 +30,7 @@ func TestBucket(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bucket
-			b.configure(tc.rate, tc.burst)
+			b.configure(tc.rate, tc.burst, false)
 			for i, s := range tc.steps {
 				ok, after := b.take(t0.Add(s.at))
 				if ok != s.wantOK || after != s.wantAfter {

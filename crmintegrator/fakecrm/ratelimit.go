@@ -19,16 +19,18 @@ type bucket struct {
 	tokens float64
 	last   time.Time
 	policy string // the RateLimit-Policy value; "" when unlimited
+	silent bool   // Faults.SilentRate: state nothing
 }
 
 // configure sets the limits and refills the bucket when they change, so a
 // test that turns a 429 storm off gets a CRM that answers at once.
-func (b *bucket) configure(rate float64, burst int) {
+func (b *bucket) configure(rate float64, burst int, silent bool) {
 	if burst <= 0 {
 		burst = max(1, int(math.Ceil(rate)))
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.silent = silent
 	if b.rate == rate && b.burst == float64(burst) {
 		return
 	}
@@ -82,7 +84,7 @@ func (b *bucket) stateLocked(now time.Time) (left int, next time.Duration) {
 func (b *bucket) setHeaders(h http.Header, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.policy == "" {
+	if b.policy == "" || b.silent {
 		return
 	}
 	left, next := b.stateLocked(now)

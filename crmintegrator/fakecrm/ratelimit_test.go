@@ -113,6 +113,12 @@ func TestRateLimitRemaining(t *testing.T) {
 	if a.status != 503 || a.header.Get(crmapi.HeaderRateLimit) != `"default";r=3` {
 		t.Errorf("down: %d RateLimit=%q, want 503 %q", a.status, a.header.Get(crmapi.HeaderRateLimit), `"default";r=3`)
 	}
+	// Silent: limited, but nothing stated.
+	srv.SetFaults(fakecrm.Faults{Rate: 10, Burst: 3, SilentRate: true})
+	a = mustSend(t, "GET", lookup, nil, auth...)
+	if a.status != 200 || a.header.Get(crmapi.HeaderRateLimit) != "" || a.header.Get(crmapi.HeaderRateLimitPolicy) != "" {
+		t.Errorf("silent: %d RateLimit=%q RateLimit-Policy=%q, want 200 and neither", a.status, a.header.Get(crmapi.HeaderRateLimit), a.header.Get(crmapi.HeaderRateLimitPolicy))
+	}
 	// No rate, no fields.
 	srv.SetFaults(fakecrm.Faults{})
 	a = mustSend(t, "GET", lookup, nil, auth...)

@@ -204,7 +204,7 @@ func (s *Server) Faults() Faults { return s.faults.Load().Faults }
 func (s *Server) SetFaults(f Faults) {
 	f = f.clamped()
 	s.faults.Store(newFaultState(f))
-	s.limiter.configure(f.Rate, f.Burst)
+	s.limiter.configure(f.Rate, f.Burst, f.SilentRate)
 	s.log.Info("faults set", "fail_rate", f.FailRate, "ambiguous_rate", f.AmbiguousRate,
 		"ambiguous_modes", f.AmbiguousModes, "latency", f.Latency, "jitter", f.Jitter,
 		"hang", f.Hang, "rate", f.Rate, "burst", f.Burst, "down", f.Down, "blocked_domains", f.BlockedDomains)

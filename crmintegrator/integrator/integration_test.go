@@ -256,7 +256,9 @@ func TestAmbiguousNeverDuplicates(t *testing.T) {
 // TestRateLimitStorm pushes more than the CRM's rate: the daemon slows all
 // its traffic down and the work completes.
 func TestRateLimitStorm(t *testing.T) {
-	crm, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{Rate: 25, Burst: 5}})
+	// Silent: the adaptive path, from 429s alone (a CRM that states its
+	// bucket is paced from the fields instead).
+	crm, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{Rate: 25, Burst: 5, SilentRate: true}})
 	cfg := testConfig(url)
 	cfg.MaxBatch = 5
 	cfg.CallBudget = 3 * time.Second

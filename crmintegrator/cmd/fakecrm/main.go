@@ -30,40 +30,41 @@ func main() { cli.Main("fakecrm", run) }
 
 // options are the parsed flags.
 type options struct {
-	listen     string
-	tokenFile  string
-	failRate   float64
-	ambRate    float64
-	ambModes   string
-	blocked    string
-	hang       time.Duration
-	latency    time.Duration
-	lookupLat  time.Duration
-	jitter     time.Duration
-	rate       float64
-	burst      int
-	maxBatch   int
-	idem       bool
-	seed       int64
-	stateFile  string
-	saveEvery  time.Duration
-	readTO     time.Duration
-	idleTO     time.Duration
-	idemKeys   int
-	idemTTL    time.Duration
-	api        string
-	hsIDProp   string
-	hsProps    string
-	hsWindow   int
-	daily      int
-	hsLag      time.Duration
-	sfObject   string
-	sfIDField  string
-	sfFields   string
-	sfBatch    int
-	logLevelIn string
-	token      string
-	version    bool
+	rateHeaders bool
+	listen      string
+	tokenFile   string
+	failRate    float64
+	ambRate     float64
+	ambModes    string
+	blocked     string
+	hang        time.Duration
+	latency     time.Duration
+	lookupLat   time.Duration
+	jitter      time.Duration
+	rate        float64
+	burst       int
+	maxBatch    int
+	idem        bool
+	seed        int64
+	stateFile   string
+	saveEvery   time.Duration
+	readTO      time.Duration
+	idleTO      time.Duration
+	idemKeys    int
+	idemTTL     time.Duration
+	api         string
+	hsIDProp    string
+	hsProps     string
+	hsWindow    int
+	daily       int
+	hsLag       time.Duration
+	sfObject    string
+	sfIDField   string
+	sfFields    string
+	sfBatch     int
+	logLevelIn  string
+	token       string
+	version     bool
 }
 
 // shutdownTimeout bounds how long in-flight connections get to finish.
@@ -88,6 +89,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	f.Duration(&o.jitter, "jitter", "FAKECRM_JITTER", 0, "uniform extra latency in [0, jitter)")
 	f.Float(&o.rate, "rate", "FAKECRM_RATE", 0, "/v1 `requests` per second before 429; 0: unlimited")
 	f.Int(&o.burst, "burst", "FAKECRM_BURST", 0, "token bucket size; 0: one second's worth")
+	f.Bool(&o.rateHeaders, "rate-headers", "FAKECRM_RATE_HEADERS", true, "state the bucket in the IETF RateLimit-Policy and RateLimit fields; false: 429s alone tell")
 	f.Int(&o.maxBatch, "max-batch", "FAKECRM_MAX_BATCH", 100, "most contacts per batch before 413")
 	f.Bool(&o.idem, "idempotency", "FAKECRM_IDEMPOTENCY", true, "honour Idempotency-Key; false ignores the header")
 	f.Int64(&o.seed, "seed", "FAKECRM_SEED", 0, "seed of the fault decisions; 0: random, logged so the run can be repeated")
@@ -158,7 +160,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Token: o.token,
 		Faults: fakecrm.Faults{
 			FailRate: o.failRate, AmbiguousRate: o.ambRate, AmbiguousModes: o.ambModes,
-			Latency: o.latency, LookupLatency: o.lookupLat, Jitter: o.jitter, Hang: o.hang, Rate: o.rate, Burst: o.burst,
+			Latency: o.latency, LookupLatency: o.lookupLat, Jitter: o.jitter, Hang: o.hang, Rate: o.rate, Burst: o.burst, SilentRate: !o.rateHeaders,
 			BlockedDomains: o.blocked,
 		},
 		MaxBatch:           o.maxBatch,
