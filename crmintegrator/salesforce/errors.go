@@ -76,7 +76,9 @@ func (c *Connector) statusError(ctx context.Context, resp *http.Response, op str
 	case s == http.StatusBadRequest:
 		// MALFORMED_QUERY, INVALID_FIELD on a read: never "not found".
 		e.Class = crmapi.ClassUnexpected
-	case s == http.StatusRequestURITooLong:
+	case s == http.StatusRequestURITooLong || s == http.StatusRequestHeaderFieldsTooLarge:
+		// "A request exceeding this limit returns a 431 … If the URI itself
+		// exceeds this limit, the request returns a 414."
 		e.Class = crmapi.ClassTooLarge
 	default:
 		e.Class = crmapi.Classify(s, "")

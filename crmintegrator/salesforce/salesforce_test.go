@@ -135,6 +135,7 @@ func TestWriteAnswers(t *testing.T) {
 		{name: "403 no access", status: 403,
 			body: `[{"message":"The REST API is not enabled for this Organization.","errorCode":"API_DISABLED_FOR_ORG"}]`, class: crmapi.ClassUnauthorized, code: "API_DISABLED_FOR_ORG"},
 		{name: "414", status: 414, body: ``, class: crmapi.ClassTooLarge},
+		{name: "431", status: 431, body: ``, class: crmapi.ClassTooLarge},
 		{name: "500", status: 500, body: `[{"message":"An unexpected error occurred.","errorCode":"UNKNOWN_EXCEPTION"}]`, class: crmapi.ClassAmbiguous, code: "UNKNOWN_EXCEPTION"},
 		{name: "503", status: 503, body: `[{"message":"Server unavailable","errorCode":"SERVER_UNAVAILABLE"}]`, class: crmapi.ClassUnavailable},
 	}
