@@ -33,17 +33,7 @@ type daemon struct {
 
 func (s *stack) extraIntegrator(cfg integrator.Config) *daemon {
 	s.t.Helper()
-	cfg.CRMURL = s.crmURL
-	if cfg.CRMTimeout == 0 {
-		cfg.CRMTimeout = 2 * time.Second
-	}
-	if cfg.CallBudget == 0 {
-		cfg.CallBudget = time.Second
-	}
-	srv, err := integrator.New(cfg)
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	srv := s.newIntegrator(cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		s.t.Fatal(err)

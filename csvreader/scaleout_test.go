@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,8 +36,7 @@ func TestScaleOutSharesTheQuota(t *testing.T) {
 	s := &stack{t: t, dsn: pgtest.DSN(t, true)}
 	tap := startTappedCRM(t, s, fakecrm.Config{Faults: fakecrm.Faults{Rate: rate}})
 	icfg := integrator.Config{MaxBatch: batch, CallBudget: 10 * time.Second}
-	a := startExtraIntegrator(t, s, icfg)
-	b := startExtraIntegrator(t, s, icfg)
+	a, b := s.extraIntegrator(icfg).addr, s.extraIntegrator(icfg).addr
 
 	file := exportFile(t, rows)
 	var wg sync.WaitGroup
@@ -50,7 +45,7 @@ func TestScaleOutSharesTheQuota(t *testing.T) {
 	outs := make([]string, 2)
 	for i, list := range []string{a + "," + b, b + "," + a} {
 		wg.Go(func() {
-			reps[i], outs[i], errs[i] = runReader(t, s.dsn, "-integrator", list, "-workers", "4", "-block-size", "100", file)
+			reps[i], outs[i], errs[i] = s.reader(context.Background(), s.dsn, "-integrator", list, "-workers", "4", "-block-size", "100", file)
 		})
 	}
 	wg.Wait()
@@ -182,44 +177,4 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// startExtraIntegrator runs one more daemon against s's CRM, stopped when
-// the test ends, and returns its address.
-func startExtraIntegrator(t *testing.T, s *stack, cfg integrator.Config) string {
-	t.Helper()
-	cfg.CRMURL = s.crmURL
-	if cfg.CRMTimeout == 0 {
-		cfg.CRMTimeout = 2 * time.Second
-	}
-	srv, err := integrator.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Close(ctx)
-	})
-	return ln.Addr().String()
-}
-
-// runReader is stack.reader with the integrators given in args.
-func runReader(t *testing.T, dsn string, args ...string) (*importer.Report, string, error) {
-	dir := t.TempDir()
-	report := filepath.Join(dir, "report.json")
-	full := append([]string{"-db", dsn, "-report", report, "-rejects", filepath.Join(dir, "rejects.csv"),
-		"-max-retry-time", "2m", "-max-attempts", "50"}, args...)
-	var out, errb bytes.Buffer
-	err := run(context.Background(), full, func(string) string { return "" }, &out, &errb)
-	rep := &importer.Report{}
-	if b, rerr := os.ReadFile(report); rerr == nil {
-		json.Unmarshal(b, rep)
-	}
-	return rep, out.String() + errb.String(), err
 }

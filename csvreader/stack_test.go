@@ -45,7 +45,9 @@ func newStack(t *testing.T, crmCfg fakecrm.Config, icfg integrator.Config) *stac
 	return s
 }
 
-func (s *stack) startIntegrator(cfg integrator.Config, addr string) {
+// newIntegrator makes a daemon on the stack's CRM, checked as the binary
+// checks it at start, with the tests' short timeouts unless cfg says.
+func (s *stack) newIntegrator(cfg integrator.Config) *integrator.Server {
 	s.t.Helper()
 	cfg.CRMURL = s.crmURL
 	if cfg.CRMTimeout == 0 {
@@ -63,6 +65,13 @@ func (s *stack) startIntegrator(cfg integrator.Config, addr string) {
 	if err := srv.Check(context.Background()); err != nil {
 		s.t.Fatal(err)
 	}
+	return srv
+}
+
+func (s *stack) startIntegrator(cfg integrator.Config, addr string) {
+	s.t.Helper()
+	srv := s.newIntegrator(cfg)
+	var err error
 	var ln net.Listener
 	for i := 0; ; i++ { // the old daemon's port may linger for a moment
 		if ln, err = net.Listen("tcp", addr); err == nil || i > 50 {

@@ -102,23 +102,14 @@ func New(cfg Config) (*Connector, error) {
 // MaxBatch is HubSpot's limit of inputs per batch request.
 func (c *Connector) MaxBatch() int { return MaxBatch }
 
-// properties are a contact as HubSpot property values: the key under the
-// id property, the known fields under HubSpot's names, attributes under
-// their own. Empty fields are left out, so an upsert keeps what HubSpot
-// holds for them.
+// hubspotNames are HubSpot's contact properties for a contact's fields.
+var hubspotNames = crmapi.FieldNames{Email: "email", FirstName: "firstname", LastName: "lastname", Phone: "phone"}
+
+// properties are a contact as HubSpot property values (crmapi.PutFields):
+// attributes go to properties of their own names.
 func (c *Connector) properties(ct *contact.Contact) map[string]string {
 	p := make(map[string]string, 5+len(ct.Attributes))
-	for k, v := range ct.Attributes {
-		p[k] = v
-	}
-	for _, f := range []struct{ name, v string }{
-		{"email", ct.Email}, {"firstname", ct.FirstName}, {"lastname", ct.LastName}, {"phone", ct.Phone},
-	} {
-		if f.v != "" {
-			p[f.name] = f.v
-		}
-	}
-	p[c.cfg.IDProperty] = ct.ExternalID
+	crmapi.PutFields(ct, hubspotNames, c.cfg.IDProperty, nil, func(k, v string) { p[k] = v })
 	return p
 }
 
@@ -362,7 +353,7 @@ func (c *Connector) newRequest(ctx context.Context, method, path string, body []
 }
 
 func (c *Connector) do(req *http.Request, op string, out any) error {
-	resp, done, err := crmapi.Exchange(c.hc, req, c.cfg.Timeout, c.observer(op))
+	resp, done, err := crmapi.Exchange(c.hc, req, op, c.cfg.Timeout, c.cfg.Observe)
 	if err != nil {
 		return err
 	}
@@ -371,18 +362,7 @@ func (c *Connector) do(req *http.Request, op string, out any) error {
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		return c.statusError(resp, op)
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
-		return &crmapi.Error{Class: crmapi.ClassAmbiguous, Status: resp.StatusCode, Message: "unreadable answer: " + err.Error(), Err: err}
-	}
-	return nil
-}
-
-// observer is what Exchange tells of a request of op, for Config.Observe.
-func (c *Connector) observer(op string) func(int, time.Duration) {
-	if c.cfg.Observe == nil {
-		return nil
-	}
-	return func(status int, d time.Duration) { c.cfg.Observe(op, status, d) }
+	return crmapi.DecodeJSON(resp, out)
 }
 
 func (c *Connector) limits(h http.Header) {

@@ -133,29 +133,24 @@ func (c *Connector) MaxBatch() int { return MaxBatch }
 func (c *Connector) Object() string  { return c.cfg.Object }
 func (c *Connector) IDField() string { return c.cfg.IDField }
 
-// fields are a contact as field values: the key under the id field, the
-// known fields under Salesforce's names, attributes under their own. Empty
-// fields are left out, so an upsert keeps what Salesforce holds for them.
+// salesforceNames are a Contact's standard fields for a contact's fields.
+var salesforceNames = crmapi.FieldNames{Email: "Email", FirstName: "FirstName", LastName: "LastName", Phone: "Phone"}
+
+// fields are a contact as field values (crmapi.PutFields): attributes go
+// to the field of their name in any case, as describe spells it.
 func (c *Connector) fields(ct *contact.Contact) map[string]any {
 	f := make(map[string]any, 6+len(ct.Attributes))
-	var names map[string]string
+	var rename func(string) string
 	if p := c.names.Load(); p != nil {
-		names = *p
-	}
-	for k, v := range ct.Attributes {
-		if n, ok := names[strings.ToLower(k)]; ok {
-			k = n
-		}
-		f[k] = v
-	}
-	for _, kv := range []struct{ name, v string }{
-		{"Email", ct.Email}, {"FirstName", ct.FirstName}, {"LastName", ct.LastName}, {"Phone", ct.Phone},
-	} {
-		if kv.v != "" {
-			f[kv.name] = kv.v
+		names := *p
+		rename = func(k string) string {
+			if n, ok := names[strings.ToLower(k)]; ok {
+				return n
+			}
+			return k
 		}
 	}
-	f[c.cfg.IDField] = ct.ExternalID
+	crmapi.PutFields(ct, salesforceNames, c.cfg.IDField, rename, func(k, v string) { f[k] = v })
 	// "Each object in the request body must contain an attributes map. The
 	// map must contain a value for type."
 	f["attributes"] = map[string]string{"type": c.cfg.Object}
@@ -321,7 +316,7 @@ func (c *Connector) send(ctx context.Context, op, method, path string, body []by
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
-	resp, done, err := crmapi.Exchange(c.hc, req, c.cfg.Timeout, c.observer(op))
+	resp, done, err := crmapi.Exchange(c.hc, req, op, c.cfg.Timeout, c.cfg.Observe)
 	if err != nil {
 		return err
 	}
@@ -333,16 +328,5 @@ func (c *Connector) send(ctx context.Context, op, method, path string, body []by
 		return err
 	}
 	c.noteAnswer(nil)
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
-		return &crmapi.Error{Class: crmapi.ClassAmbiguous, Status: resp.StatusCode, Message: "unreadable answer: " + err.Error(), Err: err}
-	}
-	return nil
-}
-
-// observer is what Exchange tells of a request of op, for Config.Observe.
-func (c *Connector) observer(op string) func(int, time.Duration) {
-	if c.cfg.Observe == nil {
-		return nil
-	}
-	return func(status int, d time.Duration) { c.cfg.Observe(op, status, d) }
+	return crmapi.DecodeJSON(resp, out)
 }
