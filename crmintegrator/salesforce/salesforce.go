@@ -242,12 +242,16 @@ func (c *Connector) Write(ctx context.Context, req *crmapi.WriteRequest) (*crmap
 	return &crmapi.BatchResponse{Results: res}, nil
 }
 
-// raceOnKey: DUPLICATE_VALUE on the id field itself means another request
+// raceOnKey: DUPLICATE_VALUE "duplicate value found: F duplicates value
+// on record with id: …" on the id field itself means another request
 // inserted the same key between the upsert's match and its insert (our own
-// earlier attempt, still running when it timed out): the record exists
-// now, and the resent upsert updates it.
+// earlier attempt, still running when it timed out): the record exists now,
+// and the resent upsert updates it. Salesforce documents no such race;
+// integrators report it for upserts a second apart. The same code with
+// "Duplicate external id specified" is a key twice in one request, which a
+// resend cannot cure: that one is rejected.
 func (c *Connector) raceOnKey(e saveError) bool {
-	if e.StatusCode != "DUPLICATE_VALUE" {
+	if e.StatusCode != "DUPLICATE_VALUE" || !strings.Contains(e.Message, "duplicates value on record with id") {
 		return false
 	}
 	for _, f := range e.Fields {
@@ -255,7 +259,7 @@ func (c *Connector) raceOnKey(e saveError) bool {
 			return true
 		}
 	}
-	return strings.Contains(e.Message, c.cfg.IDField)
+	return strings.Contains(e.Message, c.cfg.IDField+" duplicates value")
 }
 
 // pingEvery is how long an answer of the org vouches for the token: every

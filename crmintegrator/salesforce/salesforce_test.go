@@ -102,7 +102,7 @@ func TestEncodeGolden(t *testing.T) {
 }
 
 func TestWriteAnswers(t *testing.T) {
-	keys := []string{"K1", "K2", "K3", "K4", "K5", "K6", "K7"}
+	keys := []string{"K1", "K2", "K3", "K4", "K5", "K6", "K7", "K8"}
 	tests := []struct {
 		name    string
 		status  int
@@ -121,6 +121,8 @@ func TestWriteAnswers(t *testing.T) {
 				{ExternalID: "K5"}, // UNABLE_TO_LOCK_ROW: resent
 				{ExternalID: "K6"}, // DUPLICATE_VALUE on the key: a race with our own insert, resent
 				{ExternalID: "K7", Status: crmapi.StatusRejected, Error: &crmapi.ErrorDetail{Code: "DUPLICATE_EXTERNAL_ID", Message: "Ext ID: more than one record found for external id field: [003RM0000068xV6YAI, 003RM0000068xVCYAY]"}},
+				// The key twice in one request: a resend cannot cure it.
+				{ExternalID: "K8", Status: crmapi.StatusRejected, Error: &crmapi.ErrorDetail{Code: "DUPLICATE_VALUE", Message: "Duplicate external id specified: K8 (fields: External_Id__c)"}},
 			}},
 		{name: "fewer results than records: ambiguous", status: 200,
 			body: `[{"id":"003RM0000068xV6YAI","success":true,"errors":[],"created":true}]`, class: crmapi.ClassAmbiguous},
