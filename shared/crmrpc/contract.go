@@ -63,14 +63,27 @@ type HelloReply struct {
 	Instance string
 }
 
-// Record is one contact to create in the CRM.
+// Record is one contact to create, or to update, in the CRM.
 type Record struct {
 	Contact contact.Contact
 	// MaybeSent says an earlier attempt may already have created this
 	// contact (a crashed run, an ambiguous answer). The daemon then looks
 	// the external id up in the CRM before it creates anything.
 	MaybeSent bool
+	// CRMID, when set, makes the record an update of the CRM's contact of
+	// that id (the one the reader's ledger holds for the key). The daemon
+	// writes the fields named in Fields and never creates a contact for
+	// it. An update is resend-safe, so MaybeSent means nothing for it.
+	// Contact is then the whole contact as it will be once updated.
+	CRMID string
+	// Fields, with CRMID: the names of the fields to write (a name of
+	// contact.Fields, or contact.AttributePrefix and an attribute's name),
+	// with their values in Contact; an empty value clears the field.
+	Fields []string
 }
+
+// IsUpdate reports whether the record updates a contact the CRM holds.
+func (r *Record) IsUpdate() bool { return r.CRMID != "" }
 
 // DeliverArgs carries a block of records, either as Records or, to a
 // daemon whose Hello reported PackedRecords, as Packed. A call with both is
