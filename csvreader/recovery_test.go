@@ -122,7 +122,7 @@ func TestRecoveryWithLatency(t *testing.T) {
 			}
 			rep := readReport(t, filepath.Join(dir, "rerun.json"))
 			s.assertExactlyOnce(rows)
-			if rep.Delivered+rep.AlreadyDelivered != rows || rep.Failed != 0 || !rep.Accounted() {
+			if rep.Delivered+rep.Unchanged != rows || rep.Failed != 0 || !rep.Accounted() {
 				t.Errorf("rerun report: %+v", rep)
 			}
 

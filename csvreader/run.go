@@ -21,6 +21,7 @@ import (
 
 	"crmsync/csvreader/export"
 	"crmsync/csvreader/importer"
+	"crmsync/csvreader/ledger"
 	"crmsync/csvreader/replay"
 	"crmsync/db"
 	"crmsync/shared/buildinfo"
@@ -45,6 +46,10 @@ type options struct {
 	integrators    string
 	shard          string
 	shardOf        importer.Shard
+	changed        string
+	changedMode    ledger.ChangeMode
+	asOf           string
+	asOfTime       time.Time
 	dsn            string
 	workers        int
 	blockSize      int
@@ -110,7 +115,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	f.Int(&o.workers, "workers", "CSVREADER_WORKERS", 12, "concurrent blocks in flight to the integrator")
 	f.Int(&o.blockSize, "block-size", "CSVREADER_BLOCK_SIZE", 1000, "records per block (per integrator call); capped by the integrator's limit")
 	f.String(&o.rejects, "rejects", "CSVREADER_REJECTS", "", "rejects file `PATH` (default: <file>.rejects.csv in the current directory)")
-	f.String(&o.skipped, "skipped", "CSVREADER_SKIPPED", "", "optional `PATH` listing every duplicate skipped and why")
+	f.String(&o.skipped, "skipped", "CSVREADER_SKIPPED", "", "optional `PATH` listing every row not sent (duplicate, unchanged, stale, changed) and every update, with the changed fields and why")
+	f.String(&o.changed, "changed", "CSVREADER_CHANGED", "update", "what to do with a key the CRM holds with other content: update (send the change), skip (send nothing), or report (count and list it in -skipped, send nothing)")
+	f.String(&o.asOf, "as-of", "CSVREADER_AS_OF", "", "the export's time, `RFC3339` (default: the files' modification time): a change older than what the CRM holds is stale and not sent")
 	f.String(&o.report, "report", "CSVREADER_REPORT", "", "write the final report as JSON to `PATH`")
 	f.String(&o.key, "key", "CSVREADER_KEY", "id", "`COLUMN` holding the dedup key, sent as the CRM's external_id")
 	f.String(&o.dropColumns, "drop-columns", "CSVREADER_DROP_COLUMNS", "", "`COLUMN[,COLUMN...]` whose values are not sent (columns the CRM has no field for)")
@@ -121,7 +128,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	f.Int(&o.maxAttempts, "max-attempts", "CSVREADER_MAX_ATTEMPTS", 10, "sends per record before it is reported as failed")
 	f.Duration(&o.maxRetryTime, "max-retry-time", "CSVREADER_MAX_RETRY_TIME", 10*time.Minute, "time from a record's first send after which it is reported as failed")
 	f.Duration(&o.dbRetryTime, "db-retry-time", "CSVREADER_DB_RETRY_TIME", 2*time.Minute, "how long to ride out an unavailable database before giving up")
-	f.Bool(&o.dryRun, "dry-run", "CSVREADER_DRY_RUN", false, "validate and count new / already delivered / invalid rows; no CRM call")
+	f.Bool(&o.dryRun, "dry-run", "CSVREADER_DRY_RUN", false, "print the column mapping, validate, and count new / changed / unchanged / stale / invalid rows; no CRM call")
 	f.Bool(&o.progress, "progress", "CSVREADER_PROGRESS", false, "print progress to stderr (default: on when stderr is a terminal)")
 	f.Duration(&o.progressEvery, "progress-interval", "CSVREADER_PROGRESS_INTERVAL", 5*time.Second, "time between progress lines")
 	f.String(&o.rpcTokenFile, "rpc-token-file", "CSVREADER_RPC_TOKEN_FILE", "", "read the integrator's token from `FILE`; wins over -rpc-token")
@@ -174,6 +181,14 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	var err error
 	if o.shardOf, err = importer.ParseShard(o.shard); err != nil {
 		return usage(fmt.Sprintf("-shard %q (or CSVREADER_SHARD): %v", o.shard, err))
+	}
+	if o.changedMode, err = ledger.ParseChangeMode(o.changed); err != nil {
+		return usage(fmt.Sprintf("-changed (or CSVREADER_CHANGED): %v", err))
+	}
+	if o.asOf != "" {
+		if o.asOfTime, err = time.Parse(time.RFC3339, o.asOf); err != nil {
+			return usage(fmt.Sprintf("-as-of %q (or CSVREADER_AS_OF): not an RFC 3339 time such as 2026-12-01T02:00:00Z", o.asOf))
+		}
 	}
 	if o.tlsCA != "" || o.tlsCert != "" {
 		o.tlsOn = true
@@ -292,6 +307,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		DBRetryTime:    o.dbRetryTime,
 		RejectsPath:    o.rejects,
 		SkippedPath:    o.skipped,
+		Changed:        o.changedMode,
+		AsOf:           o.asOfTime,
 		DryRun:         o.dryRun,
 		Shard:          o.shardOf,
 		ProgressEvery:  o.progressEvery,
@@ -588,16 +605,23 @@ func printSummary(w io.Writer, r *importer.Report) {
 		shard = fmt.Sprintf(" · %d of other shards (this is shard %s)", r.OtherShard, r.Shard)
 	}
 	if r.DryRun {
-		fmt.Fprintf(w, "dry run: %d rows · %d valid · %d new · %d already delivered · %d duplicates in file · %d invalid%s\n",
-			r.Rows, r.Valid, r.New, r.AlreadyDelivered, r.DuplicatesInFile, r.RejectedInvalid, shard)
+		fmt.Fprintf(w, "dry run: %d rows · %d valid · %d new · %d changed · %d unchanged · %d stale · %d duplicates in file · %d invalid%s\n",
+			r.Rows, r.Valid, r.New, r.Changed, r.Unchanged, r.Stale, r.DuplicatesInFile, r.RejectedInvalid, shard)
 		return
 	}
 	fmt.Fprintf(w, "run %d: %d rows in %.1fs (%.0f rows/s)\n", r.RunID, r.Rows, r.ElapsedSeconds, r.RowsPerSecond)
 	if r.Shard != "" {
 		fmt.Fprintf(w, "  other shards       %d (shard %s: their readers send them)\n", r.OtherShard, r.Shard)
 	}
-	fmt.Fprintf(w, "  delivered          %d\n", r.Delivered)
-	fmt.Fprintf(w, "  already delivered  %d\n", r.AlreadyDelivered)
+	fmt.Fprintf(w, "  created            %d\n", r.Created)
+	fmt.Fprintf(w, "  updated            %d\n", r.Updated)
+	fmt.Fprintf(w, "  unchanged          %d\n", r.Unchanged)
+	if r.Stale > 0 {
+		fmt.Fprintf(w, "  stale              %d (the CRM holds newer versions; as of %s)\n", r.Stale, r.AsOf)
+	}
+	if r.Changed > 0 {
+		fmt.Fprintf(w, "  changed, not sent  %d (-changed skip or report)\n", r.Changed)
+	}
 	fmt.Fprintf(w, "  duplicates in file %d\n", r.DuplicatesInFile)
 	fmt.Fprintf(w, "  invalid (rejected) %d\n", r.RejectedInvalid)
 	fmt.Fprintf(w, "  rejected by CRM    %d\n", r.RejectedByCRM)

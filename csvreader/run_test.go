@@ -171,7 +171,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	defer stop()
 	cfg.OnStart(func() importer.Snapshot {
-		return importer.Snapshot{Rows: 7, Delivered: 5, Invalid: 2, RecoveryBacklog: 3, Lookups: 4, Elapsed: time.Second, FileSize: -1}
+		return importer.Snapshot{Rows: 7, Created: 5, Invalid: 2, RecoveryBacklog: 3, Lookups: 4, Elapsed: time.Second, FileSize: -1}
 	})
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -180,7 +180,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for _, want := range []string{
-		"csvreader_rows_read_total 7", `csvreader_rows_total{outcome="delivered"} 5`, `csvreader_rows_total{outcome="invalid"} 2`,
+		"csvreader_rows_read_total 7", `csvreader_rows_total{outcome="created"} 5`, `csvreader_rows_total{outcome="invalid"} 2`,
 		"csvreader_recovery_backlog 3", "csvreader_lookups_total 4", "csvreader_rows_per_second 7.0", "# TYPE csvreader_in_flight gauge",
 	} {
 		if !strings.Contains(string(b), want) {

@@ -199,8 +199,8 @@ func TestStackShardedReaders(t *testing.T) {
 		delivered += r.Delivered
 		dupes += r.DuplicatesInFile
 		invalid += r.RejectedInvalid
-		if r.AlreadyDelivered != 0 {
-			t.Errorf("shard %d/3 met %d keys another reader delivered: the shards overlap", i+1, r.AlreadyDelivered)
+		if r.Unchanged != 0 {
+			t.Errorf("shard %d/3 met %d keys another reader delivered: the shards overlap", i+1, r.Unchanged)
 		}
 	}
 	if own != fileRows || delivered != valid || dupes != 2 || invalid != 2 {

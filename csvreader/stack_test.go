@@ -194,7 +194,7 @@ func TestStackDeliversAndRerunSendsNothing(t *testing.T) {
 	if got := s.crm.Audit().Requests - before; got != 0 {
 		t.Errorf("rerun sent %d requests to the CRM, want 0", got)
 	}
-	if rep.AlreadyDelivered != 2501 || rep.Delivered != 0 {
+	if rep.Unchanged != 2501 || rep.Delivered != 0 {
 		t.Errorf("rerun report = %+v", rep)
 	}
 	if !strings.Contains(out, "already delivered  2501") {
@@ -420,7 +420,7 @@ func TestStackInterruptThenResume(t *testing.T) {
 	if err != nil {
 		t.Fatalf("resumed run: %v\n%s", err, out)
 	}
-	if rep.Delivered+rep.AlreadyDelivered != 5000 {
+	if rep.Delivered+rep.Unchanged != 5000 {
 		t.Errorf("resumed report = %+v", rep)
 	}
 	s.assertExactlyOnce(5000)
@@ -513,7 +513,7 @@ func TestStackCRMRejections(t *testing.T) {
 	s.assertExactlyOnce(200)
 	before := s.crm.Audit().Requests
 	rep, _, _ = s.reader(context.Background(), s.dsn, file)
-	if rep.AlreadyDelivered != 200 || rep.RejectedByCRM != 2 || s.crm.Audit().Requests-before != 1 {
+	if rep.Unchanged != 200 || rep.RejectedByCRM != 2 || s.crm.Audit().Requests-before != 1 {
 		t.Errorf("rerun: report %+v after %d CRM requests; want only the 2 refused sent, in 1 request", rep, s.crm.Audit().Requests-before)
 	}
 }
@@ -561,7 +561,7 @@ func TestStackMaxRejectRatioByDefault(t *testing.T) {
 	}
 	// -max-reject-ratio 0 lets it run to the end.
 	rep, out, err = s.reader(context.Background(), s.dsn, "-max-reject-ratio", "0", exportFile(t, 20, bad...))
-	if err != nil || rep.RejectedInvalid != int64(len(bad)) || rep.Delivered+rep.AlreadyDelivered != 20 {
+	if err != nil || rep.RejectedInvalid != int64(len(bad)) || rep.Delivered+rep.Unchanged != 20 {
 		t.Fatalf("err = %v, report = %+v\n%s", err, rep, out)
 	}
 }

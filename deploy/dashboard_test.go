@@ -163,7 +163,7 @@ func exported(t *testing.T) (integ, reader exposition) {
 	// -http serves exactly this); every field is set, so nothing optional
 	// is left out.
 	var page strings.Builder
-	importer.Snapshot{Rows: 10, Valid: 9, Invalid: 1, Duplicates: 1, AlreadyDelivered: 1, Delivered: 5, RejectedByCRM: 1, Failed: 1,
+	importer.Snapshot{Rows: 10, Valid: 9, Invalid: 1, Duplicates: 1, Unchanged: 1, Stale: 1, Changed: 1, Created: 5, Updated: 1, RejectedByCRM: 1, Failed: 1,
 		Unfinished: 1, Retries: 2, InFlight: 3, RetryQueue: 1, RecoveryBacklog: 2, Lookups: 2, BytesRead: 100, FileSize: 200,
 		Elapsed: time.Second}.WriteMetrics(&page)
 	parseExposition(t, reader, page.String())

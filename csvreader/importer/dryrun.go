@@ -5,59 +5,69 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
-
-	"github.com/lib/pq"
+	"time"
 
 	"crmsync/csvreader/export"
 	"crmsync/csvreader/ledger"
 )
 
-// dryRun validates the files and counts what a run would do, without
-// claiming or sending anything. Keys met earlier in the files are tracked in
-// a temporary table, so memory stays bounded however large the files are.
+// dryRun validates the files and counts what a run would do — new,
+// changed, unchanged, stale, invalid — without claiming or sending
+// anything (ledger.DryRun). With -skipped it lists what it would not
+// create, and the changes with their fields.
 func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 	rep := &Report{Files: cfg.Files, DryRun: true, Shard: cfg.Shard.String()}
-	conn, err := d.Conn(ctx)
-	if err != nil {
-		return rep, fmt.Errorf("dry run: connect: %w", err)
+	if cfg.AsOf.IsZero() {
+		var err error
+		if cfg.AsOf, err = asOfFiles(cfg.Files); err != nil {
+			return rep, err
+		}
 	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `CREATE TEMP TABLE IF NOT EXISTS dry_run_seen (k text PRIMARY KEY)`); err != nil {
-		return rep, fmt.Errorf("dry run: %w", err)
+	rep.AsOf = cfg.AsOf.UTC().Format(time.RFC3339Nano)
+	var dr *ledger.DryRun
+	var items []ledger.Item
+	var skipped *export.SkippedWriter
+	if cfg.SkippedPath != "" {
+		var err error
+		if skipped, err = export.NewSkippedWriter(cfg.SkippedPath); err != nil {
+			return rep, err
+		}
+		defer skipped.Close()
 	}
-	defer conn.ExecContext(context.WithoutCancel(ctx), `DROP TABLE IF EXISTS dry_run_seen`)
-
-	var keys []string
 	flush := func() error {
-		if len(keys) == 0 {
+		if len(items) == 0 {
 			return nil
 		}
-		rows, err := conn.QueryContext(ctx,
-			`INSERT INTO dry_run_seen SELECT DISTINCT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING k`, pq.Array(keys))
+		ds, err := dr.Decide(ctx, items)
 		if err != nil {
-			return fmt.Errorf("dry run: %w", err)
+			return err
 		}
-		var firsts []string
-		for rows.Next() {
-			var k string
-			if err := rows.Scan(&k); err != nil {
-				rows.Close()
-				return err
+		for i, dec := range ds {
+			var o outcome
+			var fields []string
+			switch dec.Status {
+			case ledger.Claimed:
+				rep.New++
+				continue
+			case ledger.DuplicateInFile:
+				rep.DuplicatesInFile++
+				o = outDuplicate
+			case ledger.Unchanged:
+				rep.Unchanged++
+				o = outUnchanged
+			case ledger.Stale:
+				rep.Stale++
+				o = outStale
+			default: // Updating, Changed: it would be sent (or not) as -changed says
+				rep.Changed++
+				o, fields = outChanged, dec.Update.Changed
+				dec.Why = fmt.Sprintf("changed (-changed %s)", cfg.Changed)
 			}
-			firsts = append(firsts, k)
+			if skipped != nil {
+				skipped.Write(items[i].File, items[i].Line, items[i].Key, o.String(), fields, dec.Why)
+			}
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		rep.DuplicatesInFile += int64(len(keys) - len(firsts))
-		done, err := ledger.Delivered(ctx, d, firsts)
-		if err != nil {
-			return err
-		}
-		rep.AlreadyDelivered += int64(len(done))
-		rep.New += int64(len(firsts) - len(done))
-		keys = keys[:0]
+		items = items[:0]
 		return nil
 	}
 	var rejects *export.RejectsWriter
@@ -65,6 +75,13 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 		r, err := export.Open(name, cfg.Export)
 		if err != nil {
 			return rep, err
+		}
+		if dr == nil {
+			if dr, err = ledger.StartDryRun(ctx, d, ledger.Sync{AsOf: cfg.AsOf, Mode: cfg.Changed, Clears: clearsOf(cfg, r), Files: cfg.Files}); err != nil {
+				r.Close()
+				return rep, err
+			}
+			defer dr.Close(ctx)
 		}
 		if rejects == nil && cfg.RejectsPath != "" {
 			if rejects, err = export.NewRejectsWriter(cfg.RejectsPath, r.Header(), r.Delimiter()); err != nil {
@@ -98,8 +115,9 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 				continue
 			}
 			rep.Valid++
-			keys = append(keys, row.Key)
-			if len(keys) >= cfg.BlockSize {
+			c := row.Contact
+			items = append(items, ledger.Item{Key: row.Key, Fingerprint: c.Fingerprint(), File: name, Line: int64(row.Line), Contact: &c})
+			if len(items) >= cfg.BlockSize {
 				if err := flush(); err != nil {
 					r.Close()
 					return rep, err

@@ -192,7 +192,7 @@ func TestRunOutcomes(t *testing.T) {
 	skipped := readCSV(t, cfg.SkippedPath)
 	why := map[string]string{}
 	for _, r := range skipped[1:] {
-		why[r[2]] = r[4]
+		why[r[2]] = r[5]
 	}
 	if len(skipped) != 3 || !strings.Contains(why["C00003"], "line 5") || !strings.Contains(why["FLAKY"], "line 46") {
 		t.Errorf("skipped file = %v, want rows for C00003 naming line 5 and FLAKY naming line 46", skipped)
@@ -210,10 +210,11 @@ func TestRunOutcomes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rerun: %v", err)
 	}
-	// Every occurrence of a key the first run delivered is already
-	// delivered, wherever the block boundaries fall.
-	if rep2.AlreadyDelivered != 43 || rep2.Delivered != 2 || rep2.DuplicatesInFile != 0 {
-		t.Errorf("rerun: already %d delivered %d dupes %d; want 43, 2, 0", rep2.AlreadyDelivered, rep2.Delivered, rep2.DuplicatesInFile)
+	// Every key the first run delivered is unchanged; the repeats, whose
+	// content differs from the first occurrence, are repeats again (not
+	// updates), wherever the block boundaries fall.
+	if rep2.Unchanged != 41 || rep2.Delivered != 2 || rep2.DuplicatesInFile != 2 || rep2.Updated != 0 {
+		t.Errorf("rerun: unchanged %d delivered %d dupes %d updated %d; want 41, 2, 2, 0", rep2.Unchanged, rep2.Delivered, rep2.DuplicatesInFile, rep2.Updated)
 	}
 	if len(sent) != 2 || sent["DOOMED"] != 1 || sent["REJ1"] != 1 {
 		t.Errorf("rerun sent %v, want DOOMED and REJ1 once each", sent)
@@ -299,7 +300,7 @@ func TestDryRunCounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Rows != 4 || rep.New != 1 || rep.AlreadyDelivered != 1 || rep.DuplicatesInFile != 1 || rep.RejectedInvalid != 1 || !rep.Accounted() {
+	if rep.Rows != 4 || rep.New != 1 || rep.Unchanged != 1 || rep.DuplicatesInFile != 1 || rep.RejectedInvalid != 1 || !rep.Accounted() {
 		t.Errorf("dry run report = %+v; want 4 rows: 1 new, 1 already delivered, 1 duplicate, 1 invalid", rep)
 	}
 	var claims int

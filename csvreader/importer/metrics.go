@@ -9,24 +9,24 @@ import (
 
 // Snapshot is what a run has done so far, for csvreader's /metrics.
 type Snapshot struct {
-	Rows, Valid, Invalid, Duplicates, AlreadyDelivered int64
-	Delivered, RejectedByCRM, Failed, Unfinished       int64
-	OtherShard                                         int64 // rows another -shard's reader owns
-	Retries                                            int64 // retry verdicts acted on
-	InFlight                                           int64 // records read and not settled
-	RetryQueue                                         int64 // records waiting for a retry
-	RecoveryBacklog                                    int64 // records that may be in the CRM, not settled yet
-	Lookups                                            int64 // external ids the integrators looked up
-	BytesRead, FileSize                                int64
-	Elapsed                                            time.Duration
+	Rows, Valid, Invalid, Duplicates, Unchanged, Stale, Changed int64
+	Created, Updated, RejectedByCRM, Failed, Unfinished         int64
+	OtherShard                                                  int64 // rows another -shard's reader owns
+	Retries                                                     int64 // retry verdicts acted on
+	InFlight                                                    int64 // records read and not settled
+	RetryQueue                                                  int64 // records waiting for a retry
+	RecoveryBacklog                                             int64 // records that may be in the CRM, not settled yet
+	Lookups                                                     int64 // external ids the integrators looked up
+	BytesRead, FileSize                                         int64
+	Elapsed                                                     time.Duration
 }
 
 // snapshot reads the run's counters; safe while the run goes on.
 func (p *pipeline) snapshot() Snapshot {
 	s := Snapshot{
 		Rows: p.n.rows.Load(), Valid: p.n.valid.Load(), Invalid: p.n.invalid.Load(),
-		Duplicates: p.n.dupes.Load(), AlreadyDelivered: p.n.already.Load(),
-		Delivered: p.n.delivered.Load(), RejectedByCRM: p.n.crmRejected.Load(), Failed: p.n.failed.Load(),
+		Duplicates: p.n.dupes.Load(), Unchanged: p.n.unchanged.Load(), Stale: p.n.stale.Load(), Changed: p.n.changed.Load(),
+		Created: p.n.created.Load(), Updated: p.n.updated.Load(), RejectedByCRM: p.n.crmRejected.Load(), Failed: p.n.failed.Load(),
 		Unfinished: p.n.unfinished.Load(), Retries: p.n.retries.Load(), OtherShard: p.n.otherShard.Load(),
 		InFlight:        int64(len(p.room) + len(p.spare)),
 		RecoveryBacklog: p.n.maybe.Load(),
@@ -56,7 +56,8 @@ func (s Snapshot) WriteMetrics(w io.Writer) {
 	for _, o := range []struct {
 		outcome string
 		n       int64
-	}{{"delivered", s.Delivered}, {"already_delivered", s.AlreadyDelivered}, {"duplicate_in_file", s.Duplicates},
+	}{{outCreated.String(), s.Created}, {outUpdated.String(), s.Updated}, {outUnchanged.String(), s.Unchanged},
+		{outStale.String(), s.Stale}, {outChanged.String(), s.Changed}, {outDuplicate.String(), s.Duplicates},
 		{"invalid", s.Invalid}, {"rejected_by_crm", s.RejectedByCRM}, {"failed", s.Failed}, {"unfinished", s.Unfinished},
 		{"other_shard", s.OtherShard}} {
 		p("csvreader_rows_total{outcome=\"%s\"} %d\n", o.outcome, o.n)

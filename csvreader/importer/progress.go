@@ -76,9 +76,13 @@ func (p *pipeline) printProgress(start time.Time, final bool) {
 	if backlog := p.n.maybe.Load(); backlog > 0 || lookups > 0 {
 		recovery = fmt.Sprintf(" · recovering %d (lookups %d, %.0f/s)", backlog, lookups, lookupRate)
 	}
-	line := fmt.Sprintf("%s: %d rows (%.0f/s) · %s%s · delivered %d · retrying %d%s · rejected %d · skipped %d · elapsed %s",
-		label, rows, rate, where, eta, p.n.delivered.Load(), retrying, recovery,
-		p.n.invalid.Load()+p.n.crmRejected.Load(), p.n.dupes.Load()+p.n.already.Load(), elapsed.Round(time.Second))
+	updated := ""
+	if u := p.n.updated.Load(); u > 0 {
+		updated = fmt.Sprintf(" · updated %d", u)
+	}
+	line := fmt.Sprintf("%s: %d rows (%.0f/s) · %s%s · created %d%s · retrying %d%s · rejected %d · skipped %d · elapsed %s",
+		label, rows, rate, where, eta, p.n.created.Load(), updated, retrying, recovery,
+		p.n.invalid.Load()+p.n.crmRejected.Load(), p.n.dupes.Load()+p.n.unchanged.Load()+p.n.stale.Load()+p.n.changed.Load(), elapsed.Round(time.Second))
 	if st, ok := p.cfg.Progress.(StatusLine); ok {
 		st.Status(line, final)
 		return

@@ -5,10 +5,12 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"strconv"
+	"time"
 	"unsafe"
 
 	"github.com/lib/pq"
 
+	"crmsync/shared/contact"
 	"crmsync/shared/jsontext"
 )
 
@@ -108,12 +110,19 @@ func (c *rawConn) copyIn(table string, columns []string, rows func(emit func(chu
 
 // copyRows writes the customers rows of ds in COPY's text format, in the
 // order of customerColumns, a chunk at a time.
-func copyRows(run int64, ds []Delivery) func(emit func([]byte) error) error {
+func copyRows(run int64, asOf time.Time, ds []Delivery) func(emit func([]byte) error) error {
 	return func(emit func([]byte) error) error {
 		b := make([]byte, 0, copyChunk+4<<10)
 		var scratch []byte
+		// The run's as-of time and the moment of the confirmation, the
+		// same for every row.
+		tail := []byte(`\N	`)
+		if !asOf.IsZero() {
+			tail = append(asOf.UTC().AppendFormat(nil, "2006-01-02 15:04:05.999999Z07:00"), '\t')
+		}
+		tail = append(time.Now().UTC().AppendFormat(tail, "2006-01-02 15:04:05.999999Z07:00"), '\n')
 		for i := range ds {
-			b, scratch = appendCopyRow(b, scratch, run, &ds[i])
+			b, scratch = appendCopyRow(b, scratch, run, tail, &ds[i])
 			if len(b) >= copyChunk {
 				if err := emit(b); err != nil {
 					return err
@@ -127,10 +136,10 @@ func copyRows(run int64, ds []Delivery) func(emit func([]byte) error) error {
 
 // appendCopyRow appends one customers row; scratch is a buffer for the
 // attributes' JSON, handed back for reuse.
-func appendCopyRow(b, scratch []byte, run int64, d *Delivery) ([]byte, []byte) {
+func appendCopyRow(b, scratch []byte, run int64, tail []byte, d *Delivery) ([]byte, []byte) {
 	c := &d.Contact
-	for _, s := range [...]string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
-		b = append(appendCopyText(b, s), '\t')
+	for _, f := range contact.Fields {
+		b = append(appendCopyText(b, f.Get(c)), '\t')
 	}
 	scratch = appendAttributes(scratch[:0], c.Attributes)
 	b = append(appendCopyText(b, scratch), '\t')
@@ -138,8 +147,8 @@ func appendCopyRow(b, scratch []byte, run int64, d *Delivery) ([]byte, []byte) {
 	b = append(appendCopyText(b, d.Fingerprint), '\t')
 	b = append(strconv.AppendInt(b, run, 10), '\t')
 	b = append(appendCopyText(b, d.File), '\t')
-	b = append(strconv.AppendInt(b, d.Line, 10), '\n')
-	return b, scratch
+	b = append(strconv.AppendInt(b, d.Line, 10), '\t')
+	return append(b, tail...), scratch
 }
 
 // appendCopyText appends s escaped for a COPY text-format field.

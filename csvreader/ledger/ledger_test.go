@@ -47,7 +47,7 @@ func TestClaimDecisions(t *testing.T) {
 	if _, err := old.Confirm(ctx, []ledger.Delivery{delivery("K1")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := old.Mark(ctx, "rejected", []string{"K2"}, []string{"invalid_email"}, nil); err != nil {
+	if err := old.Mark(ctx, ledger.Rejected, []ledger.Mark{{Key: "K2", Reason: "invalid_email"}}); err != nil {
 		t.Fatal(err)
 	}
 	// Keep K2's rejected claim as a dead run would leave it (Close drops it).
@@ -69,7 +69,7 @@ func TestClaimDecisions(t *testing.T) {
 	}
 	defer cur.Close(ctx, "done", nil)
 	got := must(cur.Claim(ctx, items("K1", "K2", "K3", "K4", "K5")))
-	want := []ledger.Status{ledger.AlreadyDelivered, ledger.Resend, ledger.TakenOver, ledger.Claimed, ledger.Busy}
+	want := []ledger.Status{ledger.Unchanged, ledger.Resend, ledger.TakenOver, ledger.Claimed, ledger.Busy}
 	if fmt.Sprint(statuses(got)) != fmt.Sprint(want) {
 		t.Fatalf("claims = %v, want %v (%+v)", statuses(got), want, got)
 	}
@@ -176,7 +176,7 @@ func TestTakeoverOrphanedOnlyAfterCrash(t *testing.T) {
 	d := pgtest.New(t)
 	clean := must(ledger.Start(ctx, d, nil))
 	must(clean.Claim(ctx, items("A")))
-	if err := clean.Mark(ctx, "failed", []string{"A"}, []string{"gave up"}, nil); err != nil {
+	if err := clean.Mark(ctx, ledger.Failed, []ledger.Mark{{Key: "A", Reason: "gave up"}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := clean.Close(ctx, "done", nil); err != nil {
@@ -282,13 +282,13 @@ func TestBlockRowLivesUntilSettled(t *testing.T) {
 	if _, err := r.Confirm(ctx, []ledger.Delivery{delivery("A")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Mark(ctx, "rejected", []string{"B"}, []string{"invalid_email"}, nil); err != nil {
+	if err := r.Mark(ctx, ledger.Rejected, []ledger.Mark{{Key: "B", Reason: "invalid_email"}}); err != nil {
 		t.Fatal(err)
 	}
 	if n := count(t, d, `SELECT count(*) FROM claim_blocks`); n != 1 {
 		t.Fatalf("block deleted while C is unsettled (%d rows)", n)
 	}
-	if err := r.Mark(ctx, "failed", []string{"C"}, []string{"gave up"}, nil); err != nil {
+	if err := r.Mark(ctx, ledger.Failed, []ledger.Mark{{Key: "C", Reason: "gave up"}}); err != nil {
 		t.Fatal(err)
 	}
 	// The block is finished; the next write takes it away.
@@ -342,7 +342,7 @@ func TestDeadRunBlocksRecoveredAtStart(t *testing.T) {
 		t.Errorf("claims rows of the dead run's unsettled keys = %d, want 2 (B, C)", n)
 	}
 	got := must(r.Claim(ctx, items("A", "B", "C")))
-	if want := []ledger.Status{ledger.AlreadyDelivered, ledger.TakenOver, ledger.TakenOver}; fmt.Sprint(statuses(got)) != fmt.Sprint(want) {
+	if want := []ledger.Status{ledger.Unchanged, ledger.TakenOver, ledger.TakenOver}; fmt.Sprint(statuses(got)) != fmt.Sprint(want) {
 		t.Fatalf("claims = %v, want %v", statuses(got), want)
 	}
 	if !got[1].Orphaned || !got[2].Orphaned {

@@ -145,16 +145,7 @@ func (r *Run) Permit(ctx context.Context, keys []string) (lost []int, err error)
 		r.mu.Unlock()
 		switch {
 		case held && fenced == epoch && fresh:
-			r.kmu.Lock()
-			if len(r.lost) > 0 {
-				for i, k := range keys {
-					if r.lost[k] {
-						delete(r.lost, k)
-						lost = append(lost, i)
-					}
-				}
-			}
-			r.kmu.Unlock()
+			lost = r.inflight.takeLost(keys)
 			return lost, nil
 		case held && fenced != epoch:
 			if err := r.fence(ctx, epoch); err != nil {
@@ -176,7 +167,9 @@ func (r *Run) Permit(ctx context.Context, keys []string) (lost []int, err error)
 // claiming its keys took them over (a claims row of that run) and may have
 // delivered them (customers). A key is this run's when its claims row is
 // this run's, or, without a claims row, when this run's block of it still
-// exists — and it is not in customers. The check holds the claim lock, so
+// exists — and it is not in customers. A key it is updating (in customers
+// already) is its own while its claims row of kind update is. The check
+// holds the claim lock, so
 // no claim that saw this run dead commits after it.
 func (r *Run) fence(ctx context.Context, epoch int64) error {
 	r.fenceMu.Lock()
@@ -187,14 +180,7 @@ func (r *Run) fence(ctx context.Context, epoch int64) error {
 	if done {
 		return nil
 	}
-	r.kmu.Lock()
-	keys := make([]string, 0, len(r.inflight))
-	blocks := make([]int64, 0, len(r.inflight))
-	for k, c := range r.inflight {
-		keys = append(keys, k)
-		blocks = append(blocks, c.block)
-	}
-	r.kmu.Unlock()
+	keys, blocks, updates := r.inflight.snapshot()
 	var lost []string
 	err := r.inTx(ctx, func(tx *sql.Tx) error {
 		lost = lost[:0]
@@ -202,11 +188,11 @@ func (r *Run) fence(ctx context.Context, epoch int64) error {
 			return fmt.Errorf("claim lock: %w", err)
 		}
 		rows, err := tx.QueryContext(ctx, `
-			SELECT u.k FROM unnest($1::text[], $2::bigint[]) AS u(k, b)
-			WHERE EXISTS (SELECT FROM customers c WHERE c.external_id = u.k)
-			   OR NOT COALESCE((SELECT c.run_id = $3 FROM claims c WHERE c.external_id = u.k),
-			                   EXISTS (SELECT FROM claim_blocks b WHERE b.id = u.b AND b.run_id = $3))`,
-			pq.Array(keys), pq.Array(blocks), r.id)
+			SELECT u.k FROM unnest($1::text[], $2::bigint[], $4::bool[]) AS u(k, b, upd)
+			WHERE (NOT u.upd AND EXISTS (SELECT FROM customers c WHERE c.external_id = u.k))
+			   OR NOT COALESCE((SELECT c.run_id = $3 AND (c.kind = 'update') = u.upd FROM claims c WHERE c.external_id = u.k),
+			                   NOT u.upd AND EXISTS (SELECT FROM claim_blocks b WHERE b.id = u.b AND b.run_id = $3))`,
+			pq.Array(keys), pq.Array(blocks), r.id, pq.Array(updates))
 		if err != nil {
 			return fmt.Errorf("fencing check: %w", err)
 		}
@@ -223,14 +209,7 @@ func (r *Run) fence(ctx context.Context, epoch int64) error {
 	if err != nil {
 		return err
 	}
-	r.kmu.Lock()
-	for _, k := range lost {
-		if _, ok := r.inflight[k]; ok {
-			r.forget(k)
-			r.lost[k] = true
-		}
-	}
-	r.kmu.Unlock()
+	r.inflight.loseKeys(lost)
 	r.mu.Lock()
 	r.fenced = epoch
 	r.mu.Unlock()

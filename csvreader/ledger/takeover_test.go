@@ -54,7 +54,7 @@ func TestOrphanedKeptThroughCleanTakeover(t *testing.T) {
 		t.Fatalf("B's takeover = %+v, want TakenOver, Orphaned", got[0])
 	}
 	// The importer marks a record it held back for the call bound as orphan.
-	if err := b.Mark(ctx, "failed", []string{"K"}, []string{"interrupted: "}, []bool{true}); err != nil {
+	if err := b.Mark(ctx, ledger.Failed, []ledger.Mark{{Key: "K", Reason: "interrupted: ", Orphan: true}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Close(ctx, "interrupted", nil); err != nil {
@@ -87,7 +87,7 @@ func TestSameRecordTwiceIsDuplicate(t *testing.T) {
 		t.Errorf("K again from f.csv line 2 while in flight = %+v, want DuplicateInFile (it would be sent twice)", got[0])
 	}
 	// Nor once the CRM rejected it.
-	if err := r.Mark(ctx, "rejected", []string{"K"}, []string{"invalid_email"}, nil); err != nil {
+	if err := r.Mark(ctx, ledger.Rejected, []ledger.Mark{{Key: "K", Reason: "invalid_email"}}); err != nil {
 		t.Fatal(err)
 	}
 	got = must(r.Claim(ctx, items("K")))

@@ -1,0 +1,176 @@
+package ledger
+
+import "sync"
+
+// claim is a key this run holds.
+type claim struct {
+	block int64 // its claim_blocks row; 0: a claims row of its own
+	file  string
+	line  int64
+	fp    string
+	// update: the key is in customers and this run holds its claims row
+	// to update it (UpdateOf).
+	update *Update
+}
+
+// heldKeys is the in-flight bookkeeping of a run: the keys it claimed and
+// has not settled yet (confirmed, marked rejected or failed), the blocks
+// they sit in, and the blocks all settled, to delete with the next write.
+// Bounded by the reader's records in flight. Only this run settles its
+// keys, so what it remembers is exact. Safe for concurrent use.
+type heldKeys struct {
+	mu       sync.Mutex
+	keys     map[string]claim
+	ownRows  int           // keys held by a claims row (block 0)
+	open     map[int64]int // claim_blocks id → keys of it not settled
+	finished []int64
+	lost     map[string]bool // keys the fencing check found another run's (Permit)
+}
+
+func newHeldKeys() *heldKeys {
+	return &heldKeys{keys: map[string]claim{}, open: map[int64]int{}, lost: map[string]bool{}}
+}
+
+// get returns the claim this run holds on key.
+func (h *heldKeys) get(key string) (claim, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c, ok := h.keys[key]
+	return c, ok
+}
+
+// each calls fn for each of keys this run holds, under the lock.
+func (h *heldKeys) each(keys []string, fn func(i int, c claim)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, k := range keys {
+		if c, ok := h.keys[k]; ok {
+			fn(i, c)
+		}
+	}
+}
+
+// hold records claims committed by a Claim.
+func (h *heldKeys) hold(keys []string, cs []claim) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, k := range keys {
+		c := cs[i]
+		h.keys[k] = c
+		if c.block == 0 {
+			h.ownRows++
+		} else {
+			h.open[c.block]++
+		}
+	}
+}
+
+// settle forgets keys whose outcome is committed, and queues the blocks
+// they complete for deletion. Called only after the commit: a block row may
+// go only once nothing in it can be sent again.
+func (h *heldKeys) settle(keys []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range keys {
+		h.forget(k)
+	}
+}
+
+// forget drops k. mu held.
+func (h *heldKeys) forget(k string) {
+	c, ok := h.keys[k]
+	if !ok {
+		return
+	}
+	delete(h.keys, k)
+	if c.block == 0 {
+		h.ownRows--
+		return
+	}
+	if h.open[c.block]--; h.open[c.block] == 0 {
+		delete(h.open, c.block)
+		h.finished = append(h.finished, c.block)
+	}
+}
+
+// takeFinished hands the blocks to delete to one write; put gives them back
+// when that write failed.
+func (h *heldKeys) takeFinished() (ids []int64, put func()) {
+	h.mu.Lock()
+	ids, h.finished = h.finished, nil
+	h.mu.Unlock()
+	return ids, func() {
+		h.mu.Lock()
+		h.finished = append(h.finished, ids...)
+		h.mu.Unlock()
+	}
+}
+
+// ownKeys returns the keys of keys held by a claims row of this run's.
+func (h *heldKeys) ownKeys(keys []string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ownRows == 0 {
+		return nil // the common case: only blocks
+	}
+	var own []string
+	for _, k := range keys {
+		if c, ok := h.keys[k]; ok && c.block == 0 {
+			own = append(own, k)
+		}
+	}
+	return own
+}
+
+// openBlocks lists the blocks with keys not settled.
+func (h *heldKeys) openBlocks() []int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ids := make([]int64, 0, len(h.open))
+	for id := range h.open {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// snapshot lists every key held, with its block, for the fencing check.
+func (h *heldKeys) snapshot() (keys []string, blocks []int64, updates []bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	keys = make([]string, 0, len(h.keys))
+	blocks = make([]int64, 0, len(h.keys))
+	updates = make([]bool, 0, len(h.keys))
+	for k, c := range h.keys {
+		keys, blocks, updates = append(keys, k), append(blocks, c.block), append(updates, c.update != nil)
+	}
+	return keys, blocks, updates
+}
+
+// loseKeys forgets the keys the fencing check found lost, and remembers
+// them for Permit to report.
+func (h *heldKeys) loseKeys(lost []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range lost {
+		if _, ok := h.keys[k]; ok {
+			h.forget(k)
+			h.lost[k] = true
+		}
+	}
+}
+
+// takeLost returns the indexes of keys reported lost, once each.
+func (h *heldKeys) takeLost(keys []string) (lost []int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.lost) == 0 {
+		return nil
+	}
+	for i, k := range keys {
+		if h.lost[k] {
+			delete(h.lost, k)
+			lost = append(lost, i)
+		}
+	}
+	return lost
+}
