@@ -22,7 +22,7 @@ func TestE164(t *testing.T) {
 		{"0044 20 7946 0000", "US", "+442079460000", ""},
 		{"020-7946-0000", "GB", "+442079460000", ""},
 		{"07700 900123", "GB", "+447700900123", ""},
-		{"7700 900123", "gb", "+447700900123", ""}, // a spreadsheet ate the leading 0
+		{"7700 900123", "gb", "+447700900123", ""},  // a spreadsheet ate the leading 0
 		{"447700900123", "GB", "+447700900123", ""}, // and the +
 		{" +447700900123 ", "", "+447700900123", ""},
 		{"020 7946", "GB", "", "6 digits, while numbers of +44 have 9 to 10 after the trunk prefix 0"},
@@ -97,4 +97,29 @@ func TestParsePhoneRegion(t *testing.T) {
 			t.Errorf("region %s: bad entry %+v", code, r)
 		}
 	}
+}
+
+// FuzzE164: any input either fails or comes out as "+" and 7 to 15 digits,
+// and normalising the output again gives it back.
+func FuzzE164(f *testing.F) {
+	for _, s := range []string{"(020) 7946 0000", "+44 (0)20 7946 0000", "0044 20", "1-800-FLOWERS", "+1 (415) 555-2671 x12", "8 (495) 123-45-67", "\u00a0+49\u202f30 1234567"} {
+		f.Add(s, "GB")
+		f.Add(s, "")
+	}
+	f.Fuzz(func(t *testing.T, raw, region string) {
+		if _, ok := phoneRegions[strings.ToUpper(region)]; !ok {
+			region = ""
+		}
+		got, err := E164(raw, region)
+		if err != nil || got == "" {
+			return
+		}
+		digits := strings.TrimPrefix(got, "+")
+		if !strings.HasPrefix(got, "+") || len(digits) < 7 || len(digits) > 15 || strings.Trim(digits, "0123456789") != "" {
+			t.Fatalf("E164(%q, %q) = %q, not E.164", raw, region, got)
+		}
+		if again, err := E164(got, ""); again != got || err != nil {
+			t.Fatalf("E164(%q) = %q, %v; want it unchanged", got, again, err)
+		}
+	})
 }

@@ -787,14 +787,15 @@ func (r *Reader) applyRules(row *Row, quoted []bool) *contact.Problem {
 				v = collapseSpace(v)
 			case NormE164:
 				p, err := E164(v, ru.region)
-				if err != nil && problem == nil {
+				if err == nil {
+					v = p
+				} else if problem == nil { // the raw value stays, for the log
 					region := ru.region
 					if region == "" {
 						region = "none given"
 					}
 					problem = &contact.Problem{Code: CodeInvalidPhone, Message: fmt.Sprintf("line %d: column %q (%s): %q is not a phone number of region %s: %v", row.Line, ru.column, ru.field, abbrev(v), region, err)}
 				}
-				v = p
 			}
 		}
 		if ru.required && v == "" && problem == nil {
