@@ -10,8 +10,12 @@
 // encoding, bad header, a header repeated in another order), I/O and
 // decompression failures stop the stream.
 //
-// Values are handed on verbatim: only the key and the email are trimmed
-// (and column names, to match them). The CSV dialect is in parse.go; the
+// Columns map to the contact's fields by a mapping file (Options.Mapping),
+// else by their exact name, else by a built-in alias ("Email Address"),
+// and the rest go to the attributes (columns.go, mapping.go,
+// docs/mapping.md). Values are handed on verbatim: only the key and the
+// email are trimmed (and column names, to match them), unless a mapping or
+// Options.PhoneRegion normalises them (phone.go: E.164). The CSV dialect is in parse.go; the
 // text encodings in charset.go. A record that is not valid CSV (text after a
 // closing quote, a quote never closed) comes back as a CodeCSVSyntax row
 // whose single field is the record's raw text, and reading resumes on the
@@ -216,8 +220,10 @@ type Row struct {
 
 	// Contact is filled from the fields (all but CodeCSVSyntax and
 	// CodeFieldCount rows): ExternalID is Key, Email the trimmed email, the
-	// other known columns their values as they are, and every other column
-	// an attribute (an empty value only when quoted: "").
+	// other known columns their values as they are (or as the mapping
+	// normalises them), and every other column an attribute (an empty
+	// value only when quoted: "", or when its mapping says "empty":
+	// "clear").
 	Contact contact.Contact
 
 	// Suspect lists the lines inside a quoted field of this record that
