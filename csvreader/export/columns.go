@@ -157,11 +157,24 @@ func aliasNotices(header []string, cols columns) []string {
 		if f.at >= 0 {
 			continue
 		}
-		if c := nearest(header, f.name); c != "" && normalize(c) != cols.keyName(header) {
-			msgs = append(msgs, fmt.Sprintf("column %q goes to the attributes, so the CRM's %s stays empty; rename it %s if that is what it holds", c, f.name, f.name))
+		c := nearest(header, f.name)
+		if c == "" || normalize(c) == cols.keyName(header) || !cols.isAttribute(c) {
+			continue // a column dropped (-drop-columns, a mapping) is no surprise
 		}
+		msgs = append(msgs, fmt.Sprintf("column %q goes to the attributes, so the CRM's %s stays empty; rename it %s if that is what it holds", c, f.name, f.name))
 	}
 	return msgs
+}
+
+// isAttribute reports whether the column named column (trimmed) is sent
+// as an attribute.
+func (c columns) isAttribute(column string) bool {
+	for _, d := range c.desc {
+		if d.Column == column {
+			return strings.HasPrefix(d.Field, contact.AttributePrefix)
+		}
+	}
+	return false
 }
 
 // keyName is the key column's name, normalised.

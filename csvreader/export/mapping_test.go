@@ -368,3 +368,32 @@ func TestPhoneRegionOption(t *testing.T) {
 		t.Errorf("got phone %q, rules %v; want it verbatim and no rules", row.Contact.Phone, r.cols.rules)
 	}
 }
+
+// FuzzParseMapping: any bytes either load or fail with a *MappingError
+// naming the file; never a panic.
+func FuzzParseMapping(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "mapping", "*", "*.json"))
+	for _, p := range files {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ParseMapping(data, "map.json")
+		var me *MappingError
+		if err != nil && (!errors.As(err, &me) || me.File != "map.json") {
+			t.Fatalf("error %v is not a *MappingError naming the file", err)
+		}
+		if err == nil {
+			// And it maps a header of its own columns without panicking.
+			var header []string
+			for _, c := range m.Columns {
+				header = append(header, strings.ReplaceAll(strings.ReplaceAll(c.Column, ",", ""), "\"", ""))
+			}
+			header = append(header, "id", "email")
+			NewReader(strings.NewReader(strings.Join(header, ",")+"\n"), "t.csv", -1, Options{Mapping: m})
+		}
+	})
+}
