@@ -26,7 +26,8 @@ const maxMappingBytes = 1 << 20
 // built-in alias, and the others to the attributes (or nowhere, with
 // Unmapped "drop").
 //
-// A Mapping is read-only once loaded and may be shared by Readers.
+// Make one with LoadMapping or ParseMapping, which check it. A Mapping is
+// read-only once loaded and may be shared by Readers.
 type Mapping struct {
 	Key      string       `json:"key,omitempty"`      // the key column; as -key, and they must agree
 	Unmapped string       `json:"unmapped,omitempty"` // UnmappedAttributes ("" too) or UnmappedDrop
