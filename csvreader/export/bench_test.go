@@ -26,13 +26,19 @@ func benchExport(n int) []byte {
 func BenchmarkDecode(b *testing.B) {
 	const rows = 100_000
 	plain := benchExport(rows)
+	mapped, err := ParseMapping([]byte(`{"columns": [{"column": "email", "field": "email", "normalize": ["lower"]}, {"column": "company", "field": "attributes.company", "normalize": ["collapse"]}]}`), "bench.json")
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, bc := range []struct {
 		name string
 		data []byte
+		opts Options
 	}{
-		{"csv", plain},
-		{"gzip", gzipBytes(b, plain)},
-		{"cr-only", bytes.ReplaceAll(plain, []byte("\n"), []byte("\r"))}, // classic Mac line endings
+		{"csv", plain, Options{}},
+		{"gzip", gzipBytes(b, plain), Options{}},
+		{"cr-only", bytes.ReplaceAll(plain, []byte("\n"), []byte("\r")), Options{}}, // classic Mac line endings
+		{"mapped-e164", bytes.ReplaceAll(plain, []byte("+1 555 "), []byte("(415) 555-")), Options{Mapping: mapped, PhoneRegion: "US"}}, // the slow path: E.164, lower, collapse
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.SetBytes(int64(len(plain)))
@@ -41,7 +47,7 @@ func BenchmarkDecode(b *testing.B) {
 			runtime.ReadMemStats(&ms)
 			mallocs := ms.Mallocs
 			for b.Loop() {
-				r, err := NewReader(bytes.NewReader(bc.data), "bench.csv", int64(len(bc.data)), Options{})
+				r, err := NewReader(bytes.NewReader(bc.data), "bench.csv", int64(len(bc.data)), bc.opts)
 				if err != nil {
 					b.Fatal(err)
 				}

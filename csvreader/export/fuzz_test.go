@@ -23,7 +23,7 @@ import (
 var knownCodes = map[string]bool{
 	CodeCSVSyntax: true, CodeFieldCount: true, CodeRunawayQuote: true, CodeFieldTooLarge: true, CodeMissingKey: true, CodeNULByte: true,
 	contact.CodeMissingExternalID: true, contact.CodeExternalIDTooLong: true, contact.CodeMissingEmail: true,
-	contact.CodeInvalidEmail: true, contact.CodeInvalidUTF8: true,
+	contact.CodeInvalidEmail: true, contact.CodeInvalidUTF8: true, CodeMissingRequired: true, CodeInvalidPhone: true,
 }
 
 func addFixtureSeeds(f *testing.F, add func(data []byte)) {

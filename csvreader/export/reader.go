@@ -10,8 +10,12 @@
 // encoding, bad header, a header repeated in another order), I/O and
 // decompression failures stop the stream.
 //
-// Values are handed on verbatim: only the key and the email are trimmed
-// (and column names, to match them). The CSV dialect is in parse.go; the
+// Columns map to the contact's fields by a mapping file (Options.Mapping),
+// else by their exact name, else by a built-in alias ("Email Address"),
+// and the rest go to the attributes (columns.go, mapping.go,
+// docs/mapping.md). Values are handed on verbatim: only the key and the
+// email are trimmed (and column names, to match them), unless a mapping or
+// Options.PhoneRegion normalises them (phone.go: E.164). The CSV dialect is in parse.go; the
 // text encodings in charset.go. A record that is not valid CSV (text after a
 // closing quote, a quote never closed) comes back as a CodeCSVSyntax row
 // whose single field is the record's raw text, and reading resumes on the
@@ -50,6 +54,9 @@ const (
 	CodeMissingKey    = "missing_key"     // the key column is empty
 	CodeNULByte       = "nul_byte"        // a field holds a NUL byte, which PostgreSQL text cannot store
 	CodeRunawayQuote  = "runaway_quote"   // a quoted field spans lines that look like records (Row.Suspect)
+
+	CodeMissingRequired = "missing_required" // a column the mapping file marks "required" is empty
+	CodeInvalidPhone    = "invalid_phone"    // a phone number to normalise to E.164 is not one (see E164)
 )
 
 // DefaultMaxRecordBytes is the record size limit when Options.MaxRecordBytes
@@ -117,9 +124,26 @@ type Options struct {
 	// in the file is an error.
 	Delimiter rune
 
-	// Key is the column holding the dedup key; "" means "id". Its trimmed
-	// value becomes the contact's ExternalID.
+	// Key is the column holding the dedup key; "" means the mapping file's
+	// "key", else an "id" column, else a column with an alias of it
+	// ("Record ID", "Customer ID": see docs/mapping.md). Its trimmed value
+	// becomes the contact's ExternalID.
 	Key string
+
+	// Mapping, if set, says which column feeds which field and what is
+	// done to its values (see LoadMapping and docs/mapping.md). Columns it
+	// does not name map by their exact name, then by a built-in alias
+	// ("Email Address", "First Name"), the others to the attributes. A
+	// mapping that does not fit the header is an error from NewReader,
+	// a *Error wrapping a *MappingError.
+	Mapping *Mapping
+
+	// PhoneRegion is the ISO 3166 alpha-2 region ("GB", "US") of phone
+	// numbers written without a country code. When set, the phone field is
+	// normalised to E.164 unless the mapping says how to normalise it; a
+	// number that is not one makes the row invalid (CodeInvalidPhone).
+	// See ParsePhoneRegion for the regions known.
+	PhoneRegion string
 
 	// Encoding is the file's text encoding (see ParseEncoding); "" means
 	// UTF-8. A BOM decides by itself. A file that is not in it is refused
@@ -140,7 +164,7 @@ type Options struct {
 	MaxColumns int
 
 	// Drop names columns (compared as column names are: trimmed, ignoring
-	// case) whose values are not sent: an operator's explicit choice for
+	// case; by the column's name, not its attribute's) whose values are not sent: an operator's explicit choice for
 	// columns the CRM has no field for. Naming a column the header lacks
 	// is an error.
 	Drop []string
@@ -196,8 +220,10 @@ type Row struct {
 
 	// Contact is filled from the fields (all but CodeCSVSyntax and
 	// CodeFieldCount rows): ExternalID is Key, Email the trimmed email, the
-	// other known columns their values as they are, and every other column
-	// an attribute (an empty value only when quoted: "").
+	// other known columns their values as they are (or as the mapping
+	// normalises them), and every other column an attribute (an empty
+	// value only when quoted: "", or when its mapping says "empty":
+	// "clear").
 	Contact contact.Contact
 
 	// Suspect lists the lines inside a quoted field of this record that
@@ -232,6 +258,7 @@ type Reader struct {
 	trailing int      // unnamed columns dropped from the end of the header
 	cols     columns
 	keyName  string // the key column as named in the header, for messages
+	clears   map[string]bool
 
 	arena []string // see copyFields
 	stats Stats
@@ -244,6 +271,8 @@ type Reader struct {
 type columns struct {
 	key, email, first, last, phone int
 	attrs                          []attrColumn
+	rules                          []*fieldRule // nil unless a value needs more than fill's fast path
+	desc                           []ColumnMapping
 }
 
 type attrColumn struct {
@@ -282,9 +311,11 @@ func NewReader(rd io.Reader, name string, size int64, opts Options) (*Reader, er
 	if opts.Delimiter != 0 && !validDelim(opts.Delimiter) {
 		return nil, &Error{Name: name, Offset: -1, Err: fmt.Errorf("%w %q: use a single character other than a quote or line break", ErrBadDelimiter, opts.Delimiter)}
 	}
-	if opts.Key == "" {
-		opts.Key = "id"
+	region, err := ParsePhoneRegion(opts.PhoneRegion)
+	if err != nil {
+		return nil, &Error{Name: name, Offset: -1, Err: fmt.Errorf("-phone-region: %w", err)}
 	}
+	opts.PhoneRegion = region
 	if opts.MaxRecordBytes == 0 {
 		opts.MaxRecordBytes = DefaultMaxRecordBytes
 	}
@@ -406,40 +437,24 @@ func (r *Reader) readHeader() error {
 		r.notify(r.line, NoticeUnnamedColumns, fmt.Sprintf("the header ends with %d unnamed column(s); their values must be empty and are ignored", r.trailing))
 	}
 	r.header = header
-	cols, keyName, err := mapColumns(header, r.opts.Key, r.delim)
+	cols, keyName, notices, err := mapColumns(header, r.opts.Key, &r.opts, r.delim)
 	if err != nil {
 		return &Error{Name: r.name, Line: r.line, Offset: -1, Err: err}
 	}
-	if len(r.opts.Drop) > 0 {
-		drop := map[string]bool{}
-		for _, d := range r.opts.Drop {
-			drop[normalize(d)] = true
-		}
-		kept := cols.attrs[:0:0]
-		for _, a := range cols.attrs {
-			if drop[normalize(a.name)] {
-				delete(drop, normalize(a.name))
-				continue
-			}
-			kept = append(kept, a)
-		}
-		if len(drop) > 0 {
-			var missing []string
-			for d := range drop {
-				missing = append(missing, d)
-			}
-			slices.Sort(missing)
-			return &Error{Name: r.name, Line: r.line, Offset: -1, Err: fmt.Errorf("%w: -drop-columns names %s, which the header lacks or which is not an attribute column (the header: %s)",
-				ErrBadHeader, strings.Join(missing, ", "), strings.Join(header, ", "))}
-		}
-		cols.attrs = kept
-	}
 	r.cols, r.keyName = cols, keyName
+	for _, ru := range cols.rules {
+		if ru.clear {
+			if r.clears == nil {
+				r.clears = map[string]bool{}
+			}
+			r.clears[ru.field] = true
+		}
+	}
 	r.trimmed = make([]string, len(header))
 	for i, h := range header {
 		r.trimmed[i] = strings.TrimSpace(h)
 	}
-	for _, m := range aliasNotices(header, cols) {
+	for _, m := range append(notices, aliasNotices(header, cols)...) {
 		r.notify(r.line, NoticeColumnAlias, m)
 	}
 	r.p.header = len(header)
@@ -449,56 +464,6 @@ func (r *Reader) readHeader() error {
 
 // normalize is how column names are compared: trimmed, case-insensitive.
 func normalize(name string) string { return strings.ToLower(strings.TrimSpace(name)) }
-
-func mapColumns(header []string, key string, delim rune) (columns, string, error) {
-	cols := columns{key: -1, email: -1, first: -1, last: -1, phone: -1}
-	key = normalize(key)
-	seen := make(map[string]int, len(header))
-	keyName := key
-	for i, h := range header {
-		name := normalize(h)
-		switch {
-		case name == "":
-			return cols, "", fmt.Errorf("%w: column %d has no name; name it or remove it", ErrBadHeader, i+1)
-		case !utf8.ValidString(h):
-			return cols, "", fmt.Errorf("%w: column %d name %q is not valid UTF-8; save the export as UTF-8", ErrBadHeader, i+1, h)
-		case strings.IndexByte(h, 0) >= 0:
-			// It would become an attribute name PostgreSQL cannot store,
-			// after the CRM had taken the contact.
-			return cols, "", fmt.Errorf("%w: column %d name %q holds a NUL byte, which PostgreSQL cannot store; remove it from the header", ErrBadHeader, i+1, h)
-		}
-		if j, dup := seen[name]; dup {
-			return cols, "", fmt.Errorf("%w: %q is both column %d and column %d; names are compared ignoring case and spaces", ErrDuplicateColumn, strings.TrimSpace(h), j+1, i+1)
-		}
-		seen[name] = i
-		if name == key {
-			cols.key, keyName = i, strings.TrimSpace(h)
-		}
-		switch name {
-		case "email":
-			cols.email = i
-		case "first_name":
-			cols.first = i
-		case "last_name":
-			cols.last = i
-		case "phone":
-			cols.phone = i
-		case "id":
-			if key != "id" {
-				// Another column is the key; keep the export's id as data.
-				cols.attrs = append(cols.attrs, attrColumn{i, "id"})
-			}
-		default:
-			if name != key {
-				cols.attrs = append(cols.attrs, attrColumn{i, strings.TrimSpace(h)})
-			}
-		}
-	}
-	if cols.key >= 0 && (cols.email >= 0 || key == "email") {
-		return cols, keyName, nil
-	}
-	return cols, "", missingColumns(header, key, cols, delim)
-}
 
 // Next returns the next row, or io.EOF after the last one. Rows the CRM
 // would refuse come back with Problem set; the error is non-nil only for a
@@ -590,9 +555,16 @@ func (r *Reader) row(rec *record) (Row, bool) {
 		return row, true
 	}
 	r.fill(&row, quoted)
-	if row.Key == "" {
+	var p *contact.Problem
+	if r.cols.rules != nil {
+		p = r.applyRules(&row, quoted)
+	}
+	switch {
+	case row.Key == "":
 		row.Problem = &contact.Problem{Code: CodeMissingKey, Message: fmt.Sprintf("line %d: key column %q is empty", line, r.keyName)}
-	} else {
+	case p != nil:
+		row.Problem = p
+	default:
 		row.Problem = row.Contact.Validate()
 	}
 	if row.Problem != nil && r.isPermutedHeader(row.Fields) {
@@ -800,6 +772,86 @@ func (r *Reader) fill(row *Row, quoted []bool) {
 	}
 }
 
+// applyRules applies the rules of the columns that have some (a mapping's
+// normalisation, "required" and "empty": "clear"; -phone-region) over what
+// fill set, from the raw fields, and returns the first problem found.
+func (r *Reader) applyRules(row *Row, quoted []bool) *contact.Problem {
+	cols, c := &r.cols, &row.Contact
+	var problem *contact.Problem
+	for _, ru := range cols.rules {
+		v := row.Fields[ru.index]
+		if ru.index == cols.key || ru.index == cols.email {
+			v = strings.TrimSpace(v)
+		}
+		for _, n := range ru.norm {
+			switch n {
+			case NormTrim:
+				v = strings.TrimSpace(v)
+			case NormLower:
+				v = strings.ToLower(v)
+			case NormCollapse:
+				v = collapseSpace(v)
+			case NormE164:
+				p, err := E164(v, ru.region)
+				if err == nil {
+					v = p
+				} else if problem == nil { // the raw value stays, for the log
+					region := ru.region
+					if region == "" {
+						region = "none given"
+					}
+					problem = &contact.Problem{Code: CodeInvalidPhone, Message: fmt.Sprintf("line %d: column %q (%s): %q is not a phone number of region %s: %v", row.Line, ru.column, ru.field, abbrev(v), region, err)}
+				}
+			}
+		}
+		if ru.required && v == "" && problem == nil {
+			problem = &contact.Problem{Code: CodeMissingRequired, Message: fmt.Sprintf("line %d: column %q (%s) is empty, and the mapping file requires it", row.Line, ru.column, ru.field)}
+		}
+		switch ru.index {
+		case cols.key:
+			row.Key, c.ExternalID = v, v
+			if cols.email == ru.index {
+				c.Email = v
+			}
+		case cols.email:
+			c.Email = v
+		case cols.first:
+			c.FirstName = v
+		case cols.last:
+			c.LastName = v
+		case cols.phone:
+			c.Phone = v
+		default:
+			// Present as fill has it (a value, or a quoted ""), and always
+			// when an empty one clears: Merge needs the "" to clear.
+			if v != "" || quoted[ru.index] || ru.clear {
+				if c.Attributes == nil {
+					c.Attributes = map[string]string{}
+				}
+				c.Attributes[ru.attr] = v
+			} else {
+				delete(c.Attributes, ru.attr)
+				if len(c.Attributes) == 0 {
+					c.Attributes = nil
+				}
+			}
+		}
+	}
+	return problem
+}
+
+// collapseSpace trims s and turns each run of white space in it into one
+// space.
+func collapseSpace(s string) string {
+	s = strings.TrimSpace(s)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f' || (c == ' ' && i+1 < len(s) && s[i+1] == ' ') || c >= utf8.RuneSelf {
+			return strings.Join(strings.Fields(s), " ")
+		}
+	}
+	return s
+}
+
 // fail wraps a read failure with the file name, the last line read and the
 // file offset reached.
 func (r *Reader) fail(err error) error {
@@ -823,6 +875,17 @@ func (r *Reader) AttributeColumns() []string {
 	}
 	return out
 }
+
+// Clears reports whether an empty value of the field name (a name of
+// contact.Fields, or "attributes.NAME") clears the CRM's value, as the
+// mapping's "empty": "clear" says; otherwise an empty value leaves it. It
+// fits contact.Merge's clear.
+func (r *Reader) Clears(name string) bool { return r.clears[name] }
+
+// Mapping describes where each column of the header goes (every column,
+// those not sent too, in header order) and what is done to its values: for
+// -dry-run.
+func (r *Reader) Mapping() []ColumnMapping { return slices.Clone(r.cols.desc) }
 
 // IsRejects reports whether the file is a rejects file written by
 // RejectsWriter, whose marker columns the Reader drops. Row.Line is then the

@@ -145,7 +145,7 @@ func TestReaderFixtures(t *testing.T) {
 		{name: "runaway_quote"},
 		{name: "runaway_quote", golden: "want.trusted.txt", opts: Options{TrustQuotes: true}},
 		{name: "mailchimp_headers", wantErr: ErrMissingColumn},
-		{name: "hubspot_headers", wantErr: ErrMissingColumn},
+		{name: "hubspot_headers"}, // "Record ID" is the key by alias
 		{name: "hubspot_headers", golden: "want.keyed.txt", opts: Options{Key: "Record ID"}},
 		{name: "salesforce_headers"},
 		{name: "one_column_semicolon", wantErr: ErrMissingColumn},
