@@ -90,7 +90,7 @@ func TestStackStdinGzip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "delivered          300") {
+	if !strings.Contains(string(out), "created            300") {
 		t.Errorf("summary:\n%s", out)
 	}
 	s.assertExactlyOnce(300)

@@ -76,7 +76,7 @@ func TestProgressOnTerminal(t *testing.T) {
 	if !strings.Contains(text, clearLine+"finished: 3000 rows") {
 		t.Errorf("no final status line:\n%q", text)
 	}
-	if !strings.Contains(stdout.String(), "delivered          3000") {
+	if !strings.Contains(stdout.String(), "created            3000") {
 		t.Errorf("summary:\n%s", stdout.String())
 	}
 }

@@ -50,6 +50,9 @@ type options struct {
 	changedMode    ledger.ChangeMode
 	asOf           string
 	asOfTime       time.Time
+	mapFile        string
+	mapping        *export.Mapping
+	phoneRegion    string
 	dsn            string
 	workers        int
 	blockSize      int
@@ -119,7 +122,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	f.String(&o.changed, "changed", "CSVREADER_CHANGED", "update", "what to do with a key the CRM holds with other content: update (send the change), skip (send nothing), or report (count and list it in -skipped, send nothing)")
 	f.String(&o.asOf, "as-of", "CSVREADER_AS_OF", "", "the export's time, `RFC3339` (default: the files' modification time): a change older than what the CRM holds is stale and not sent")
 	f.String(&o.report, "report", "CSVREADER_REPORT", "", "write the final report as JSON to `PATH`")
-	f.String(&o.key, "key", "CSVREADER_KEY", "id", "`COLUMN` holding the dedup key, sent as the CRM's external_id")
+	f.String(&o.key, "key", "CSVREADER_KEY", "", "`COLUMN` holding the dedup key, sent as the CRM's external_id (default: the mapping's key, else id, else a column named like one: Record ID, Customer ID, …)")
+	f.String(&o.mapFile, "map", "CSVREADER_MAP", "", "mapping `FILE` (JSON, docs/mapping.md): which column goes to which contact field or CRM property, required fields, empty=keep|clear, normalisation")
+	f.String(&o.phoneRegion, "phone-region", "CSVREADER_PHONE_REGION", "", "normalise phone numbers to E.164, reading national numbers as of this `REGION` (ISO 3166 code: GB, US, DE, …); an invalid number goes to the rejects file")
 	f.String(&o.dropColumns, "drop-columns", "CSVREADER_DROP_COLUMNS", "", "`COLUMN[,COLUMN...]` whose values are not sent (columns the CRM has no field for)")
 	f.String(&o.delimiter, "delimiter", "CSVREADER_DELIMITER", "", "field delimiter: one character, or \"tab\" (default: a first line \"sep=X\" names it, else ',')")
 	f.String(&o.encoding, "encoding", "CSVREADER_ENCODING", "utf-8", "text encoding of the files: utf-8, windows-1252, latin-1, utf-16, utf-16le or utf-16be (a byte order mark decides by itself)")
@@ -181,6 +186,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	var err error
 	if o.shardOf, err = importer.ParseShard(o.shard); err != nil {
 		return usage(fmt.Sprintf("-shard %q (or CSVREADER_SHARD): %v", o.shard, err))
+	}
+	if o.phoneRegion != "" {
+		if o.phoneRegion, err = export.ParsePhoneRegion(o.phoneRegion); err != nil {
+			return usage(fmt.Sprintf("-phone-region (or CSVREADER_PHONE_REGION): %v", err))
+		}
 	}
 	if o.changedMode, err = ledger.ParseChangeMode(o.changed); err != nil {
 		return usage(fmt.Sprintf("-changed (or CSVREADER_CHANGED): %v", err))
@@ -260,6 +270,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			}
 		}
 	}()
+	// A bad mapping file stops the run before anything is read or sent.
+	if o.mapFile != "" {
+		if o.mapping, err = export.LoadMapping(o.mapFile); err != nil {
+			return err
+		}
+	}
 	// On a terminal, progress is one status line that the logs write
 	// around; elsewhere (a pipe, a file, CI) a plain line per interval.
 	var term *terminal
@@ -291,6 +307,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cfg := importer.Config{
 		Files: o.files,
 		Export: export.Options{Delimiter: delim, Key: o.key, Encoding: o.encoding, TrustQuotes: o.trustQuotes, Drop: splitList(o.dropColumns),
+			Mapping: o.mapping, PhoneRegion: o.phoneRegion,
 			Notify: func(n export.Notice) {
 				level := slog.LevelWarn // something in the file the operator should look at
 				if n.Code == export.NoticeEncoding || n.Code == export.NoticeSepLine {
@@ -605,6 +622,20 @@ func printSummary(w io.Writer, r *importer.Report) {
 		shard = fmt.Sprintf(" · %d of other shards (this is shard %s)", r.OtherShard, r.Shard)
 	}
 	if r.DryRun {
+		if len(r.Mapping) > 0 {
+			fmt.Fprintln(w, "columns:")
+			for _, m := range r.Mapping {
+				to := m.Field
+				if to == "" {
+					to = "(not sent)"
+				}
+				opts := m.Source
+				if m.Options != "" {
+					opts += "; " + m.Options
+				}
+				fmt.Fprintf(w, "  %-24s → %s (%s)\n", m.Column, to, opts)
+			}
+		}
 		fmt.Fprintf(w, "dry run: %d rows · %d valid · %d new · %d changed · %d unchanged · %d stale · %d duplicates in file · %d invalid%s\n",
 			r.Rows, r.Valid, r.New, r.Changed, r.Unchanged, r.Stale, r.DuplicatesInFile, r.RejectedInvalid, shard)
 		return

@@ -77,6 +77,7 @@ func dryRun(ctx context.Context, cfg Config, d *sql.DB) (*Report, error) {
 			return rep, err
 		}
 		if dr == nil {
+			rep.Mapping = r.Mapping()
 			if dr, err = ledger.StartDryRun(ctx, d, ledger.Sync{AsOf: cfg.AsOf, Mode: cfg.Changed, Clears: clearsOf(cfg, r), Files: cfg.Files}); err != nil {
 				r.Close()
 				return rep, err

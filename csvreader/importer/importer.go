@@ -119,7 +119,7 @@ func clearsOf(cfg Config, r *export.Reader) func(string) bool {
 	if cfg.Clears != nil {
 		return cfg.Clears
 	}
-	return nil // TODO(mapping): r.Clears
+	return r.Clears
 }
 
 // asOfFiles is the as-of time of a run over files: the newest

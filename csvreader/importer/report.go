@@ -2,6 +2,8 @@ package importer
 
 import (
 	"time"
+
+	"crmsync/csvreader/export"
 )
 
 // Report is the account of a run. Every row read is counted in exactly one
@@ -62,6 +64,8 @@ type Report struct {
 	// empty fields only, and the header repeated in the same order.
 	BlankRows       int64 `json:"blank_rows,omitempty"`
 	RepeatedHeaders int64 `json:"repeated_headers,omitempty"`
+	// Mapping, in a dry run, is where each column goes.
+	Mapping []export.ColumnMapping `json:"mapping,omitempty"`
 	// AsOf is the run's as-of time (RFC 3339): -as-of, or the files'
 	// modification time.
 	AsOf string `json:"as_of,omitempty"`
