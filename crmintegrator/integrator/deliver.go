@@ -201,6 +201,10 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 			Message: fmt.Sprintf("%d records in one call, at most %d allowed: send smaller blocks", len(recs), s.cfg.MaxRecords)}
 	}
 	for i := range recs {
+		if n, what := longestUpdateLen(&recs[i]); n > s.cfg.MaxFieldBytes {
+			return nil, 0, &crmrpc.Error{Code: crmrpc.CodeFieldTooLarge,
+				Message: fmt.Sprintf("record %d: %s has %d bytes, at most %d allowed", i, what, n, s.cfg.MaxFieldBytes)}
+		}
 		if longestFieldLen(&recs[i].Contact) > s.cfg.MaxFieldBytes {
 			field, n := longestField(&recs[i].Contact) // named only on the error path
 			return nil, 0, &crmrpc.Error{Code: crmrpc.CodeFieldTooLarge,
@@ -344,6 +348,18 @@ func longestFieldLen(c *contact.Contact) int {
 		n = max(n, len(k), len(v))
 	}
 	return n
+}
+
+// longestUpdateLen is the length of an update's longest CRM id or field
+// name, and what it is.
+func longestUpdateLen(r *crmrpc.Record) (int, string) {
+	n, what := len(r.CRMID), "the crm id"
+	for _, f := range r.Fields {
+		if len(f) > n {
+			n, what = len(f), "a field name"
+		}
+	}
+	return n, what
 }
 
 // longestField names c's longest field and gives its length.

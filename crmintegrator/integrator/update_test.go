@@ -188,3 +188,31 @@ func TestUpdateUnknownIDAndMixedBlock(t *testing.T) {
 		})
 	}
 }
+
+// An update's CRM id and field names are held to the field limit as its
+// fields are: the call is refused before anything is sent.
+func TestUpdateFieldLimits(t *testing.T) {
+	crm, s, _ := startAPI(t, "generic", fakecrm.Faults{})
+	long := strings.Repeat("x", 4097)
+	base := crmrpc.Record{Contact: contact.Contact{ExternalID: "K", Email: "k@example.com"}, CRMID: "ct_00000001", Fields: []string{"email"}}
+	for _, tc := range []struct {
+		name string
+		edit func(*crmrpc.Record)
+		want string
+	}{
+		{"crm id", func(r *crmrpc.Record) { r.CRMID = long }, "the crm id has 4097 bytes"},
+		{"field name", func(r *crmrpc.Record) { r.Fields = []string{"email", contact.AttributePrefix + long} }, "a field name has 4108 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := base
+			tc.edit(&r)
+			_, err := s.Deliver(context.Background(), []crmrpc.Record{r})
+			if err == nil || err.Code != crmrpc.CodeFieldTooLarge || !strings.Contains(err.Message, tc.want) {
+				t.Fatalf("got %v, want %s saying %q", err, crmrpc.CodeFieldTooLarge, tc.want)
+			}
+		})
+	}
+	if a := crm.Audit(); a.Requests != 0 {
+		t.Errorf("%d CRM requests, want none", a.Requests)
+	}
+}
