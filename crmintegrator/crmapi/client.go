@@ -159,7 +159,7 @@ type Client struct {
 	http    *http.Client
 	timeout time.Duration
 	// Observe, when set, is called after every request with the operation
-	// ("create", "lookup", "ping"), the HTTP status (0 when no answer was
+	// ("create", "update", "lookup", "ping"), the HTTP status (0 when no answer was
 	// read) and the latency. Set it before the first request.
 	Observe func(op string, status int, d time.Duration)
 	// Limits, when set, is called with what every answer that carries the
@@ -198,9 +198,21 @@ func NoRedirects(hc *http.Client) *http.Client {
 // body and key as Idempotency-Key. replayed reports that the CRM answered
 // from its idempotency store. Errors are *Error.
 func (c *Client) CreateBatch(ctx context.Context, body []byte, key string) (resp *BatchResponse, replayed bool, err error) {
+	return c.postBatch(ctx, "create", PathBatch, body, key)
+}
+
+// UpdateBatch sends POST /v1/contacts/batch/update with an encoded update
+// request (AppendUpdateRequest) as body and key as Idempotency-Key: one
+// result per entry, in order, "updated" or "rejected". An update is
+// resend-safe; the key spares the CRM the work twice. Errors are *Error.
+func (c *Client) UpdateBatch(ctx context.Context, body []byte, key string) (resp *BatchResponse, replayed bool, err error) {
+	return c.postBatch(ctx, "update", PathBatchUpdate, body, key)
+}
+
+func (c *Client) postBatch(ctx context.Context, op, path string, body []byte, key string) (resp *BatchResponse, replayed bool, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+PathBatch, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, false, &Error{Class: ClassUnexpected, Message: "build request", Err: err}
 	}
@@ -216,7 +228,7 @@ func (c *Client) CreateBatch(ctx context.Context, body []byte, key string) (resp
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(HeaderIdempotencyKey, key)
 	var out BatchResponse
-	h, err := c.do(req, "create", &out)
+	h, err := c.do(req, op, &out)
 	if err != nil {
 		return nil, false, err
 	}

@@ -546,3 +546,64 @@ func BenchmarkDecodeBatchResponse(b *testing.B) {
 		}
 	})
 }
+
+// The generic update body carries every own field of contact.Fields it
+// lists (the key as external_id), "" for a cleared one, and the listed
+// attributes; unlisted fields stay out.
+func TestAppendUpdateRequestCarriesEveryField(t *testing.T) {
+	var c contact.Contact
+	var names []string
+	for i, f := range &contact.Fields {
+		f.Set(&c, "v"+strings.Repeat("x", i))
+		names = append(names, f.Name)
+	}
+	c.Attributes = map[string]string{"company": "Acme", "unlisted": "x"}
+	body := AppendUpdateRequest(nil, []Update{
+		{CRMID: "ct_1", Fields: append(names, contact.AttributePrefix+"company", contact.AttributePrefix+"city"), Contact: c},
+		{CRMID: "ct_2", Fields: names[1:], Contact: contact.Contact{ExternalID: "K2"}},
+	})
+	var got struct {
+		Contacts []map[string]any `json:"contacts"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil || len(got.Contacts) != 2 {
+		t.Fatalf("%s: %v", body, err)
+	}
+	for _, f := range &contact.Fields {
+		if got.Contacts[0][f.Name] != f.Get(&c) {
+			t.Errorf("field %s: got %v, want %q", f.Name, got.Contacts[0][f.Name], f.Get(&c))
+		}
+		if f.Name != contact.Fields[0].Name && got.Contacts[1][f.Name] != "" {
+			t.Errorf("cleared field %s: got %v, want \"\"", f.Name, got.Contacts[1][f.Name])
+		}
+	}
+	want := map[string]any{"company": "Acme", "city": ""}
+	if !reflect.DeepEqual(got.Contacts[0]["attributes"], want) || got.Contacts[0]["id"] != "ct_1" {
+		t.Errorf("got %s, want id ct_1 and attributes %v", body, want)
+	}
+	if _, ok := got.Contacts[1]["attributes"]; ok {
+		t.Errorf("an update listing no attribute carries attributes: %s", body)
+	}
+	if again := AppendUpdateRequest(nil, []Update{{CRMID: "ct_1", Fields: names, Contact: c}}); string(again) != string(AppendUpdateRequest(nil, []Update{{CRMID: "ct_1", Fields: names, Contact: c}})) {
+		t.Error("the same update encodes to other bytes")
+	}
+}
+
+// The create body carries every field of contact.Fields under its name.
+func TestAppendBatchRequestCarriesEveryField(t *testing.T) {
+	var c contact.Contact
+	for i, f := range &contact.Fields {
+		f.Set(&c, "v"+strings.Repeat("x", i))
+	}
+	var got struct {
+		Contacts []map[string]any `json:"contacts"`
+	}
+	body := AppendBatchRequest(nil, []contact.Contact{c})
+	if err := json.Unmarshal(body, &got); err != nil || len(got.Contacts) != 1 {
+		t.Fatalf("%s: %v", body, err)
+	}
+	for _, f := range &contact.Fields {
+		if got.Contacts[0][f.Name] != f.Get(&c) {
+			t.Errorf("field %s: got %v, want %q", f.Name, got.Contacts[0][f.Name], f.Get(&c))
+		}
+	}
+}

@@ -24,6 +24,17 @@ type Connector interface {
 	// Write sends the request and returns one result per contact, in
 	// order.
 	Write(ctx context.Context, req *WriteRequest) (*BatchResponse, error)
+	// EncodeUpdate prepares the request that updates contacts the CRM
+	// holds (at most MaxBatch), once per batch, as Encode does: it writes
+	// only each update's Fields, clears those whose value is empty, and
+	// must never create a contact.
+	EncodeUpdate(updates []Update) *WriteRequest
+	// WriteUpdate sends it and returns one result per update, in order:
+	// StatusUpdated with the CRM id, or StatusRejected with the CRM's code
+	// (CodeNotFound, or the CRM's own, for an id it no longer holds). An
+	// update is resend-safe: the daemon resends the same bytes after an
+	// ambiguous answer. Errors are *Error, classified as for Write.
+	WriteUpdate(ctx context.Context, req *WriteRequest) (*BatchResponse, error)
 	// Read returns, for each external id (at most MaxBatch), the CRM ids
 	// holding it, in order. It must never read an error as "not found".
 	Read(ctx context.Context, ids []string) ([][]string, error)
@@ -37,6 +48,7 @@ type WriteRequest struct {
 	Body []byte
 	Key  string   // Idempotency-Key, where the CRM takes one
 	Keys []string // the external ids of the batch, in order
+	IDs  []string // an update batch's CRM ids, in order
 }
 
 // Generic is the connector of our own API (docs/crm-api.md).
@@ -57,6 +69,36 @@ func (g generic) Encode(contacts []contact.Contact) *WriteRequest {
 func (g generic) Write(ctx context.Context, req *WriteRequest) (*BatchResponse, error) {
 	resp, _, err := g.c.CreateBatch(ctx, req.Body, req.Key)
 	return resp, err
+}
+
+func (g generic) EncodeUpdate(updates []Update) *WriteRequest {
+	body := AppendUpdateRequest(nil, updates)
+	keys := make([]string, len(updates))
+	for i := range updates {
+		keys[i] = updates[i].Contact.ExternalID
+	}
+	return &WriteRequest{Body: body, Key: IdempotencyKey(body), Keys: keys, IDs: UpdateIDs(updates)}
+}
+
+// UpdateIDs are the CRM ids of updates, in order.
+func UpdateIDs(updates []Update) []string {
+	ids := make([]string, len(updates))
+	for i := range updates {
+		ids[i] = updates[i].CRMID
+	}
+	return ids
+}
+
+func (g generic) WriteUpdate(ctx context.Context, req *WriteRequest) (*BatchResponse, error) {
+	resp, _, err := g.c.UpdateBatch(ctx, req.Body, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	for i := range resp.Results {
+		r := &resp.Results[i]
+		r.Gone = r.Status == StatusRejected && r.Error != nil && r.Error.Code == CodeNotFound
+	}
+	return resp, nil
 }
 
 func (g generic) Read(ctx context.Context, ids []string) ([][]string, error) {

@@ -139,3 +139,94 @@ func batchResponseSize(resp BatchResponse) int {
 	}
 	return n
 }
+
+// Update is one contact to update: the CRM's id of it, the names of the
+// fields to write (a name of contact.Fields, or contact.AttributePrefix
+// and an attribute's name), and the contact as it will be once updated,
+// which holds their values ("" clears a field).
+type Update struct {
+	CRMID   string
+	Fields  []string
+	Contact contact.Contact
+}
+
+// Attribute returns the attribute a field name names, if it names one.
+func Attribute(name string) (string, bool) { return strings.CutPrefix(name, contact.AttributePrefix) }
+
+// AppendUpdateRequest appends the body of POST /v1/contacts/batch/update
+// to dst: per update its id, its external_id (the CRM refuses an entry
+// whose key is not the stored contact's), then the listed own fields in
+// contact.Fields order and the listed attributes sorted, "" where the
+// value is empty (clear). Names neither of contact.Fields nor attributes
+// are left out (the integrator rejects such records first). The same
+// updates always give the same bytes: the idempotency key is their hash.
+func AppendUpdateRequest(dst []byte, updates []Update) []byte {
+	dst = append(dst, `{"contacts":[`...)
+	for i := range updates {
+		u := &updates[i]
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"id":`...)
+		dst = jsontext.AppendString(dst, u.CRMID)
+		dst = append(dst, `,"external_id":`...)
+		dst = jsontext.AppendString(dst, u.Contact.ExternalID)
+		own, attrs := SplitFields(u.Fields)
+		for _, f := range own {
+			dst = append(dst, ',')
+			dst = jsontext.AppendString(dst, f.Name)
+			dst = append(dst, ':')
+			dst = jsontext.AppendString(dst, f.Get(&u.Contact))
+		}
+		if len(attrs) > 0 {
+			dst = append(dst, `,"attributes":{`...)
+			for j, a := range attrs {
+				if j > 0 {
+					dst = append(dst, ',')
+				}
+				dst = jsontext.AppendString(dst, a)
+				dst = append(dst, ':')
+				dst = jsontext.AppendString(dst, u.Contact.Attributes[a])
+			}
+			dst = append(dst, '}')
+		}
+		dst = append(dst, '}')
+	}
+	return append(dst, "]}\n"...)
+}
+
+// SplitFields sorts an update's field names into own fields, in
+// contact.Fields order without the key (which never changes), and
+// attribute names, sorted and distinct. Unknown names are dropped.
+func SplitFields(names []string) (own []contact.Field, attrs []string) {
+	for _, f := range contact.Fields[1:] {
+		if slices.Contains(names, f.Name) {
+			own = append(own, f)
+		}
+	}
+	for _, n := range names {
+		if a, ok := Attribute(n); ok {
+			attrs = append(attrs, a)
+		}
+	}
+	slices.Sort(attrs)
+	return own, slices.Compact(attrs)
+}
+
+// UnknownField returns the first name of fields that is neither an own
+// field of contact.Fields nor an attribute ("attributes.<name>", the name
+// not empty), and false when there is none.
+func UnknownField(fields []string) (string, bool) {
+	for _, n := range fields {
+		if a, ok := Attribute(n); ok {
+			if a == "" {
+				return n, true
+			}
+			continue
+		}
+		if _, ok := contact.FieldByName(n); !ok {
+			return n, true
+		}
+	}
+	return "", false
+}

@@ -26,3 +26,41 @@ func PutFields(ct *contact.Contact, names FieldNames, keyField string, rename fu
 	}
 	put(keyField, ct.ExternalID)
 }
+
+// Of is the CRM's name for the own field named name (a name of
+// contact.Fields other than the key), "" for any other name. Tests hold
+// every connector to contact.Fields through it.
+func (n FieldNames) Of(name string) string {
+	switch name {
+	case "email":
+		return n.Email
+	case "first_name":
+		return n.FirstName
+	case "last_name":
+		return n.LastName
+	case "phone":
+		return n.Phone
+	}
+	return ""
+}
+
+// PutUpdate hands put the fields an update writes, as a CRM names them:
+// the listed attributes under rename(name) (nil: their own names), then
+// the listed own fields under names, so a field of the contact wins over
+// an attribute of the same name. An empty value is handed on as "": the
+// connector writes it as its CRM clears a field.
+func PutUpdate(u *Update, names FieldNames, rename func(string) string, put func(name, value string)) {
+	own, attrs := SplitFields(u.Fields)
+	for _, a := range attrs {
+		k := a
+		if rename != nil {
+			k = rename(a)
+		}
+		put(k, u.Contact.Attributes[a])
+	}
+	for _, f := range own {
+		if n := names.Of(f.Name); n != "" {
+			put(n, f.Get(&u.Contact))
+		}
+	}
+}

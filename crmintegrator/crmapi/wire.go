@@ -10,6 +10,8 @@ const (
 	PathContacts = "/v1/contacts"
 	PathBatch    = "/v1/contacts/batch"
 	PathLookup   = "/v1/contacts/lookup"
+	// PathBatchUpdate updates contacts the CRM holds, by their ids.
+	PathBatchUpdate = "/v1/contacts/batch/update"
 )
 
 // Header names of the contract.
@@ -36,6 +38,7 @@ type BatchResponse struct {
 // Result statuses.
 const (
 	StatusCreated  = "created"
+	StatusUpdated  = "updated" // POST /v1/contacts/batch/update
 	StatusRejected = "rejected"
 )
 
@@ -45,6 +48,10 @@ type BatchResult struct {
 	Status     string       `json:"status"`
 	ID         string       `json:"id,omitempty"`
 	Error      *ErrorDetail `json:"error,omitempty"`
+	// Gone, with StatusRejected of an update: the CRM does not hold the
+	// contact (any more). Connectors set it from their CRM's codes; the
+	// generic API's is CodeNotFound.
+	Gone bool `json:"-"`
 }
 
 // CreateResponse is the 201 answer of POST /v1/contacts.
@@ -108,6 +115,13 @@ const (
 	CodeInvalidIdempotency   = "invalid_idempotency_key"
 	CodeNotFound             = "not_found"
 	CodeMethodNotAllowed     = "method_not_allowed"
+)
+
+// Error codes of one contact of a batch update (besides contact's codes).
+const (
+	// CodeExternalIDImmutable: the entry's external_id is not the stored
+	// contact's; the key of a contact never changes.
+	CodeExternalIDImmutable = "external_id_immutable"
 )
 
 // More error codes of whole requests.

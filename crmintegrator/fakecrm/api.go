@@ -66,6 +66,7 @@ const (
 	opBatch
 	opList
 	opLookup
+	opUpdate
 )
 
 // route maps a /v1 request to its op; for a known path with the wrong
@@ -88,6 +89,11 @@ func route(r *http.Request) (o op, allow string) {
 	case crmapi.PathLookup:
 		if r.Method == http.MethodPost {
 			return opLookup, ""
+		}
+		return opNone, "POST"
+	case crmapi.PathBatchUpdate:
+		if r.Method == http.MethodPost {
+			return opUpdate, ""
 		}
 		return opNone, "POST"
 	}
@@ -240,7 +246,7 @@ func (s *Server) lookupBatch(c *call) {
 	c.reply(http.StatusOK, marshal(out))
 }
 
-// post answers both creating endpoints: faults first, then the
+// post answers the writing endpoints (the creates and the batch update): faults first, then the
 // Idempotency-Key, then the work, then maybe an ambiguous answer.
 func (s *Server) post(c *call, o op, d decision) {
 	w, r := c.w, c.r
@@ -320,9 +326,12 @@ func (s *Server) post(c *call, o op, d decision) {
 	c.wait() // the CRM's processing time, with the key held in progress
 	var status int
 	var resp []byte
-	if o == opBatch {
+	switch o {
+	case opBatch:
 		status, resp = s.createBatch(body, c.f)
-	} else {
+	case opUpdate:
+		status, resp = s.updateBatch(body, c.f)
+	default:
 		status, resp = s.createOne(body, c.f)
 	}
 	if useKey {

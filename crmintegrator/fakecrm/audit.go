@@ -20,6 +20,9 @@ type Audit struct {
 	DistinctExternalIDs int64 `json:"distinct_external_ids"`
 	DuplicateContacts   int64 `json:"duplicate_contacts"`
 	ContactsWithoutKey  int64 `json:"contacts_without_key,omitempty"`
+	// Updates counts contacts updated since start or Reset (every API's
+	// update: a batch update entry, an upsert that found the contact).
+	Updates int64 `json:"updates"`
 	// IdempotentReplays counts responses replayed for a repeated key.
 	IdempotentReplays int64 `json:"idempotent_replays"`
 	// RateLimited counts 429s; Failed counts 503s (fail-rate and down);
@@ -37,8 +40,8 @@ type Audit struct {
 
 // counters are the audit's request counters, lock-free for the hot path.
 type counters struct {
-	requests, replays, rateLimited, failed, ambiguous, dropped atomic.Int64
-	byStatus                                                   [600]atomic.Int64
+	requests, replays, rateLimited, failed, ambiguous, dropped, updates atomic.Int64
+	byStatus                                                            [600]atomic.Int64
 }
 
 func (c *counters) status(code int) {
@@ -48,7 +51,7 @@ func (c *counters) status(code int) {
 }
 
 func (c *counters) reset() {
-	for _, v := range []*atomic.Int64{&c.requests, &c.replays, &c.rateLimited, &c.failed, &c.ambiguous, &c.dropped} {
+	for _, v := range []*atomic.Int64{&c.requests, &c.replays, &c.rateLimited, &c.failed, &c.ambiguous, &c.dropped, &c.updates} {
 		v.Store(0)
 	}
 	for i := range c.byStatus {
@@ -77,6 +80,7 @@ func (s *Server) Audit() Audit {
 		DistinctExternalIDs: distinct,
 		DuplicateContacts:   contacts - unkeyed - distinct,
 		ContactsWithoutKey:  unkeyed,
+		Updates:             s.audit.updates.Load(),
 		IdempotentReplays:   s.audit.replays.Load(),
 		RateLimited:         s.audit.rateLimited.Load(),
 		Failed:              s.audit.failed.Load(),

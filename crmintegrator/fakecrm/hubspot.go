@@ -662,6 +662,7 @@ func (s *Server) hubSpotWrite(c *hsCall, e hsEndpoint, body []byte) (int, []byte
 		ops = append(ops, op)
 	}
 	res := h.store.apply(ops, s.now())
+	s.audit.updates.Add(int64(res.updated))
 	if res.conflict != "" {
 		c.error(http.StatusConflict, "CONFLICT", "Contact already exists. Existing ID: "+res.conflict, nil)
 		return 0, nil, false

@@ -113,6 +113,7 @@ type hsApplied struct {
 	objects  []hsObject
 	missing  []string
 	conflict string
+	updated  int // contacts that existed and were written
 }
 
 // apply writes a batch all or nothing.
@@ -181,6 +182,8 @@ func (st *hsStore) apply(ops []hsOp, now time.Time) hsApplied {
 			st.byID[c.id] = c
 			st.order = append(st.order, c)
 			st.creates++
+		} else {
+			res.updated++
 		}
 		had := c.props[st.idProp] != ""
 		merged := copyProps(c.props)

@@ -270,9 +270,12 @@ const (
 	sfQueryMore
 	sfDescribe
 	sfLimits
+	sfUpdateMany
 )
 
-func (e sfEndpoint) write() bool { return e == sfUpsertMany || e == sfCreateMany || e == sfUpsertOne }
+func (e sfEndpoint) write() bool {
+	return e == sfUpsertMany || e == sfCreateMany || e == sfUpsertOne || e == sfUpdateMany
+}
 
 // sfRoute is a routed request: the endpoint and the path's parts.
 type sfRoute struct {
@@ -325,7 +328,15 @@ func routeSalesforce(r *http.Request) sfRoute {
 		rt.arg = parts[1]
 		return pick(sfQueryMore, http.MethodGet)
 	case len(parts) == 2 && parts[0] == "composite" && parts[1] == "sobjects":
-		return pick(sfCreateMany, http.MethodPost)
+		if m == http.MethodPatch {
+			rt.e = sfUpdateMany
+			return rt
+		}
+		rt = pick(sfCreateMany, http.MethodPost)
+		if rt.allow != "" {
+			rt.allow = "PATCH,POST"
+		}
+		return rt
 	case len(parts) == 3 && parts[0] == "composite" && parts[1] == "sobjects":
 		rt.object = parts[2]
 		return pick(sfRetrieveMany, http.MethodGet)
@@ -509,7 +520,7 @@ func (s *Server) serveSalesforce(w http.ResponseWriter, r *http.Request) {
 		status, resp = s.salesforceGet(c)
 	case sfRetrieveMany:
 		status, resp = s.salesforceRetrieve(c)
-	case sfUpsertMany, sfCreateMany:
+	case sfUpsertMany, sfCreateMany, sfUpdateMany:
 		status, resp = s.salesforceWriteMany(c, body)
 	case sfUpsertOne:
 		status, resp = s.salesforceUpsertOne(c, body)

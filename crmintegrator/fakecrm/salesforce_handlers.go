@@ -3,6 +3,7 @@ package fakecrm
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -163,8 +164,9 @@ func (sf *salesforce) validate(in sfRecordIn, f *faultState, create bool) []sfRe
 }
 
 // salesforceWriteMany answers the collections create (POST
-// /composite/sobjects) and upsert (PATCH /composite/sobjects/{object}/
-// {field}): 200 with one result per record, in order, unless the request
+// /composite/sobjects), update (PATCH /composite/sobjects, each record
+// naming its Id) and upsert (PATCH /composite/sobjects/{object}/{field}):
+// 200 with one result per record, in order, unless the request
 // as a whole is malformed (400).
 func (s *Server) salesforceWriteMany(c *sfCall, body []byte) (int, []byte) {
 	sf := s.sf
@@ -202,15 +204,30 @@ func (s *Server) salesforceWriteMany(c *sfCall, body []byte) (int, []byte) {
 	}
 	ops := make([]sfOp, len(ins))
 	count := map[string]int{}
+	update := c.rt.e == sfUpdateMany
 	for i, in := range ins {
 		op := sfOp{fields: in.fields, upsert: upsert}
+		if update {
+			// "Each object must contain an id field with a valid ID
+			// value": it names the record, and is not written.
+			p := in.fields["Id"]
+			in.fields = maps.Clone(in.fields)
+			delete(in.fields, "Id")
+			op.fields = in.fields
+			if p == nil || *p == "" {
+				op.errs = []sfRecordError{{StatusCode: "MISSING_ARGUMENT", Message: "Id not specified in an update call", Fields: []string{}}}
+				ops[i] = op
+				continue
+			}
+			op.id = *p
+		}
 		if upsert {
 			if p := in.fields[sf.idField]; p != nil && *p != "" {
 				op.key = *p
 				count[foldKey(op.key)]++
 			}
 		}
-		op.errs = sf.validate(in, c.f, !upsert)
+		op.errs = sf.validate(in, c.f, !upsert && !update)
 		ops[i] = op
 	}
 	if upsert {
@@ -226,6 +243,11 @@ func (s *Server) salesforceWriteMany(c *sfCall, body []byte) (int, []byte) {
 	}
 	c.wait() // the processing time, before the write, as for the other APIs
 	res := sf.store.apply(ops, req.AllOrNone, s.now())
+	for i := range res {
+		if len(res[i].errs) == 0 && !res[i].created && (update || upsert) {
+			s.audit.updates.Add(1)
+		}
+	}
 	return http.StatusOK, sfMarshal(saveResults(res, upsert))
 }
 

@@ -152,6 +152,7 @@ type sfOp struct {
 	fields map[string]*string
 	upsert bool
 	key    string
+	id     string // an update of the record of this Id: never a create
 	errs   []sfRecordError
 }
 
@@ -180,6 +181,12 @@ func (st *sfStore) apply(ops []sfOp, allOrNone bool, now time.Time) []sfResult {
 			continue
 		}
 		var target *sfRecord
+		if op.id != "" {
+			if target = st.find(op.id); target == nil {
+				res[i].errs, failed = []sfRecordError{sfNoSuchID(op.id)}, true
+				continue
+			}
+		}
 		if op.upsert {
 			switch m := st.byKey[foldKey(op.key)]; len(m) {
 			case 0:
@@ -269,6 +276,12 @@ func (st *sfStore) apply(ops []sfOp, allOrNone bool, now time.Time) []sfResult {
 	}
 	st.next = next
 	return res
+}
+
+// sfNoSuchID is an update's error for an Id the org does not hold (never
+// held, or deleted): the record cannot be updated, and nothing is created.
+func sfNoSuchID(id string) sfRecordError {
+	return sfRecordError{StatusCode: "ENTITY_IS_DELETED", Message: "entity is deleted: " + id, Fields: []string{}}
 }
 
 // required is REQUIRED_FIELD_MISSING when a create lacks LastName or a

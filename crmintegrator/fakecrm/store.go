@@ -74,6 +74,12 @@ type store struct {
 	nextID      uint64
 	creates     int64  // contacts created since start or reset
 	version     uint64 // bumped on every change, so saves can skip a clean store
+	// Records are never rewritten: an updated contact's current fields
+	// live in updated, by position, and override its record. byID finds
+	// a position from an id; it is built at the first update (stores that
+	// see none pay nothing) and kept up to date from then on.
+	updated map[uint32]crmapi.StoredContact
+	byID    map[string]uint32
 }
 
 func newStore() *store {
@@ -172,7 +178,49 @@ func (st *store) push(c *contact.Contact, id string, code uint64, createdAt stri
 	ch.recs = b
 	ch.ends[i] = uint64(len(b))
 	st.link(c.ExternalID, uint32(st.n))
+	if st.byID != nil {
+		st.byID[id] = uint32(st.n)
+	}
 	st.n++
+}
+
+// at decodes the contact at position p as it is now; the caller holds
+// the lock.
+func (st *store) at(p uint32) crmapi.StoredContact {
+	if c, ok := st.updated[p]; ok {
+		return c
+	}
+	recs, start, end := st.record(p)
+	return decodeContact(string(recs[start:end]), 0, func(at int) string {
+		return string(bytesAt(recs, at))
+	})
+}
+
+// update applies fn to the contact whose id is id, under the lock: fn
+// changes it, or returns false to leave it as it was. found is false when
+// the store holds no such id.
+func (st *store) update(id string, fn func(*crmapi.StoredContact) bool) (found bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.byID == nil {
+		st.byID = make(map[string]uint32, st.n)
+		st.updated = map[uint32]crmapi.StoredContact{}
+		for p := range uint32(st.n) {
+			st.byID[st.at(p).ID] = p
+		}
+	}
+	p, ok := st.byID[id]
+	if !ok {
+		return false
+	}
+	c := st.at(p)
+	// A new map: snapshots taken outside the lock share the old one.
+	c.Attributes = maps.Clone(c.Attributes)
+	if fn(&c) {
+		st.updated[p] = c
+		st.version++
+	}
+	return true
 }
 
 // link adds the contact at position p, whose record is written, to the
@@ -254,10 +302,7 @@ func (st *store) lookup(externalID string) []crmapi.StoredContact {
 	first, last := uint32(v>>32), uint32(v)
 	for q := first; ; q = st.nextOf(q) {
 		if string(st.extAt(q)) == externalID {
-			recs, start, end := st.record(q)
-			out = append(out, decodeContact(string(recs[start:end]), 0, func(at int) string {
-				return string(bytesAt(recs, at))
-			}))
+			out = append(out, st.at(q))
 		}
 		if q == last {
 			return out
@@ -282,6 +327,7 @@ func (st *store) snapshot() (contacts []crmapi.StoredContact, nextID, version ui
 	for i, ch := range st.chunks {
 		views[i] = chunkView{ch.recs, &ch.ends}
 	}
+	updated := maps.Clone(st.updated) // its values are never changed, only replaced
 	st.mu.Unlock()
 	contacts = make([]crmapi.StoredContact, 0, n)
 	for _, v := range views {
@@ -296,6 +342,9 @@ func (st *store) snapshot() (contacts []crmapi.StoredContact, nextID, version ui
 			contacts = append(contacts, decodeContact(text, start, stamp))
 			start = int(v.ends[i])
 		}
+	}
+	for p, c := range updated {
+		contacts[p] = c
 	}
 	return contacts, nextID, version
 }
@@ -320,6 +369,7 @@ func (st *store) replace(contacts []crmapi.StoredContact, nextID uint64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.chunks, st.n, st.index, st.distinct = nil, 0, make(map[uint64]uint64, len(contacts)), 0
+	st.updated, st.byID = nil, nil
 	st.lastStamp, st.lastStampAt = "", -1
 	for i := range contacts {
 		c := &contacts[i]

@@ -34,6 +34,7 @@ const MaxBatch = 100
 const (
 	pathUpsert     = "/crm/v3/objects/contacts/batch/upsert"
 	pathCreate     = "/crm/v3/objects/contacts/batch/create"
+	pathUpdate     = "/crm/v3/objects/contacts/batch/update"
 	pathRead       = "/crm/v3/objects/contacts/batch/read"
 	pathProperties = "/crm/v3/properties/contacts"
 )
@@ -151,6 +152,84 @@ func (c *Connector) Encode(contacts []contact.Contact) *crmapi.WriteRequest {
 		keys[i] = contacts[i].ExternalID
 	}
 	return &crmapi.WriteRequest{Body: body, Keys: keys}
+}
+
+type updateInput struct {
+	ID                 string            `json:"id"`
+	Properties         map[string]string `json:"properties"`
+	ObjectWriteTraceID string            `json:"objectWriteTraceId"`
+}
+
+// EncodeUpdate builds a batch/update body: each input names the contact by
+// its HubSpot id (hs_object_id, the CRM id the integrator returned) and
+// carries the listed properties and the id property. "Properties values
+// can be cleared by passing an empty string" (Update contacts,
+// developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/update-contacts),
+// so a cleared field is "". batch/update, unlike batch/upsert, never
+// creates: a contact deleted in HubSpot comes back OBJECT_NOT_FOUND
+// instead of being made again, in either write mode.
+func (c *Connector) EncodeUpdate(updates []crmapi.Update) *crmapi.WriteRequest {
+	in := make([]updateInput, len(updates))
+	keys := make([]string, len(updates))
+	for i := range updates {
+		u := &updates[i]
+		p := make(map[string]string, len(u.Fields)+1)
+		crmapi.PutUpdate(u, hubspotNames, nil, func(k, v string) { p[k] = v })
+		p[c.cfg.IDProperty] = u.Contact.ExternalID
+		// The input's index: errors name it in context.objectWriteTraceId.
+		in[i] = updateInput{ID: u.CRMID, Properties: p, ObjectWriteTraceID: strconv.Itoa(i)}
+		keys[i] = u.Contact.ExternalID
+	}
+	body, _ := json.Marshal(struct {
+		Inputs []updateInput `json:"inputs"`
+	}{in})
+	return &crmapi.WriteRequest{Body: body, Keys: keys, IDs: crmapi.UpdateIDs(updates)}
+}
+
+// WriteUpdate sends a batch/update and returns one result per input, in
+// order: HubSpot's results carry no order, so they are matched by id, an
+// OBJECT_NOT_FOUND error by the ids in its context and other errors by
+// objectWriteTraceId. An input with none of these is left without status
+// (ambiguous: the daemon resends the update).
+func (c *Connector) WriteUpdate(ctx context.Context, req *crmapi.WriteRequest) (*crmapi.BatchResponse, error) {
+	var out batchResponse
+	if err := c.post(ctx, "update", pathUpdate, req.Body, &out); err != nil {
+		return nil, err
+	}
+	at := map[string]int{}
+	for i, id := range req.IDs {
+		at[id] = i
+	}
+	res := make([]crmapi.BatchResult, len(req.IDs))
+	for i := range res {
+		res[i].ExternalID = req.Keys[i]
+	}
+	for _, o := range out.Results {
+		if i, ok := at[o.ID]; ok {
+			res[i].Status, res[i].ID = crmapi.StatusUpdated, o.ID
+		}
+	}
+	reject := func(i int, e standardError) {
+		if i >= 0 && i < len(res) && res[i].Status == "" {
+			res[i].Status, res[i].ID, res[i].Gone = crmapi.StatusRejected, req.IDs[i], e.Category == "OBJECT_NOT_FOUND"
+			res[i].Error = &crmapi.ErrorDetail{Code: code(e.Category, e.Message), Message: e.Message}
+		}
+	}
+	for _, e := range out.Errors {
+		if e.Category == "OBJECT_NOT_FOUND" {
+			for _, id := range e.Context["ids"] {
+				if i, ok := at[id]; ok {
+					reject(i, e)
+				}
+			}
+		}
+		for _, t := range e.Context["objectWriteTraceId"] {
+			if i, err := strconv.Atoi(t); err == nil {
+				reject(i, e)
+			}
+		}
+	}
+	return &crmapi.BatchResponse{Results: res}, nil
 }
 
 // object is a SimplePublicObject (upserts add "new").
@@ -428,7 +507,7 @@ func (c *Connector) statusError(resp *http.Response, op string) error {
 				e.RetryAfter = min(time.Second, max(100*time.Millisecond, 2*time.Duration(ms)*time.Millisecond/time.Duration(n)))
 			}
 		}
-	case (s == http.StatusConflict || s == http.StatusBadRequest) && (op == "upsert" || op == "create"):
+	case (s == http.StatusConflict || s == http.StatusBadRequest) && (op == "upsert" || op == "create" || op == "update"):
 		// "Contact already exists. Existing ID: N" (409), or a 400 naming
 		// one input's property: the batch as a whole is refused for what
 		// some inputs hold.

@@ -228,7 +228,7 @@ func (s *Server) handshake(c *serverConn) (net.Conn, bool) {
 		return nil, false
 	}
 	err = crmrpc.WriteHandshakeOK(nc, crmrpc.HandshakeReply{PackedRecords: s.packedRecords, MaxMessageBytes: s.cfg.MaxMessageBytes,
-		CallTimeout: s.callTimeout(), Instance: s.instance})
+		CallTimeout: s.callTimeout(), Instance: s.instance, Updates: s.updates})
 	if err != nil {
 		return nil, false
 	}

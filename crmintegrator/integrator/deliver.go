@@ -183,8 +183,8 @@ type delivery struct {
 	fail     *crmrpc.Error
 }
 
-// Deliver creates the records in the CRM and returns one verdict per
-// record, in order, or a call-level error. It is what the Deliver RPC runs.
+// Deliver creates the records in the CRM, or updates those with a CRMID,
+// and returns one verdict per record, in order, or a call-level error. It is what the Deliver RPC runs.
 // It answers within the call's bound (callTimeout) whatever the CRM does:
 // records it could not settle in time are answered Retry.
 func (s *Server) Deliver(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, *crmrpc.Error) {
@@ -201,6 +201,10 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 			Message: fmt.Sprintf("%d records in one call, at most %d allowed: send smaller blocks", len(recs), s.cfg.MaxRecords)}
 	}
 	for i := range recs {
+		if n, what := longestUpdateLen(&recs[i]); n > s.cfg.MaxFieldBytes {
+			return nil, 0, &crmrpc.Error{Code: crmrpc.CodeFieldTooLarge,
+				Message: fmt.Sprintf("record %d: %s has %d bytes, at most %d allowed", i, what, n, s.cfg.MaxFieldBytes)}
+		}
 		if longestFieldLen(&recs[i].Contact) > s.cfg.MaxFieldBytes {
 			field, n := longestField(&recs[i].Contact) // named only on the error path
 			return nil, 0, &crmrpc.Error{Code: crmrpc.CodeFieldTooLarge,
@@ -224,6 +228,10 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 	for i := range recs {
 		if p := recs[i].Contact.Validate(); p != nil {
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: p.Code, Message: p.Message}
+			continue
+		}
+		if v, bad := checkUpdate(&recs[i]); bad {
+			d.verdicts[i] = v
 			continue
 		}
 		todo = append(todo, i)
@@ -263,6 +271,9 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 	}
 	var backlog int64
 	for _, i := range todo {
+		if recs[i].IsUpdate() {
+			continue // resend-safe: nothing to resolve, never a create
+		}
 		if recs[i].MaybeSent {
 			d.maybe[i], d.backlog[i] = true, true
 			backlog++
@@ -281,12 +292,27 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 	s.met.backlog.Add(backlog)
 	defer d.clearBacklog()
 
+	// Updates go in batches of their own: one CRM request either creates
+	// or updates, never both.
+	var creates, updates []int
+	for _, i := range todo {
+		if recs[i].IsUpdate() {
+			updates = append(updates, i)
+		} else {
+			creates = append(creates, i)
+		}
+	}
 	var wg sync.WaitGroup
-	for rest := todo; len(rest) > 0; {
-		n := min(len(rest), s.cfg.MaxBatch)
-		chunk := rest[:n:n]
-		rest = rest[n:]
-		wg.Go(func() { d.runChunk(chunk) })
+	for _, kind := range [...]struct {
+		idx []int
+		run func([]int)
+	}{{creates, d.runChunk}, {updates, d.runUpdate}} {
+		for rest := kind.idx; len(rest) > 0; {
+			n := min(len(rest), s.cfg.MaxBatch)
+			chunk := rest[:n:n]
+			rest = rest[n:]
+			wg.Go(func() { kind.run(chunk) })
+		}
 	}
 	wg.Wait()
 	for _, r := range repeats {
@@ -296,7 +322,7 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 	if d.fail != nil {
 		return nil, lookups, d.fail
 	}
-	s.met.countVerdicts(d.verdicts)
+	s.met.countVerdicts(recs, d.verdicts)
 	return d.verdicts, lookups, nil
 }
 
@@ -322,6 +348,18 @@ func longestFieldLen(c *contact.Contact) int {
 		n = max(n, len(k), len(v))
 	}
 	return n
+}
+
+// longestUpdateLen is the length of an update's longest CRM id or field
+// name, and what it is.
+func longestUpdateLen(r *crmrpc.Record) (int, string) {
+	n, what := len(r.CRMID), "the crm id"
+	for _, f := range r.Fields {
+		if len(f) > n {
+			n, what = len(f), "a field name"
+		}
+	}
+	return n, what
 }
 
 // longestField names c's longest field and gives its length.

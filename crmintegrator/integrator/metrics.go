@@ -26,6 +26,7 @@ type metrics struct {
 	latency     histogram
 
 	verdicts        [4]atomic.Int64 // by crmrpc.Outcome
+	updates         [4]atomic.Int64 // the verdicts of updates among them, by crmrpc.Outcome
 	recordsReceived atomic.Int64
 	inflight        atomic.Int64
 	rateCuts        atomic.Int64
@@ -85,16 +86,24 @@ func (m *metrics) retry(reason string) {
 	m.mu.Unlock()
 }
 
-func (m *metrics) countVerdicts(vs []crmrpc.Verdict) {
-	var n [4]int64
+// countVerdicts counts the verdicts of a call's records, and those of
+// its updates again on their own.
+func (m *metrics) countVerdicts(recs []crmrpc.Record, vs []crmrpc.Verdict) {
+	var n, u [4]int64
 	for i := range vs {
 		if o := vs[i].Outcome; int(o) < len(n) {
 			n[o]++
+			if recs[i].IsUpdate() {
+				u[o]++
+			}
 		}
 	}
 	for o := range n {
 		if n[o] > 0 {
 			m.verdicts[o].Add(n[o])
+		}
+		if u[o] > 0 {
+			m.updates[o].Add(u[o])
 		}
 	}
 }
@@ -152,6 +161,11 @@ func (m *metrics) WriteTo(w io.Writer) (int64, error) {
 	p("# TYPE crmintegrator_verdicts_total counter\n")
 	for _, o := range []crmrpc.Outcome{crmrpc.Delivered, crmrpc.Retry, crmrpc.Rejected} {
 		p("crmintegrator_verdicts_total{outcome=\"%s\"} %d\n", labelValue(o.String()), m.verdicts[o].Load())
+	}
+	p("# HELP crmintegrator_update_verdicts_total Verdicts answered for update records (counted in crmintegrator_verdicts_total too), by outcome.\n")
+	p("# TYPE crmintegrator_update_verdicts_total counter\n")
+	for _, o := range []crmrpc.Outcome{crmrpc.Delivered, crmrpc.Retry, crmrpc.Rejected} {
+		p("crmintegrator_update_verdicts_total{outcome=\"%s\"} %d\n", labelValue(o.String()), m.updates[o].Load())
 	}
 	p("# HELP crmintegrator_retries_total Retries inside the daemon, by reason.\n")
 	p("# TYPE crmintegrator_retries_total counter\n")

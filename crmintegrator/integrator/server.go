@@ -201,6 +201,9 @@ type Server struct {
 	// records (crmrpc.PackedVersion): tests play a daemon that predates
 	// them with 0.
 	packedRecords int
+	// updates is what they report of updates (crmrpc.HelloReply.Updates):
+	// tests play a daemon that predates them with false.
+	updates bool
 }
 
 // Check verifies at start that the CRM is set up for this tool (HubSpot:
@@ -302,7 +305,7 @@ func New(cfg Config) (*Server, error) {
 		conns:      map[*serverConn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.deliver, s.packedRecords = s.deliverCall, crmrpc.PackedVersion
+	s.deliver, s.packedRecords, s.updates = s.deliverCall, crmrpc.PackedVersion, true
 	s.breaker = NewBreaker(cfg.BreakerThreshold, cfg.BreakerCooldown, nil, func(from, to BreakerState) {
 		lvl := slog.LevelWarn
 		if to == BreakerClosed {
@@ -414,6 +417,7 @@ func (v *service) Hello(args *crmrpc.HelloArgs, reply *crmrpc.HelloReply) error 
 		reply.PackedRecords = v.s.packedRecords
 		reply.Instance = v.s.instance
 		reply.API, reply.Fields = cmp.Or(v.s.cfg.API, "generic"), v.s.fields
+		reply.Updates = v.s.updates
 	}
 	v.s.met.rpcCall("Hello", resultOf(reply.Err))
 	return nil
@@ -424,6 +428,7 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 		reply.PackedRecords = v.s.packedRecords
 		reply.CallTimeout = v.s.callTimeout()
 		reply.Instance = v.s.instance
+		reply.Updates = v.s.updates
 		var recs []crmrpc.Record
 		if recs, reply.Err = v.s.records(args); reply.Err == nil {
 			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs)

@@ -140,21 +140,27 @@ var salesforceNames = crmapi.FieldNames{Email: "Email", FirstName: "FirstName", 
 // to the field of their name in any case, as describe spells it.
 func (c *Connector) fields(ct *contact.Contact) map[string]any {
 	f := make(map[string]any, 6+len(ct.Attributes))
-	var rename func(string) string
-	if p := c.names.Load(); p != nil {
-		names := *p
-		rename = func(k string) string {
-			if n, ok := names[strings.ToLower(k)]; ok {
-				return n
-			}
-			return k
-		}
-	}
-	crmapi.PutFields(ct, salesforceNames, c.cfg.IDField, rename, func(k, v string) { f[k] = v })
+	crmapi.PutFields(ct, salesforceNames, c.cfg.IDField, c.rename(), func(k, v string) { f[k] = v })
 	// "Each object in the request body must contain an attributes map. The
 	// map must contain a value for type."
 	f["attributes"] = map[string]string{"type": c.cfg.Object}
 	return f
+}
+
+// rename maps an attribute to the field of its name in any case, as
+// describe spells it (nil before Check).
+func (c *Connector) rename() func(string) string {
+	p := c.names.Load()
+	if p == nil {
+		return nil
+	}
+	names := *p
+	return func(k string) string {
+		if n, ok := names[strings.ToLower(k)]; ok {
+			return n
+		}
+		return k
+	}
 }
 
 // Encode builds the upsert body once; encoding/json sorts the maps, so a
@@ -172,6 +178,80 @@ func (c *Connector) Encode(contacts []contact.Contact) *crmapi.WriteRequest {
 		Records   []map[string]any `json:"records"`
 	}{false, records})
 	return &crmapi.WriteRequest{Body: body, Keys: keys}
+}
+
+// EncodeUpdate builds the body of an sObject Collections update (PATCH
+// /composite/sobjects): each record names its contact by Id (the CRM id
+// the integrator returned) and carries only the listed fields. A cleared
+// field is JSON null: "Field values provided in the request body replace
+// the existing values in the record" (Update Records Using sObject Rows),
+// and "" is no value for most field types. An update by Id, unlike the
+// upsert by the External ID field, never creates: a contact deleted in
+// the org comes back ENTITY_IS_DELETED instead of being made again.
+func (c *Connector) EncodeUpdate(updates []crmapi.Update) *crmapi.WriteRequest {
+	records := make([]map[string]any, len(updates))
+	keys := make([]string, len(updates))
+	rename := c.rename()
+	for i := range updates {
+		u := &updates[i]
+		f := make(map[string]any, len(u.Fields)+2)
+		crmapi.PutUpdate(u, salesforceNames, rename, func(k, v string) {
+			if v == "" {
+				f[k] = nil
+				return
+			}
+			f[k] = v
+		})
+		f["Id"] = u.CRMID
+		f["attributes"] = map[string]string{"type": c.cfg.Object}
+		records[i] = f
+		keys[i] = u.Contact.ExternalID
+	}
+	body, _ := json.Marshal(struct {
+		AllOrNone bool             `json:"allOrNone"`
+		Records   []map[string]any `json:"records"`
+	}{false, records})
+	return &crmapi.WriteRequest{Body: body, Keys: keys, IDs: crmapi.UpdateIDs(updates)}
+}
+
+// goneCodes are an update's errors for an Id the org does not hold.
+var goneCodes = map[string]bool{"ENTITY_IS_DELETED": true, "INVALID_CROSS_REFERENCE_KEY": true, "MALFORMED_ID": true, "NOT_FOUND": true}
+
+// WriteUpdate sends the update: "The SaveResult objects are returned in
+// the order in which the update requests were specified."
+func (c *Connector) WriteUpdate(ctx context.Context, req *crmapi.WriteRequest) (*crmapi.BatchResponse, error) {
+	release, err := c.take(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var out []saveResult
+	if err := c.send(ctx, "update", http.MethodPatch, c.api+"/composite/sobjects", req.Body, &out); err != nil {
+		return nil, err
+	}
+	if len(out) != len(req.IDs) {
+		return nil, &crmapi.Error{Class: crmapi.ClassAmbiguous, Status: http.StatusOK,
+			Message: fmt.Sprintf("salesforce answered %d results for %d records", len(out), len(req.IDs))}
+	}
+	res := make([]crmapi.BatchResult, len(req.IDs))
+	for i, r := range out {
+		res[i].ExternalID, res[i].ID = req.Keys[i], req.IDs[i]
+		switch {
+		case r.Success:
+			res[i].Status = crmapi.StatusUpdated
+		case len(r.Errors) == 0 || transientCodes[r.Errors[0].StatusCode]:
+			// Left without status: the daemon resends it.
+		default:
+			e := r.Errors[0]
+			msg := e.Message
+			if len(e.Fields) > 0 {
+				msg += " (fields: " + strings.Join(e.Fields, ", ") + ")"
+			}
+			res[i].Status, res[i].Gone = crmapi.StatusRejected, goneCodes[e.StatusCode]
+			res[i].Error = &crmapi.ErrorDetail{Code: e.StatusCode, Message: msg}
+		}
+	}
+	return &crmapi.BatchResponse{Results: res}, nil
 }
 
 // saveResult is an UpsertResult of sObject Collections.

@@ -173,7 +173,8 @@ func (c *Client) Lookups() int64 { return c.lookups.Load() }
 type conn struct {
 	rc          *rpc.Client
 	addr        string
-	packed      atomic.Bool  // the daemon said it reads packed records
+	packed      atomic.Int32 // the newest packed records version the daemon said it reads; 0: none
+	updates     atomic.Bool  // the daemon said it takes updates
 	callTimeout atomic.Int64 // the bound it advertised for its calls; 0: not heard yet
 	instance    atomic.Value // string: its Instance; unset until it said
 }
@@ -184,8 +185,9 @@ func (cn *conn) instanceName() string {
 }
 
 // learn records what a reply says of its daemon.
-func (c *Client) learn(cn *conn, packedRecords int, callTimeout time.Duration, instance string) {
-	cn.packed.Store(packedRecords >= PackedVersion)
+func (c *Client) learn(cn *conn, packedRecords int, callTimeout time.Duration, instance string, updates bool) {
+	cn.packed.Store(int32(min(max(packedRecords, 0), PackedVersion)))
+	cn.updates.Store(updates)
 	if instance != "" {
 		cn.instance.Store(instance)
 	}
@@ -307,7 +309,7 @@ func (c *Client) dial(s *slot) {
 		s.cn = cn
 		s.lastErr, s.refused = nil, false
 		s.bo.Reset()
-		c.learn(s.cn, hs.PackedRecords, hs.CallTimeout, hs.Instance)
+		c.learn(s.cn, hs.PackedRecords, hs.CallTimeout, hs.Instance, hs.Updates)
 	default:
 		var e *Error
 		s.lastErr, s.refused = err, errors.As(err, &e)
@@ -557,6 +559,8 @@ func (c *Client) call(ctx context.Context, method string, args func(*conn) any, 
 const shutdownPause = time.Second
 
 // callGated is call, asking gate (when set) right before each write.
+// args may return an *Error instead of arguments: the call then ends with
+// it, nothing sent.
 func (c *Client) callGated(ctx context.Context, method string, args func(*conn) any, reply any, safe bool, retryable func() bool, gate func(context.Context, string) error, pin *slot) (*conn, error) {
 	if c.cfg.CallTimeout > 0 {
 		var cancel context.CancelFunc
@@ -573,6 +577,10 @@ func (c *Client) callGated(ctx context.Context, method string, args func(*conn) 
 			return nil, fmt.Errorf("%s: %w", method, err)
 		}
 		a := args(cn)
+		if e, ok := a.(*Error); ok {
+			c.release(s)
+			return nil, e
+		}
 		if gate != nil {
 			if err := gate(ctx, cn.instanceName()); err != nil {
 				c.release(s)
@@ -703,18 +711,28 @@ func (c *Client) hello(ctx context.Context, pin *slot) (*HelloReply, error) {
 	if reply.Err != nil {
 		return nil, reply.Err
 	}
-	c.learn(cn, reply.PackedRecords, reply.CallTimeout, reply.Instance)
+	c.learn(cn, reply.PackedRecords, reply.CallTimeout, reply.Instance, reply.Updates)
 	return &reply, nil
 }
 
 // Deliver sends records and returns one verdict per record, in order. On a
 // *ConnError the outcome of every record is unknown: resend them all with
 // MaybeSent set.
+//
+// A block holding an update (Record.CRMID) goes only to a daemon that said
+// it takes updates; for any other the call fails, before anything is sent,
+// with a fatal *Error (CodeDaemonPredatesUpdates): such a daemon would
+// ignore CRMID and create a duplicate.
 func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, error) {
 	var reply DeliverReply
 	var packed string // encoded once, for the first attempt that may use it
+	version := int32(PackedVersionOf(records))
 	args := func(cn *conn) any {
-		if !cn.packed.Load() {
+		if version >= 2 && !cn.updates.Load() {
+			return &Error{Code: CodeDaemonPredatesUpdates,
+				Message: fmt.Sprintf("daemon %s predates updates: it would create the contacts this block updates; upgrade crmintegrator", cn.addr)}
+		}
+		if cn.packed.Load() < version {
 			return &DeliverArgs{Token: c.cfg.Token, Records: records}
 		}
 		if packed == "" {
@@ -738,7 +756,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 	if err != nil {
 		return nil, err
 	}
-	c.learn(cn, reply.PackedRecords, reply.CallTimeout, reply.Instance)
+	c.learn(cn, reply.PackedRecords, reply.CallTimeout, reply.Instance, reply.Updates)
 	c.lookups.Add(int64(reply.Lookups))
 	if reply.Err != nil {
 		return nil, reply.Err

@@ -1,12 +1,17 @@
 package crmrpc
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"crmsync/shared/contact"
 )
 
 // OldHelloReply and OldDeliverArgs are HelloReply and DeliverArgs as they
@@ -57,16 +62,22 @@ type newDaemon struct {
 	received     [][]Record
 	hellos       atomic.Int64
 	shuttingDown atomic.Bool // answer Deliver with shutting_down
+	// packedVersion, when set, is the packed version it says it reads
+	// (else PackedVersion); updates says it takes updates.
+	packedVersion int
+	updates       bool
 }
+
+func (d *newDaemon) reads() int { return cmp.Or(d.packedVersion, PackedVersion) }
 
 func (d *newDaemon) Hello(a *HelloArgs, r *HelloReply) error {
 	d.hellos.Add(1)
-	r.Version, r.MaxRecords, r.PackedRecords = "new", DefaultMaxRecords, PackedVersion
+	r.Version, r.MaxRecords, r.PackedRecords, r.Updates = "new", DefaultMaxRecords, d.reads(), d.updates
 	return nil
 }
 
 func (d *newDaemon) Deliver(a *DeliverArgs, r *DeliverReply) error {
-	r.PackedRecords = PackedVersion
+	r.PackedRecords, r.Updates = d.reads(), d.updates
 	if d.shuttingDown.Load() {
 		r.Err = &Error{Code: CodeShuttingDown}
 		return nil
@@ -94,11 +105,83 @@ func (d *newDaemon) Lookup(a *LookupArgs, r *LookupReply) error { return nil }
 // its handshake says it reads packed records when it is a newDaemon.
 func serveRPC(t *testing.T, rcvr any) string {
 	t.Helper()
-	packed := 0
-	if _, ok := rcvr.(*newDaemon); ok {
-		packed = PackedVersion
+	var hs HandshakeReply
+	if d, ok := rcvr.(*newDaemon); ok {
+		hs.PackedRecords, hs.Updates = d.reads(), d.updates
 	}
-	return serveHandshake(t, rcvr, "", packed)
+	return serveHandshakeReply(t, rcvr, "", hs)
+}
+
+// A block holding an update goes only to a daemon that said it takes
+// updates: any other would ignore CRMID and create a duplicate. The
+// refusal comes before anything is sent, and is fatal. A block of creates
+// still goes packed to a daemon that reads only version 1.
+func TestClientUpdatesNeedADaemonThatTakesThem(t *testing.T) {
+	creates := packedRecordsForTest()
+	mixed := append(slices.Clone(creates), Record{CRMID: "ct_00000009", Fields: []string{"email"},
+		Contact: contact.Contact{ExternalID: "C-9", Email: "new@example.com"}})
+	for _, tc := range []struct {
+		name       string
+		daemon     any
+		hello      bool
+		recs       []Record
+		refused    bool
+		wantPacked bool
+	}{
+		{"predates packed records", &oldDaemon{}, false, mixed, true, false},
+		{"reads packed v1, no updates", &newDaemon{packedVersion: 1}, false, mixed, true, false},
+		{"no updates, after hello", &newDaemon{packedVersion: 1}, true, mixed, true, false},
+		{"creates to a v1 daemon go packed", &newDaemon{packedVersion: 1}, false, creates, false, true},
+		{"takes updates (handshake)", &newDaemon{updates: true}, false, mixed, false, true},
+		{"takes updates (hello)", &newDaemon{updates: true}, true, mixed, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			c, err := Dial(ctx, ClientConfig{Addrs: []string{serveRPC(t, tc.daemon)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if tc.hello {
+				if _, err := c.Hello(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			vs, err := c.Deliver(ctx, tc.recs)
+			var got [][]Record
+			var packed []bool
+			switch d := tc.daemon.(type) {
+			case *oldDaemon:
+				d.mu.Lock()
+				got = d.received
+				d.mu.Unlock()
+			case *newDaemon:
+				d.mu.Lock()
+				got, packed = d.received, d.packed
+				d.mu.Unlock()
+			}
+			if tc.refused {
+				var e *Error
+				if !errors.As(err, &e) || e.Code != CodeDaemonPredatesUpdates || !e.Fatal() ||
+					!strings.Contains(e.Message, "predates updates") || !strings.Contains(e.Message, "upgrade crmintegrator") {
+					t.Fatalf("Deliver: %v, %v; want a fatal %s error", vs, err, CodeDaemonPredatesUpdates)
+				}
+				if len(got) != 0 {
+					t.Fatalf("the daemon got %d calls, want none", len(got))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || !equalRecords(got[0], tc.recs) {
+				t.Fatalf("the daemon got %+v, want %+v", got, tc.recs)
+			}
+			if !slices.Equal(packed, []bool{tc.wantPacked}) {
+				t.Errorf("packed: got %v, want %v", packed, tc.wantPacked)
+			}
+		})
+	}
 }
 
 func checkDelivered(t *testing.T, vs []Verdict, err error, recs []Record, prefix string) {

@@ -61,6 +61,10 @@ type HelloReply struct {
 	// its records over knows whether its own daemon is the one that may
 	// still be working on them. Empty from daemons that predate it.
 	Instance string
+	// Updates says the daemon takes update records (Record.CRMID). A
+	// daemon that predates them would ignore CRMID and create a
+	// duplicate, so the Client refuses to send it a block holding one.
+	Updates bool
 }
 
 // Record is one contact to create, or to update, in the CRM.
@@ -109,6 +113,8 @@ type DeliverReply struct {
 	PackedRecords int
 	// Instance is HelloReply.Instance, repeated for the same reason.
 	Instance string
+	// Updates is HelloReply.Updates, repeated for the same reason.
+	Updates bool
 	// CallTimeout is HelloReply.CallTimeout, repeated for the same reason:
 	// a client must know how long a call that breaks may still run.
 	CallTimeout time.Duration
@@ -209,6 +215,10 @@ const (
 	// RetryAfter says when it comes back. Nothing was created. A reader
 	// stops cleanly and tells the operator to rerun after that.
 	CodeQuotaExhausted = "crm_quota_exhausted"
+	// CodeDaemonPredatesUpdates: the client refused, before sending
+	// anything, a block holding updates for a daemon that did not say it
+	// takes them. Fatal: the operator must upgrade crmintegrator.
+	CodeDaemonPredatesUpdates = "daemon_predates_updates"
 	// The CRM did not answer a Lookup in time (down, rate limited, circuit
 	// open); call again after Error.RetryAfter. Not fatal.
 	CodeCRMUnavailable = "crm_unavailable"

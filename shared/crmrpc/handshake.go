@@ -44,6 +44,8 @@ const (
 	maxReplyBytes    = 64 << 10
 	handshakeOK      = 0
 	handshakeRefused = 1
+	// handshakeUpdates is the features bit of HandshakeReply.Updates.
+	handshakeUpdates = 1
 )
 
 // HandshakeReply is what the daemon tells a reader it admitted.
@@ -59,6 +61,8 @@ type HandshakeReply struct {
 	// before its first call on the connection.
 	CallTimeout time.Duration
 	Instance    string
+	// Updates is HelloReply.Updates.
+	Updates bool
 }
 
 // Handshake errors a daemon tells apart.
@@ -121,6 +125,10 @@ func ClientHandshake(c net.Conn, token string, deadline time.Time) (*HandshakeRe
 				b := make([]byte, n)
 				rd.Read(b)
 				r.Instance = string(b)
+				// Then the daemon's features, a bit set: 1 updates.
+				if f, err := binary.ReadUvarint(rd); err == nil {
+					r.Updates = f&handshakeUpdates != 0
+				}
 			}
 		}
 		return &r, nil
@@ -170,6 +178,11 @@ func WriteHandshakeOK(w io.Writer, r HandshakeReply) error {
 	p = binary.AppendUvarint(p, uint64(max(r.CallTimeout.Milliseconds(), 0)))
 	p = binary.AppendUvarint(p, uint64(len(r.Instance)))
 	p = append(p, r.Instance...)
+	var features uint64
+	if r.Updates {
+		features |= handshakeUpdates
+	}
+	p = binary.AppendUvarint(p, features)
 	return writeHandshakeReply(w, handshakeOK, p)
 }
 

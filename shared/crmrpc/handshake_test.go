@@ -25,6 +25,14 @@ import (
 // packed.
 func serveHandshake(t *testing.T, rcvr any, token string, packed int) string {
 	t.Helper()
+	return serveHandshakeReply(t, rcvr, token, HandshakeReply{PackedRecords: packed})
+}
+
+// serveHandshakeReply is serveHandshake admitting readers with hs (its
+// MaxMessageBytes set to 1 MiB).
+func serveHandshakeReply(t *testing.T, rcvr any, token string, hs HandshakeReply) string {
+	t.Helper()
+	hs.MaxMessageBytes = 1 << 20
 	srv := rpc.NewServer()
 	if err := srv.RegisterName(ServiceV1, rcvr); err != nil {
 		t.Fatal(err)
@@ -50,7 +58,7 @@ func serveHandshake(t *testing.T, rcvr any, token string, packed int) string {
 					c.Close()
 					return
 				}
-				WriteHandshakeOK(c, HandshakeReply{PackedRecords: packed, MaxMessageBytes: 1 << 20})
+				WriteHandshakeOK(c, hs)
 				srv.ServeConn(c)
 			}()
 		}

@@ -3,37 +3,57 @@ package crmrpc
 import (
 	"encoding/binary"
 	"fmt"
+
+	"crmsync/shared/contact"
 )
 
-// PackedVersion is the version of the packed records encoding (see
-// DeliverArgs.Packed) that this package writes and reads.
-const PackedVersion = 1
+// PackedVersion is the newest version of the packed records encoding (see
+// DeliverArgs.Packed) that this package writes and reads. It reads every
+// version since 1, and writes the oldest one that carries a block
+// (PackedVersionOf), so that a daemon reading only version 1 still takes
+// blocks of creates packed.
+const PackedVersion = 2
 
-// The packed records encoding, version 1. gob spends most of a Deliver
-// call's decoding on the Attributes maps, field by field through
-// reflection; this is a flat layout the daemon slices strings out of.
+// PackedVersionOf is the version AppendPackedRecords writes for recs: 2
+// when a record is an update, else 1.
+func PackedVersionOf(recs []Record) int {
+	for i := range recs {
+		if recs[i].IsUpdate() {
+			return 2
+		}
+	}
+	return 1
+}
+
+// The packed records encoding. gob spends most of a Deliver call's
+// decoding on the Attributes maps, field by field through reflection; this
+// is a flat layout the daemon slices strings out of.
 //
-//	packed  = version count record*          version = 0x01; count = uvarint
-//	record  = flags string{5} attrs          flags = one byte: 0x01 MaybeSent, other bits 0
+//	packed  = version count record*          version = 0x01 or 0x02; count = uvarint
+//	record  = flags string{5} attrs [update] flags = one byte: 0x01 MaybeSent, 0x02 update (version 2), other bits 0
 //	string  = len bytes                      len = uvarint; any bytes (UTF-8 is checked later, per record)
 //	attrs   = n (name value){n}              n = uvarint; names distinct
+//	update  = crmid n name{n}                present with flag 0x02: Record.CRMID (not empty) and Record.Fields
 //
-// The five strings are the contact's ExternalID, Email, FirstName,
-// LastName and Phone, in that order. No attributes decode as a nil map, as
-// gob gives. Nothing may follow the last record. A uvarint is
-// encoding/binary's (little-endian groups of 7 bits, at most 10 bytes).
+// The five strings are the contact's own fields in contact.Fields order
+// (ExternalID, Email, FirstName, LastName, Phone). No attributes decode as
+// a nil map, and no field names as a nil slice, as gob gives. Nothing may
+// follow the last record. A uvarint is encoding/binary's (little-endian
+// groups of 7 bits, at most 10 bytes). Version 2 is version 1 plus the
+// update flag.
 const (
 	packedMaybeSent = 0x01
-	// minPackedRecord is the size of the smallest record: the flags, five
-	// empty strings and no attributes. A count is checked against it
+	packedUpdate    = 0x02
+	// minPackedRecord is the size of the smallest record: the flags, the
+	// own fields empty and no attributes. A count is checked against it
 	// before anything is allocated.
-	minPackedRecord = 1 + 5 + 1
+	minPackedRecord = 1 + len(contact.Fields) + 1
 )
 
 // AppendPackedRecords appends the packed encoding of recs to dst and
 // returns the extended buffer.
 func AppendPackedRecords(dst []byte, recs []Record) []byte {
-	dst = append(dst, PackedVersion)
+	dst = append(dst, byte(PackedVersionOf(recs)))
 	dst = binary.AppendUvarint(dst, uint64(len(recs)))
 	for i := range recs {
 		r := &recs[i]
@@ -41,16 +61,24 @@ func AppendPackedRecords(dst []byte, recs []Record) []byte {
 		if r.MaybeSent {
 			flags |= packedMaybeSent
 		}
+		if r.IsUpdate() {
+			flags |= packedUpdate
+		}
 		c := &r.Contact
 		dst = append(dst, flags)
-		dst = appendPackedString(dst, c.ExternalID)
-		dst = appendPackedString(dst, c.Email)
-		dst = appendPackedString(dst, c.FirstName)
-		dst = appendPackedString(dst, c.LastName)
-		dst = appendPackedString(dst, c.Phone)
+		for _, f := range &contact.Fields {
+			dst = appendPackedString(dst, f.Get(c))
+		}
 		dst = binary.AppendUvarint(dst, uint64(len(c.Attributes)))
 		for k, v := range c.Attributes {
 			dst = appendPackedString(appendPackedString(dst, k), v)
+		}
+		if r.IsUpdate() {
+			dst = appendPackedString(dst, r.CRMID)
+			dst = binary.AppendUvarint(dst, uint64(len(r.Fields)))
+			for _, name := range r.Fields {
+				dst = appendPackedString(dst, name)
+			}
 		}
 	}
 	return dst
@@ -76,15 +104,16 @@ func UnpackRecords(p string, maxRecords int) ([]Record, *Error) {
 	if len(p) == 0 {
 		return nil, u.fail("", "empty")
 	}
-	if v := p[0]; v != PackedVersion {
-		return nil, u.fail("", fmt.Sprintf("version %d, this daemon reads version %d", v, PackedVersion))
+	if v := p[0]; v < 1 || v > PackedVersion {
+		return nil, u.fail("", fmt.Sprintf("version %d, this daemon reads versions 1 to %d", v, PackedVersion))
 	}
+	u.version = p[0]
 	u.off = 1
 	n, ok := u.uvarint("record count")
 	if !ok {
 		return nil, u.err
 	}
-	if left := uint64(len(p) - u.off); n > left/minPackedRecord {
+	if left := uint64(len(p) - u.off); n > left/uint64(minPackedRecord) {
 		return nil, u.fail("record count", fmt.Sprintf("%d records cannot fit in the %d bytes left", n, left))
 	}
 	if n > uint64(max(maxRecords, 0)) {
@@ -106,8 +135,9 @@ func UnpackRecords(p string, maxRecords int) ([]Record, *Error) {
 
 // unpacker reads p from off; err says why it stopped.
 type unpacker struct {
-	p   string
-	off int
+	p       string
+	off     int
+	version byte
 	// For messages: the record being read (-1 before the first) and the
 	// offset where the item being read starts.
 	rec, at int
@@ -120,28 +150,64 @@ func (u *unpacker) record(r *Record) bool {
 		return u.failed("flags", "truncated")
 	}
 	flags := u.p[u.off]
-	if flags&^packedMaybeSent != 0 {
-		return u.failed("flags", fmt.Sprintf("unknown flags %#02x", flags))
+	known := byte(packedMaybeSent)
+	if u.version >= 2 {
+		known |= packedUpdate
+	}
+	if flags&^known != 0 {
+		return u.failed("flags", fmt.Sprintf("unknown flags %#02x in version %d", flags, u.version))
 	}
 	u.off++
 	r.MaybeSent = flags&packedMaybeSent != 0
 	c := &r.Contact
-	var ok bool
-	if c.ExternalID, ok = u.string("external_id"); !ok {
+	for _, f := range &contact.Fields {
+		v, ok := u.string(f.Name)
+		if !ok {
+			return false
+		}
+		f.Set(c, v)
+	}
+	if !u.attributes(c) {
 		return false
 	}
-	if c.Email, ok = u.string("email"); !ok {
+	if flags&packedUpdate == 0 {
+		return true
+	}
+	return u.update(r)
+}
+
+// update reads an update's CRM id and field names.
+func (u *unpacker) update(r *Record) bool {
+	id, ok := u.string("crm id")
+	if !ok {
 		return false
 	}
-	if c.FirstName, ok = u.string("first_name"); !ok {
+	if id == "" {
+		return u.failed("crm id", "empty in an update")
+	}
+	r.CRMID = id
+	n, ok := u.uvarint("field count")
+	if !ok {
 		return false
 	}
-	if c.LastName, ok = u.string("last_name"); !ok {
-		return false
+	if n == 0 {
+		return true
 	}
-	if c.Phone, ok = u.string("phone"); !ok {
-		return false
+	// A name takes at least one byte.
+	if left := uint64(len(u.p) - u.off); n > left {
+		return u.failed("field count", fmt.Sprintf("%d field names cannot fit in the %d bytes left", n, left))
 	}
+	r.Fields = make([]string, n)
+	for i := range r.Fields {
+		if r.Fields[i], ok = u.string("field name"); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// attributes reads a contact's attributes.
+func (u *unpacker) attributes(c *contact.Contact) bool {
 	n, ok := u.uvarint("attribute count")
 	if !ok {
 		return false

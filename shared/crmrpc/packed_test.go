@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/gob"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -31,6 +32,9 @@ func TestPackedRoundTrip(t *testing.T) {
 		{"one empty", []Record{{}}},
 		{"empty attributes", []Record{{Contact: contact.Contact{ExternalID: "x", Attributes: map[string]string{}}}}},
 		{"mixed", packedRecordsForTest()},
+		{"updates", append(packedRecordsForTest(),
+			Record{CRMID: "ct_00000007", Fields: []string{"email", "attributes.company"}, Contact: contact.Contact{ExternalID: "C-7", Email: "new@example.com"}},
+			Record{CRMID: "x", Fields: []string{}, MaybeSent: true})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := AppendPackedRecords(nil, tc.recs)
@@ -64,6 +68,64 @@ func TestPackedLayout(t *testing.T) {
 	}
 }
 
+// Version 2 is version 1 plus an update's CRM id and field names; a block
+// without updates is written as version 1, which older daemons read.
+func TestPackedLayoutUpdate(t *testing.T) {
+	recs := []Record{
+		{Contact: contact.Contact{ExternalID: "id"}},
+		{CRMID: "c1", Fields: []string{"email", "attributes.k"}, Contact: contact.Contact{ExternalID: "k", Email: "e"}},
+	}
+	want := []byte{2, 2, // version, count
+		0, 2, 'i', 'd', 0, 0, 0, 0, 0,
+		2, 1, 'k', 1, 'e', 0, 0, 0, 0, 2, 'c', '1', 2, 5, 'e', 'm', 'a', 'i', 'l', 12}
+	want = append(want, "attributes.k"...)
+	if got := AppendPackedRecords(nil, recs); !bytes.Equal(got, want) {
+		t.Fatalf("got  %x\nwant %x", got, want)
+	}
+	if got := AppendPackedRecords(nil, recs[:1]); got[0] != 1 {
+		t.Fatalf("a block of creates is written as version %d, want 1", got[0])
+	}
+}
+
+// Every own field of contact.Fields, the CRM id and the field names cross
+// both encodings: a field added to contact.Fields that a codec drops fails
+// here.
+func TestPackedCarriesEveryField(t *testing.T) {
+	var rec Record
+	names := []string{}
+	for i, f := range &contact.Fields {
+		f.Set(&rec.Contact, "value of "+f.Name+strings.Repeat("x", i))
+		names = append(names, f.Name)
+	}
+	rec.Contact.Attributes = map[string]string{"company": "Acme"}
+	rec.CRMID, rec.Fields = "ct_00000001", append(names, contact.AttributePrefix+"company")
+	for _, tc := range []struct {
+		name string
+		got  func() Record
+	}{
+		{"packed", func() Record {
+			got, err := UnpackRecords(string(AppendPackedRecords(nil, []Record{rec})), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got[0]
+		}},
+		{"gob", func() Record { return gobRoundTrip(t, []Record{rec})[0] }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.got()
+			for _, f := range &contact.Fields {
+				if g, w := f.Get(&got.Contact), f.Get(&rec.Contact); g != w {
+					t.Errorf("%s: got %q, want %q", f.Name, g, w)
+				}
+			}
+			if got.CRMID != rec.CRMID || !slices.Equal(got.Fields, rec.Fields) || !maps.Equal(got.Contact.Attributes, rec.Contact.Attributes) {
+				t.Errorf("got %+v, want %+v", got, rec)
+			}
+		})
+	}
+}
+
 func TestUnpackRecordsRefuses(t *testing.T) {
 	valid := AppendPackedRecords(nil, []Record{{Contact: contact.Contact{ExternalID: "id", Email: "e", Attributes: map[string]string{"k": "v"}}}})
 	// valid is 01 01 | 00 02 'i' 'd' 01 'e' 00 00 00 01 01 'k' 01 'v'
@@ -74,15 +136,19 @@ func TestUnpackRecordsRefuses(t *testing.T) {
 		contains string
 	}{
 		{"empty", "", CodeMalformedCall, "at byte 0: empty"},
-		{"version 0", "\x00\x00", CodeMalformedCall, "version 0, this daemon reads version 1"},
-		{"version 2", "\x02\x00", CodeMalformedCall, "version 2"},
+		{"version 0", "\x00\x00", CodeMalformedCall, "version 0, this daemon reads versions 1 to 2"},
+		{"version 3", "\x03\x00", CodeMalformedCall, "version 3"},
+		{"update flag in version 1", "\x01\x01\x02\x00\x00\x00\x00\x00\x00", CodeMalformedCall, "record 0: flags at byte 2: unknown flags 0x02 in version 1"},
+		{"unknown flag in version 2", "\x02\x01\x04\x00\x00\x00\x00\x00\x00", CodeMalformedCall, "unknown flags 0x04 in version 2"},
+		{"update without crm id", "\x02\x01\x02\x00\x00\x00\x00\x00\x00\x00\x00", CodeMalformedCall, "record 0: crm id at byte 9: empty in an update"},
+		{"update truncated", "\x02\x01\x02\x00\x00\x00\x00\x00\x00", CodeMalformedCall, "record 0: crm id at byte 9: truncated"},
+		{"field count too big", "\x02\x01\x02\x00\x00\x00\x00\x00\x00\x01x\x05\x00", CodeMalformedCall, "record 0: field count at byte 11: 5 field names cannot fit in the 1 bytes left"},
 		{"no count", "\x01", CodeMalformedCall, "record count at byte 1: truncated"},
 		{"count overflows", cat([]byte{1}, bytes.Repeat([]byte{0xff}, 10), []byte{1}), CodeMalformedCall, "overflows 64 bits"},
 		{"count too big for the bytes", "\x01\x02" + "\x00\x00\x00\x00\x00\x00\x00", CodeMalformedCall, "2 records cannot fit in the 7 bytes left"},
 		{"huge count", cat([]byte{1}, binary.AppendUvarint(nil, 1<<62)), CodeMalformedCall, "cannot fit"},
 		{"more than max", cat([]byte{1, 4}, bytes.Repeat([]byte{0, 0, 0, 0, 0, 0, 0}, 4)), CodeTooManyRecords,
 			"4 records in one call, at most 3 allowed: send smaller blocks"},
-		{"unknown flag", "\x01\x01\x02\x00\x00\x00\x00\x00\x00", CodeMalformedCall, "record 0: flags at byte 2: unknown flags 0x02"},
 		{"string past the end", "\x01\x01\x00\x00\x09abc\x00\x00\x00\x00", CodeMalformedCall, "record 0: email at byte 4: length 9 exceeds the 7 bytes left"},
 		{"truncated record", string(valid[:len(valid)-1]), CodeMalformedCall, "record 0: attribute value at byte 14: length 1 exceeds the 0 bytes left"},
 		{"attribute count too big", cat(valid[:11], []byte{5, 0, 0, 0, 0}), CodeMalformedCall, "record 0: attribute count at byte 11: 5 attributes cannot fit in the 4 bytes left"},
@@ -210,10 +276,14 @@ func equalRecords(a, b []Record) bool {
 	}
 	for i := range a {
 		x, y := &a[i].Contact, &b[i].Contact
-		if a[i].MaybeSent != b[i].MaybeSent || x.ExternalID != y.ExternalID || x.Email != y.Email ||
-			x.FirstName != y.FirstName || x.LastName != y.LastName || x.Phone != y.Phone ||
+		if a[i].MaybeSent != b[i].MaybeSent || a[i].CRMID != b[i].CRMID || !slices.Equal(a[i].Fields, b[i].Fields) ||
 			!maps.Equal(x.Attributes, y.Attributes) {
 			return false
+		}
+		for _, f := range &contact.Fields {
+			if f.Get(x) != f.Get(y) {
+				return false
+			}
 		}
 	}
 	return true

@@ -1,0 +1,218 @@
+package integrator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"crmsync/crmintegrator/fakecrm"
+	"crmsync/shared/contact"
+	"crmsync/shared/crmrpc"
+)
+
+// startAPI starts fakecrm serving api and a daemon speaking it, checked
+// as at start, and dials it.
+func startAPI(t *testing.T, api string, faults fakecrm.Faults) (*fakecrm.Server, *Server, *crmrpc.Client) {
+	t.Helper()
+	crm, url := startCRM(t, fakecrm.Config{API: api, Faults: faults, Seed: 7})
+	cfg := testConfig(url)
+	cfg.API = api
+	s, addr := startDaemon(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return crm, s, dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+}
+
+// updateRecords are recs (delivered as ids) updated: a new email, the
+// first name cleared, a phone set, and for APIs with a company field the
+// attribute set on even records and cleared on odd ones.
+func updateRecords(recs []crmrpc.Record, ids map[string]string, attrs bool) []crmrpc.Record {
+	out := make([]crmrpc.Record, len(recs))
+	for i, r := range recs {
+		c := r.Contact
+		c.Attributes = nil
+		c.Email = "new-" + c.Email
+		c.FirstName = ""
+		c.Phone = fmt.Sprintf("+1 555 %04d", i)
+		fields := []string{"email", "first_name", "phone"}
+		if attrs {
+			fields = append(fields, contact.AttributePrefix+"company")
+			if i%2 == 0 {
+				c.Attributes = map[string]string{"company": "Acme " + c.ExternalID}
+			}
+		}
+		out[i] = crmrpc.Record{Contact: c, CRMID: ids[c.ExternalID], Fields: fields}
+	}
+	return out
+}
+
+func createRecords(prefix string, n int) []crmrpc.Record {
+	recs := makeRecords(prefix, n)
+	for i := range recs {
+		recs[i].Contact.LastName = "Lovelace" // Salesforce requires it
+		recs[i].Contact.Attributes = map[string]string{}
+	}
+	return recs
+}
+
+// Updates under 503s, ambiguous answers (500, 502, 504, resets, hangs)
+// and latency are resent until they land, never create a contact, and
+// leave the new values in the CRM, for each API.
+func TestUpdatesUnderFaultsNeverCreate(t *testing.T) {
+	for _, tc := range []struct {
+		api   string
+		attrs bool // the CRM has a company field
+	}{
+		{"generic", true},
+		{"hubspot", true},
+		{"salesforce", false},
+	} {
+		t.Run(tc.api, func(t *testing.T) {
+			const n = 60
+			crm, _, c := startAPI(t, tc.api, fakecrm.Faults{})
+			recs := createRecords("U", n)
+			for i := range recs {
+				if tc.attrs && i%2 == 1 {
+					recs[i].Contact.Attributes = map[string]string{"company": "Old"}
+				}
+			}
+			ids := deliverAll(t, c, recs, 25, 20*time.Second)
+			crm.SetFaults(fakecrm.Faults{FailRate: 0.1, AmbiguousRate: 0.1, AmbiguousModes: "500,502,504,reset,hang",
+				Hang: 50 * time.Millisecond, Latency: 20 * time.Millisecond, Jitter: 30 * time.Millisecond})
+			before := crm.Audit()
+			ups := updateRecords(recs, ids, tc.attrs)
+			got := deliverAll(t, c, ups, 25, 40*time.Second)
+			crm.SetFaults(fakecrm.Faults{})
+			for k, id := range ids {
+				if got[k] != id {
+					t.Errorf("%s: updated as %q, want its CRM id %q", k, got[k], id)
+				}
+			}
+			a := crm.Audit()
+			if a.Contacts != n || a.Creates != before.Creates || a.DuplicateContacts != 0 {
+				t.Fatalf("after the updates: %d contacts, %d creates (%d before), %d duplicates; want %d, no new one",
+					a.Contacts, a.Creates, before.Creates, a.DuplicateContacts, n)
+			}
+			if a.Updates < n || a.Failed == 0 || a.Ambiguous == 0 {
+				t.Errorf("audit %+v: want at least %d updates and some 503s and ambiguous answers", a, n)
+			}
+			byKey := map[string]contact.Contact{}
+			for _, sc := range crm.Contacts() {
+				byKey[sc.ExternalID] = sc.Contact
+			}
+			for i, u := range ups {
+				have := byKey[u.Contact.ExternalID]
+				if have.Email != u.Contact.Email || have.FirstName != "" || have.Phone != u.Contact.Phone || have.LastName != "Lovelace" {
+					t.Fatalf("%s holds %+v, want email %q, no first name, phone %q, last name kept", u.Contact.ExternalID, have, u.Contact.Email, u.Contact.Phone)
+				}
+				if tc.attrs {
+					want := map[bool]string{true: "Acme " + u.Contact.ExternalID, false: ""}[i%2 == 0]
+					if have.Attributes["company"] != want {
+						t.Fatalf("%s company %q, want %q", u.Contact.ExternalID, have.Attributes["company"], want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// An update of a CRM id the CRM does not hold (deleted there, or never
+// its own) is rejected with the CRM's code and a message that says so;
+// nothing is created. A block mixing creates and updates gets each its
+// verdict, and the two never share a CRM request.
+func TestUpdateUnknownIDAndMixedBlock(t *testing.T) {
+	for _, tc := range []struct {
+		api, unknown, code string
+	}{
+		{"generic", "ct_09999999", "not_found"},
+		{"hubspot", "99999999", "OBJECT_NOT_FOUND"},
+		{"salesforce", "003000000009999AAA", "ENTITY_IS_DELETED"},
+	} {
+		t.Run(tc.api, func(t *testing.T) {
+			crm, s, c := startAPI(t, tc.api, fakecrm.Faults{})
+			first := createRecords("M", 3)
+			ids := deliverAll(t, c, first, 10, 10*time.Second)
+			block := createRecords("N", 2) // creates
+			upd := updateRecords(first[:2], ids, false)
+			gone := crmrpc.Record{Contact: first[2].Contact, CRMID: tc.unknown, Fields: []string{"email"}}
+			gone.Contact.Email = "gone@example.com"
+			bad := crmrpc.Record{Contact: first[2].Contact, CRMID: ids[first[2].Contact.ExternalID], Fields: []string{"shoe_size"}}
+			bad.Contact.ExternalID = "M-bad" // a key of its own: a call sends a key once
+			block = append(block, upd[0], gone, upd[1], bad)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			vs, err := c.Deliver(ctx, block)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []struct {
+				outcome crmrpc.Outcome
+				crmID   string
+				code    string
+			}{
+				{crmrpc.Delivered, "", ""}, {crmrpc.Delivered, "", ""},
+				{crmrpc.Delivered, ids["M-00000"], ""},
+				{crmrpc.Rejected, "", tc.code},
+				{crmrpc.Delivered, ids["M-00001"], ""},
+				{crmrpc.Rejected, "", CodeUnknownField},
+			}
+			for i, w := range want {
+				v := vs[i]
+				if v.Outcome != w.outcome || (w.crmID != "" && v.CRMID != w.crmID) || v.Code != w.code {
+					t.Errorf("record %d: got %v %q %s %q, want %v %q %s", i, v.Outcome, v.CRMID, v.Code, v.Message, w.outcome, w.crmID, w.code)
+				}
+			}
+			if msg := vs[3].Message; !strings.Contains(msg, "no longer holds contact "+tc.unknown+" for key M-00002") {
+				t.Errorf("message %q does not say the CRM lost the contact", msg)
+			}
+			if a := crm.Audit(); a.Contacts != 5 || a.DuplicateContacts != 0 {
+				t.Errorf("audit %+v: want 5 contacts (3 + 2 created), none made by an update", a)
+			}
+			var buf strings.Builder
+			s.met.WriteTo(&buf)
+			for _, line := range []string{
+				`crmintegrator_update_verdicts_total{outcome="delivered"} 2`,
+				`crmintegrator_update_verdicts_total{outcome="rejected"} 2`,
+				`crmintegrator_verdicts_total{outcome="delivered"} 7`,
+				`op="update"`,
+			} {
+				if !strings.Contains(buf.String(), line) {
+					t.Errorf("metrics lack %s:\n%s", line, buf.String())
+				}
+			}
+		})
+	}
+}
+
+// An update's CRM id and field names are held to the field limit as its
+// fields are: the call is refused before anything is sent.
+func TestUpdateFieldLimits(t *testing.T) {
+	crm, s, _ := startAPI(t, "generic", fakecrm.Faults{})
+	long := strings.Repeat("x", 4097)
+	base := crmrpc.Record{Contact: contact.Contact{ExternalID: "K", Email: "k@example.com"}, CRMID: "ct_00000001", Fields: []string{"email"}}
+	for _, tc := range []struct {
+		name string
+		edit func(*crmrpc.Record)
+		want string
+	}{
+		{"crm id", func(r *crmrpc.Record) { r.CRMID = long }, "the crm id has 4097 bytes"},
+		{"field name", func(r *crmrpc.Record) { r.Fields = []string{"email", contact.AttributePrefix + long} }, "a field name has 4108 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := base
+			tc.edit(&r)
+			_, err := s.Deliver(context.Background(), []crmrpc.Record{r})
+			if err == nil || err.Code != crmrpc.CodeFieldTooLarge || !strings.Contains(err.Message, tc.want) {
+				t.Fatalf("got %v, want %s saying %q", err, crmrpc.CodeFieldTooLarge, tc.want)
+			}
+		})
+	}
+	if a := crm.Audit(); a.Requests != 0 {
+		t.Errorf("%d CRM requests, want none", a.Requests)
+	}
+}
