@@ -339,9 +339,6 @@ func (r *Run) decideDelivered(it Item, h holding, live map[int64]bool, out *Deci
 		// The same export delivered the key from an earlier row: this
 		// one is a repeat, as it was in the run that delivered it.
 		*out = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("same key as %s line %d (delivered by run %d)", c.file, c.line, c.run)}
-	case asOf < c.asOf:
-		*out = Decision{Status: Stale, Why: fmt.Sprintf("the CRM holds a newer version (as of %s, run %d, %s line %d); this export is as of %s",
-			fmtMicros(c.asOf), c.run, c.file, c.line, fmtMicros(asOf))}
 	default:
 		return pendingUpdate{}, true
 	}
@@ -383,6 +380,10 @@ func (r *Run) settleUpdates(ctx context.Context, tx *sql.Tx, items []Item, hs ma
 			out[p.item] = Decision{Status: Unchanged, Why: fmt.Sprintf("delivered by run %d from %s line %d; this export's empty cells keep its values", c.run, c.file, c.line)}
 			continue
 		}
+		if p.takeOver == nil && r.sync.asOfMicros() < c.asOf {
+			out[p.item] = staleDecision(r.sync, c)
+			continue
+		}
 		u := &Update{CRMID: c.crmID, Version: c.version, Contact: merged, Fingerprint: merged.Fingerprint(), Old: c.fp, Fields: fields, Changed: changed}
 		switch {
 		case p.takeOver != nil:
@@ -416,6 +417,12 @@ func (r *Run) settleUpdates(ctx context.Context, tx *sql.Tx, items []Item, hs ma
 		take = append(take, takeover{item: i, own: true})
 	}
 	return take, nil
+}
+
+// staleDecision: customers holds c from a newer export than this run's.
+func staleDecision(s Sync, c *holder) Decision {
+	return Decision{Status: Stale, Why: fmt.Sprintf("the CRM holds a newer version (as of %s, run %d, %s line %d); this export is as of %s",
+		fmtMicros(c.asOf), c.run, c.file, c.line, fmtMicros(s.asOfMicros()))}
 }
 
 // union is a's names followed by those of b not in a.

@@ -139,6 +139,10 @@ func Preview(ctx context.Context, d *sql.DB, s Sync, items []Item) ([]Decision, 
 				out[i] = Decision{Status: Unchanged, Why: fmt.Sprintf("delivered by run %d from %s line %d; this export's empty cells keep its values", c.run, c.file, c.line)}
 				continue
 			}
+			if s.asOfMicros() < c.asOf {
+				out[i] = staleDecision(s, c)
+				continue
+			}
 			st := Updating
 			if s.Mode != ChangesUpdate {
 				st = Changed

@@ -44,6 +44,9 @@ type fixtureOptions struct {
 	// one under test, for "partly delivered by an earlier run". Its own
 	// outcome is not compared, but it must exit 0.
 	Earlier string `json:"earlier"`
+	// EarlierReader are extra csvreader flags for the earlier run only,
+	// after Reader (an older -as-of, say, for a fixture of changes).
+	EarlierReader []string `json:"earlier_reader"`
 	// ExitCode, when set, is the exit code the fixture must have, checked
 	// even by -update so that a golden never blesses a broken run.
 	ExitCode *int `json:"exit_code"`
@@ -228,14 +231,15 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 	}
 	defer integ.stop()
 
-	reader := func(name string, files ...string) (int, error) {
+	reader := func(name string, extra []string, files ...string) (int, error) {
 		args := append([]string{"-integrator", integ.addr, "-progress=false",
 			"-report", name + ".report.json", "-rejects", name + ".rejects.csv", "-max-retry-time", "1m"}, o.Reader...)
+		args = append(args, extra...)
 		// The DSN goes in the environment: the log shows the command line.
 		return runProgram(ctx, work, name, c.progs.reader, append(args, files...), "DATABASE_URL="+dsn)
 	}
 	if o.Earlier != "" {
-		code, err := reader("earlier", filepath.Base(o.Earlier))
+		code, err := reader("earlier", o.EarlierReader, filepath.Base(o.Earlier))
 		if err != nil {
 			return nil, err
 		}
@@ -247,7 +251,7 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 	for i, f := range inputs {
 		names[i] = filepath.Base(f)
 	}
-	code, err := reader("reader", names...)
+	code, err := reader("reader", nil, names...)
 	if err != nil {
 		return nil, err
 	}
@@ -460,7 +464,7 @@ func errorLines(logPath, work string) (string, error) {
 
 // runDependent are report fields that change from run to run.
 var runDependent = []string{"elapsed_seconds", "rows_per_second", "run_id", "retries", "recovered", "rejects_file",
-	"lookups", "recovery_wait_seconds"}
+	"lookups", "recovery_wait_seconds", "as_of"}
 
 // normaliseReport drops the run-dependent fields of a report, keeps only
 // the base names of its files, and indents it with sorted keys. No report

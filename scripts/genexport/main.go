@@ -1,7 +1,8 @@
 // Command genexport writes a synthetic customer export for the demo and the
 // benchmarks: the columns id,first_name,last_name,email,phone,company,city,
 // country,created_at, about 110 bytes a row, optionally gzipped, optionally
-// salted with invalid rows and repeated keys.
+// salted with invalid rows and repeated keys, or with changed rows (a later
+// export of the same customers).
 //
 //	go run ./scripts/genexport -rows 1000000 -out export.csv
 package main
@@ -48,6 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	badEvery := fs.Int("bad-every", 0, "make every Nth row invalid (bad email or empty id); 0: none")
 	dupEvery := fs.Int("dup-every", 0, "repeat an earlier key every Nth row; 0: none")
 	prefix := fs.String("prefix", "C", "key prefix")
+	changeEvery := fs.Int("change-every", 0, "give every Nth row a new company, as a later export of the same customers would; 0: none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -99,6 +101,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		line = strconv.AppendInt(line, int64(1000+k%9000), 10)
 		line = append(line, ',')
 		line = append(line, companies[k%len(companies)]...)
+		if *changeEvery > 0 && i%*changeEvery == 0 {
+			line = append(line, " (moved)"...)
+		}
 		line = append(line, ',')
 		line = append(line, cities[(k/3)%len(cities)]...)
 		line = append(line, ',')
