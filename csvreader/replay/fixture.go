@@ -44,6 +44,9 @@ type fixtureOptions struct {
 	// one under test, for "partly delivered by an earlier run". Its own
 	// outcome is not compared, but it must exit 0.
 	Earlier string `json:"earlier"`
+	// Files are other files of the folder that the flags name (a mapping
+	// file, say): copied beside the inputs, never given as inputs.
+	Files []string `json:"files"`
 	// EarlierReader are extra csvreader flags for the earlier run only,
 	// after Reader (an older -as-of, say, for a fixture of changes).
 	EarlierReader []string `json:"earlier_reader"`
@@ -95,7 +98,7 @@ func inputFiles(dir string, o *fixtureOptions) ([]string, error) {
 	var files []string
 	for _, e := range entries {
 		n := e.Name()
-		if e.IsDir() || n == optionsFile || n == o.Earlier || strings.HasPrefix(n, goldenPrefix) ||
+		if e.IsDir() || n == optionsFile || n == o.Earlier || slices.Contains(o.Files, n) || strings.HasPrefix(n, goldenPrefix) ||
 			strings.HasPrefix(n, "README") || strings.HasPrefix(n, ".") {
 			continue
 		}
@@ -199,7 +202,7 @@ func replayOnce(ctx context.Context, c *config, dir string, o *fixtureOptions) (
 	if err != nil {
 		return nil, err
 	}
-	copyIn := append(slices.Clone(inputs), o.Earlier)
+	copyIn := append(append(slices.Clone(inputs), o.Earlier), o.Files...)
 	for _, f := range copyIn {
 		if f == "" {
 			continue
