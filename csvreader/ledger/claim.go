@@ -247,6 +247,9 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 			}
 			take = append(take, moreTake...)
 		}
+		if err := r.confirmUnchanged(ctx, tx, items, hs, out); err != nil {
+			return err
+		}
 		if err := r.takeOver(ctx, tx, items, take, out); err != nil {
 			return err
 		}
@@ -417,6 +420,38 @@ func (r *Run) settleUpdates(ctx context.Context, tx *sql.Tx, items []Item, hs ma
 		take = append(take, takeover{item: i, own: true})
 	}
 	return take, nil
+}
+
+// confirmUnchanged raises customers.as_of to this run's for the keys found
+// unchanged: this export says the CRM holds the right values as of its
+// time, so an older export processed later must find its changes stale
+// (a value changed and changed back meanwhile included). It runs in the
+// claim's transaction, under the claim lock, so no older run can decide
+// between this decision and its record. A rerun of the same export writes
+// nothing.
+func (r *Run) confirmUnchanged(ctx context.Context, tx *sql.Tx, items []Item, hs map[string]holding, out []Decision) error {
+	asOf := r.sync.asOfMicros()
+	if asOf == noAsOf {
+		return nil
+	}
+	var keys []string
+	for i, d := range out {
+		if d.Status != Unchanged {
+			continue
+		}
+		if c := hs[items[i].Key].cust; c != nil && c.asOf < asOf {
+			keys = append(keys, items[i].Key)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `
+		UPDATE customers c SET as_of = $2 FROM unnest($1::text[]) AS k(key)
+		WHERE c.external_id = k.key AND (c.as_of IS NULL OR c.as_of < $2)`, pq.Array(keys), r.sync.AsOf); err != nil {
+		return fmt.Errorf("record unchanged keys' as-of time: %w", err)
+	}
+	return nil
 }
 
 // staleDecision: customers holds c from a newer export than this run's.

@@ -109,9 +109,22 @@ func TestSyncDecisions(t *testing.T) {
 	}
 	late.Close(ctx, "done", nil)
 
+	// A value changed and changed back: Wednesday's export says B is as on
+	// Monday; Tuesday's (B in Paris), processed after it, is stale.
+	wed := run(t, d, tuesday.Add(24*time.Hour), ledger.ChangesUpdate)
+	if got := must(wed.Claim(ctx, []ledger.Item{version("B", "b@x.io", "Rome", 3)})); got[0].Status != ledger.Unchanged {
+		t.Fatalf("wednesday on B = %+v", got[0])
+	}
+	wed.Close(ctx, "done", nil)
+	lateTue := run(t, d, tuesday, ledger.ChangesUpdate)
+	if got := must(lateTue.Claim(ctx, []ledger.Item{version("B", "b@x.io", "Paris", 3)})); got[0].Status != ledger.Stale {
+		t.Errorf("tuesday's change of B after wednesday's export said it was unchanged = %+v, want Stale", got[0])
+	}
+	lateTue.Close(ctx, "done", nil)
+
 	// -changed skip and report: counted, not claimed.
 	for _, mode := range []ledger.ChangeMode{ledger.ChangesSkip, ledger.ChangesReport} {
-		r := run(t, d, tuesday.Add(time.Hour), mode)
+		r := run(t, d, tuesday.Add(48*time.Hour), mode)
 		ds := must(r.Claim(ctx, []ledger.Item{version("B", "b@x.io", "Paris", 3)}))
 		if ds[0].Status != ledger.Changed || !slices.Equal(ds[0].Update.Changed, []string{"attributes.city"}) {
 			t.Errorf("-changed %s: %+v", mode, ds[0])

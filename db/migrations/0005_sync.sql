@@ -1,10 +1,10 @@
 -- Changed records (docs/design.md, "Changes"). customers holds the latest
 -- version of each customer the CRM confirmed: version counts the
 -- confirmed versions (1: created), updated_at is when the latest was
--- confirmed, as_of the time of the export it came from (the input file's
--- modification time, or -as-of; NULL for rows older than this migration,
--- which any export supersedes). A change older than as_of is stale: never
--- sent.
+-- confirmed, as_of the time of the newest export that held this version
+-- (the input file's modification time, or -as-of; NULL for rows older than
+-- this migration, which any export supersedes). A change older than as_of
+-- is stale: never sent.
 ALTER TABLE customers ADD COLUMN version bigint NOT NULL DEFAULT 1;
 ALTER TABLE customers ADD COLUMN updated_at timestamptz;
 ALTER TABLE customers ADD COLUMN as_of timestamptz;
