@@ -228,12 +228,30 @@ func TestSyncChangedModesAndDryRun(t *testing.T) {
 	}
 }
 
-// kill -9 during an update run against a remote, flaky CRM, then a rerun:
-// every changed key ends with Tuesday's values, in the CRM and in
-// customers, with one customer_changes row each, and no duplicate.
+// kill -9 during an update run against a remote, flaky CRM, then a rerun,
+// for each connector: every changed key ends with Tuesday's values, in the
+// CRM and in customers, with one customer_changes row each, and no
+// duplicate.
 func TestSyncKill9DuringUpdates(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		crm   fakecrm.Config
+		integ integrator.Config
+	}{
+		{"generic", fakecrm.Config{}, integrator.Config{}},
+		{"hubspot", fakecrm.Config{API: fakecrm.APIHubSpot}, integrator.Config{API: "hubspot"}},
+		{"salesforce", fakecrm.Config{API: fakecrm.APISalesforce, Token: "00Dx!t"}, integrator.Config{API: "salesforce", CRMToken: "00Dx!t"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.crm.Seed = 9
+			tc.integ.CRMTimeout, tc.integ.BreakerThreshold = 500*time.Millisecond, 1000
+			killDuringUpdates(t, newStack(t, tc.crm, tc.integ))
+		})
+	}
+}
+
+func killDuringUpdates(t *testing.T, s *stack) {
 	const n = 3000
-	s := newStack(t, fakecrm.Config{Seed: 9}, integrator.Config{CRMTimeout: 500 * time.Millisecond, BreakerThreshold: 1000})
 	mon, tue, want, changed := syncSeries(n)
 	monFile, tueFile := mon.write(t, "monday.csv"), tue.write(t, "tuesday.csv")
 	if _, out, err := s.reader(context.Background(), s.dsn, "-as-of", "2026-11-30T02:00:00Z", monFile); err != nil {

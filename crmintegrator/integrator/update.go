@@ -15,9 +15,19 @@ import (
 // contact.Fields nor an attribute ("attributes.<name>").
 const CodeUnknownField = "unknown_field"
 
+// CodeUpdateWithoutID: a record names fields to update but carries no CRM
+// id, so it could only be created: refused.
+const CodeUpdateWithoutID = "update_without_crm_id"
+
 // checkUpdate rejects an update whose field list the daemon cannot write.
 func checkUpdate(r *crmrpc.Record) (crmrpc.Verdict, bool) {
 	if !r.IsUpdate() {
+		if len(r.Fields) > 0 {
+			// Fields without a CRM id: a reader meant an update and lost
+			// the id. Created, it would be a second contact.
+			return crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: CodeUpdateWithoutID,
+				Message: "the record names fields to update but no CRM id; nothing was sent"}, true
+		}
 		return crmrpc.Verdict{}, false
 	}
 	if name, bad := crmapi.UnknownField(r.Fields); bad {

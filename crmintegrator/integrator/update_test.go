@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -143,6 +144,15 @@ func TestUpdateUnknownIDAndMixedBlock(t *testing.T) {
 			gone.Contact.Email = "gone@example.com"
 			bad := crmrpc.Record{Contact: first[2].Contact, CRMID: ids[first[2].Contact.ExternalID], Fields: []string{"shoe_size"}}
 			bad.Contact.ExternalID = "M-bad" // a key of its own: a call sends a key once
+			noID := crmrpc.Record{Contact: first[1].Contact, Fields: []string{"email"}}
+			noID.Contact.ExternalID = "M-noid"
+			if _, err := c.Deliver(context.Background(), []crmrpc.Record{noID}); !isFatal(err, crmrpc.CodeMalformedCall) {
+				t.Errorf("an update without a CRM id: %v, want a fatal %s before anything is sent", err, crmrpc.CodeMalformedCall)
+			}
+			// The daemon refuses it too, should a client send it (gob).
+			if vs, err := s.Deliver(context.Background(), []crmrpc.Record{noID}); err != nil || vs[0].Outcome != crmrpc.Rejected || vs[0].Code != CodeUpdateWithoutID {
+				t.Errorf("the daemon on an update without a CRM id: %+v %v, want Rejected %s", vs, err, CodeUpdateWithoutID)
+			}
 			block = append(block, upd[0], gone, upd[1], bad)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -215,4 +225,9 @@ func TestUpdateFieldLimits(t *testing.T) {
 	if a := crm.Audit(); a.Requests != 0 {
 		t.Errorf("%d CRM requests, want none", a.Requests)
 	}
+}
+
+func isFatal(err error, code string) bool {
+	var e *crmrpc.Error
+	return errors.As(err, &e) && e.Code == code && e.Fatal()
 }

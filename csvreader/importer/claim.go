@@ -103,7 +103,11 @@ func (p *pipeline) claim(it *item) {
 		case ledger.Stale:
 			p.skip(r, outStale, nil, d.Why)
 		case ledger.Changed:
-			p.skip(r, outChanged, d.Update.Changed, fmt.Sprintf("changed, not sent (-changed %s)", p.cfg.Changed))
+			why := d.Why
+			if why == "" {
+				why = fmt.Sprintf("changed, not sent (-changed %s)", p.cfg.Changed)
+			}
+			p.skip(r, outChanged, d.Update.Changed, why)
 		case ledger.Busy:
 			r.last = d.Why
 			if r.first.IsZero() {

@@ -225,8 +225,9 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 				// earlier attempt of this Claim committed, but the answer
 				// was lost with the connection. That attempt took the key
 				// over from a dead run, whose calls may still be running:
-				// look it up, and only once they must be over.
-				out[i] = Decision{Status: TakenOver, Orphaned: true}
+				// look it up, and only once they must be over: the first
+				// attempt wrote until when in not_before (c.prior).
+				out[i] = Decision{Status: TakenOver, Orphaned: true, Wait: c.prior}
 				own = append(own, i)
 			case c.run == r.id:
 				why := fmt.Sprintf("same key as %s line %d", c.file, c.line)
@@ -305,7 +306,14 @@ type pendingUpdate struct {
 func (r *Run) decideDelivered(it Item, h holding, live map[int64]bool, out *Decision) (pendingUpdate, bool) {
 	c := h.cust
 	asOf := r.sync.asOfMicros()
-	if u := h.claim; u != nil && u.kind == "update" {
+	if u := h.claim; u != nil && u.kind == "create" && u.run != r.id && u.state == "sending" && live[u.run] {
+		// A live run resolving a create it took over (its lookup, say):
+		// the key is its until it settles.
+		*out = Decision{Status: Busy, Why: fmt.Sprintf("being resolved by run %d (%s line %d)", u.run, u.file, u.line)}
+		return pendingUpdate{}, false
+	}
+	// Another run's update the CRM rejected wrote nothing: as if none.
+	if u := h.claim; u != nil && u.kind == "update" && (u.run == r.id || u.state != "rejected") {
 		switch {
 		case u.run == r.id && u.state == "sending" && u.file == it.File && u.line == it.Line:
 			// An earlier attempt of this Claim committed this very claim
@@ -326,12 +334,11 @@ func (r *Run) decideDelivered(it Item, h holding, live map[int64]bool, out *Deci
 		case live[u.run]:
 			*out = Decision{Status: Busy, Why: fmt.Sprintf("being updated by run %d (%s line %d)", u.run, u.file, u.line)}
 			return pendingUpdate{}, false
-		case u.state != "rejected":
+		default:
 			// A dead run's update may have reached the CRM: whatever it
 			// wrote is written again with this export's values.
 			return pendingUpdate{takeOver: u}, true
 		}
-		// A dead run's update the CRM rejected wrote nothing: as if none.
 	}
 	switch {
 	case c.run == r.id:
@@ -365,11 +372,13 @@ func (r *Run) settleUpdates(ctx context.Context, tx *sql.Tx, items []Item, hs ma
 	var claimNow []int
 	for _, p := range pend {
 		it := items[p.item]
-		c := hs[it.Key].cust
-		old, ok := stored[it.Key]
+		row, ok := stored[it.Key]
 		if !ok {
 			return nil, fmt.Errorf("customers row of %q vanished during the claim", it.Key)
 		}
+		// What customers holds now, read once: a confirmation may have
+		// landed since the look-up's snapshot.
+		c, old := row.holder(hs[it.Key].cust), row.c
 		in := it.Contact
 		if in == nil {
 			in = &old
@@ -387,13 +396,20 @@ func (r *Run) settleUpdates(ctx context.Context, tx *sql.Tx, items []Item, hs ma
 			out[p.item] = staleDecision(r.sync, c)
 			continue
 		}
+		if c.crmID == "" {
+			// Updated by id, a contact whose id is unknown could only be
+			// created again: a duplicate. Say so instead.
+			out[p.item] = Decision{Status: Changed, Why: "changed, not sent: the ledger holds no CRM id for this key (delivered by run " +
+				fmt.Sprint(c.run) + "); look the contact up in the CRM and fix customers.crm_id", Update: &Update{Changed: changed}}
+			continue
+		}
 		u := &Update{CRMID: c.crmID, Version: c.version, Contact: merged, Fingerprint: merged.Fingerprint(), Old: c.fp, Fields: fields, Changed: changed}
 		switch {
 		case p.takeOver != nil:
 			t := p.takeOver
 			out[p.item] = Decision{Status: TakenOver, Update: u}
-			if t.run == r.id { // our own claim, its answer lost: TakenOver, Orphaned
-				out[p.item].Orphaned = true
+			if t.run == r.id { // our own claim, its answer lost: wait as its first attempt did
+				out[p.item].Orphaned, out[p.item].Wait = true, t.prior
 				claimNow = append(claimNow, p.item)
 				continue
 			}
@@ -471,26 +487,44 @@ func union(a, b []string) []string {
 	return out
 }
 
+// storedRow is a customers row as read to compute an update.
+type storedRow struct {
+	c       contact.Contact
+	fp      string
+	asOf    int64
+	version int64
+	crmID   string
+}
+
+// holder is the look-up's holder with this read's values.
+func (s storedRow) holder(h *holder) *holder {
+	c := *h
+	c.fp, c.asOf, c.version, c.crmID = s.fp, s.asOf, s.version, s.crmID
+	return &c
+}
+
 // readContacts reads what customers holds for keys.
-func readContacts(ctx context.Context, tx *sql.Tx, keys []string) (map[string]contact.Contact, error) {
+func readContacts(ctx context.Context, tx *sql.Tx, keys []string) (map[string]storedRow, error) {
 	rows, err := tx.QueryContext(ctx, `
-		SELECT c.external_id, c.email, c.first_name, c.last_name, c.phone, c.attributes
-		FROM unnest($1::text[]) AS k(key) JOIN customers c ON c.external_id = k.key`, pq.Array(keys))
+		SELECT c.external_id, c.email, c.first_name, c.last_name, c.phone, c.attributes,
+		       c.fingerprint, COALESCE((EXTRACT(EPOCH FROM c.as_of) * 1000000)::bigint, $2), c.version, c.crm_id
+		FROM unnest($1::text[]) AS k(key) JOIN customers c ON c.external_id = k.key`, pq.Array(keys), int64(noAsOf))
 	if err != nil {
 		return nil, fmt.Errorf("read delivered contacts: %w", err)
 	}
 	defer rows.Close()
-	out := make(map[string]contact.Contact, len(keys))
+	out := make(map[string]storedRow, len(keys))
 	for rows.Next() {
-		var c contact.Contact
+		var s storedRow
+		c := &s.c
 		var attrs []byte
-		if err := rows.Scan(&c.ExternalID, &c.Email, &c.FirstName, &c.LastName, &c.Phone, &attrs); err != nil {
+		if err := rows.Scan(&c.ExternalID, &c.Email, &c.FirstName, &c.LastName, &c.Phone, &attrs, &s.fp, &s.asOf, &s.version, &s.crmID); err != nil {
 			return nil, err
 		}
 		if c.Attributes, err = parseAttributes(attrs); err != nil {
 			return nil, fmt.Errorf("attributes of %q: %w", c.ExternalID, err)
 		}
-		out[c.ExternalID] = c
+		out[c.ExternalID] = s
 	}
 	return out, rows.Err()
 }

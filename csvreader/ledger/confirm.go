@@ -163,9 +163,12 @@ func (r *Run) insertCreates(ctx context.Context, tx *sql.Tx, ds []Delivery) ([]i
 }
 
 // applyUpdates rewrites the customers rows of the updates ds[idx] and adds
-// their customer_changes rows. A row whose version is no longer the one an
-// update was computed against was updated by another run that took this
-// run's claim over (its lock lost): that index is returned, as already.
+// their customer_changes rows, for the keys whose update claim is still
+// this run's: it deletes them first, which locks them against a takeover.
+// A key whose claim another run took over (this run's lock was lost) is
+// that run's to record, whatever order the two confirm in: the taker sends
+// only once this run's calls must be over, so its update is the one the
+// CRM ends with. That index is returned, as already.
 func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx []int) ([]int, error) {
 	n := len(idx)
 	cols := make([][]string, len(contact.Fields)+5)
@@ -194,7 +197,10 @@ func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx [
 		asOf = r.sync.AsOf
 	}
 	rows, err := tx.QueryContext(ctx, `
-		WITH u AS (
+		WITH mine AS (
+			DELETE FROM claims WHERE external_id = ANY($1::text[]) AND run_id = $15 AND kind = 'update'
+			RETURNING external_id
+		), u AS (
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
 			                     $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[])
 			       AS u(key, email, first_name, last_name, phone, attrs, crm_id, fp, old_fp, file, line, version, changed)
@@ -202,7 +208,7 @@ func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx [
 			UPDATE customers c SET email = u.email, first_name = u.first_name, last_name = u.last_name, phone = u.phone,
 			       attributes = u.attrs::jsonb, crm_id = u.crm_id, fingerprint = u.fp, version = c.version + 1,
 			       updated_at = now(), as_of = $14, run_id = $15, source_file = u.file, source_line = u.line
-			FROM u WHERE c.external_id = u.key AND c.version = u.version
+			FROM u JOIN mine ON mine.external_id = u.key WHERE c.external_id = u.key
 			RETURNING c.external_id, c.version
 		), log AS (
 			INSERT INTO customer_changes (external_id, version, run_id, old_fingerprint, new_fingerprint, fields, as_of, source_file, source_line)
@@ -362,13 +368,16 @@ func (r *Run) Mark(ctx context.Context, state ClaimState, marks []Mark) error {
 	for i, m := range marks {
 		keys[i] = m.Key
 	}
+	var settled, uks, urs []string
+	var uorph []bool
 	r.inflight.each(keys, func(i int, c claim) {
-		kind := "create"
+		settled = append(settled, keys[i])
 		if c.update != nil {
-			kind = "update"
+			uks, urs, uorph = append(uks, keys[i]), append(urs, marks[i].Reason), append(uorph, marks[i].Orphan)
+			return
 		}
 		ks, rs, files, fps, lines = append(ks, keys[i]), append(rs, marks[i].Reason), append(files, c.file), append(fps, c.fp), append(lines, c.line)
-		orph, kinds = append(orph, marks[i].Orphan), append(kinds, kind)
+		orph, kinds = append(orph, marks[i].Orphan), append(kinds, "create")
 	})
 	done, putBack := r.inflight.takeFinished()
 	err := r.inTx(ctx, func(tx *sql.Tx) error {
@@ -383,12 +392,23 @@ func (r *Run) Mark(ctx context.Context, state ClaimState, marks []Mark) error {
 			pq.Array(ks), pq.Array(rs), pq.Array(files), pq.Array(fps), pq.Array(lines), pq.Array(orph), pq.Array(kinds), r.id, string(state)); err != nil {
 			return fmt.Errorf("mark claims %s: %w", state, err)
 		}
+		// An update's claims row is only ever this run's own, written by
+		// Claim: if another run took it over meanwhile, it is theirs.
+		if len(uks) > 0 {
+			if _, err := tx.ExecContext(ctx, `
+				UPDATE claims c SET state = $4, reason = u.reason, orphan = u.o
+				FROM unnest($1::text[], $2::text[], $3::bool[]) AS u(k, reason, o)
+				WHERE c.external_id = u.k AND c.run_id = $5 AND c.kind = 'update'`,
+				pq.Array(uks), pq.Array(urs), pq.Array(uorph), string(state), r.id); err != nil {
+				return fmt.Errorf("mark update claims %s: %w", state, err)
+			}
+		}
 		return dropBlocks(txExec(ctx, tx), done)
 	})
 	if err != nil {
 		putBack()
 		return err
 	}
-	r.inflight.settle(ks)
+	r.inflight.settle(settled)
 	return nil
 }

@@ -132,8 +132,9 @@ func Preview(ctx context.Context, d *sql.DB, s Sync, items []Item) ([]Decision, 
 			return err
 		}
 		for _, i := range pend {
-			it, c := items[i], hs[items[i].Key].cust
-			old := stored[it.Key]
+			it := items[i]
+			row := stored[it.Key]
+			c, old := row.holder(hs[it.Key].cust), row.c
 			merged, changed := contact.Merge(&old, it.Contact, s.Clears)
 			if len(changed) == 0 {
 				out[i] = Decision{Status: Unchanged, Why: fmt.Sprintf("delivered by run %d from %s line %d; this export's empty cells keep its values", c.run, c.file, c.line)}

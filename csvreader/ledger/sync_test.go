@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -262,5 +263,89 @@ func TestDryRunDecides(t *testing.T) {
 	}
 	if n := count(t, d, `SELECT count(*) FROM claims`) + count(t, d, `SELECT count(*) FROM claim_blocks`); n != 0 {
 		t.Errorf("the dry run claimed %d", n)
+	}
+}
+
+// Every field of contact.Fields reaches its customers column, by COPY and
+// by an update: a field added to Contact without the ledger following
+// fails here.
+func TestConfirmStoresEveryField(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	c := &contact.Contact{}
+	for _, f := range contact.Fields {
+		f.Set(c, "v1-"+f.Name)
+	}
+	c.Email = "v1@x.io"
+	it := ledger.Item{Key: c.ExternalID, Fingerprint: c.Fingerprint(), File: "f.csv", Line: 2, Contact: c}
+	r := run(t, d, monday, ledger.ChangesUpdate)
+	deliver(t, r, it)
+	r.Close(ctx, "done", nil)
+	check := func(want *contact.Contact) {
+		t.Helper()
+		for _, f := range contact.Fields {
+			var got string
+			if err := d.QueryRow(`SELECT ` + f.Name + ` FROM customers`).Scan(&got); err != nil {
+				t.Fatalf("customers column %s: %v", f.Name, err)
+			}
+			if got != f.Get(want) {
+				t.Errorf("customers.%s = %q, want %q", f.Name, got, f.Get(want))
+			}
+		}
+	}
+	check(c)
+	c2 := *c
+	for _, f := range contact.Fields[1:] {
+		f.Set(&c2, "v2-"+f.Name)
+	}
+	c2.Email = "v2@x.io"
+	it2 := ledger.Item{Key: c.ExternalID, Fingerprint: c2.Fingerprint(), File: "f.csv", Line: 2, Contact: &c2}
+	r = run(t, d, tuesday, ledger.ChangesUpdate)
+	ds := deliver(t, r, it2)
+	r.Close(ctx, "done", nil)
+	if want := len(contact.Fields) - 1; ds[0].Status != ledger.Updating || len(ds[0].Update.Fields) != want {
+		t.Fatalf("update = %+v, want every field but the key (%d)", ds[0], want)
+	}
+	check(&c2)
+}
+
+// A dead run's newer update the CRM rejected wrote nothing: it neither
+// makes this run's change stale nor holds it. A key customers holds with no
+// CRM id is never updated (by id it would be created again): changed, not
+// sent, saying why. A run whose update claim was taken over marks nothing.
+func TestSyncEdgeClaims(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	first := run(t, d, monday, ledger.ChangesUpdate)
+	deliver(t, first, version("A", "a@x.io", "Oslo", 2), version("B", "b@x.io", "Rome", 3))
+	first.Close(ctx, "done", nil)
+	if _, err := d.Exec(`INSERT INTO claims (external_id, run_id, state, kind, as_of, fields, source_file, source_line)
+		VALUES ('A', $1, 'rejected', 'update', $2, '{email}', 'f.csv', 2)`, first.ID(), tuesday.Add(48*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Exec(`UPDATE customers SET crm_id = '' WHERE external_id = 'B'`); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, d, tuesday, ledger.ChangesUpdate)
+	defer r.Close(ctx, "done", nil)
+	ds := must(r.Claim(ctx, []ledger.Item{version("A", "a2@x.io", "Oslo", 2), version("B", "b2@x.io", "Rome", 3)}))
+	if ds[0].Status != ledger.Updating {
+		t.Errorf("A past a dead run's rejected newer update = %+v, want Updating", ds[0])
+	}
+	if ds[1].Status != ledger.Changed || !strings.Contains(ds[1].Why, "no CRM id") {
+		t.Errorf("B without a CRM id = %+v, want Changed, saying why", ds[1])
+	}
+
+	// r is cut off; another run takes A's update over and confirms it;
+	// r then gives up on A: its mark must not bring a claim back.
+	ledger.KillLock(t, r)
+	taker := run(t, d, tuesday.Add(time.Hour), ledger.ChangesUpdate)
+	deliver(t, taker, version("A", "a3@x.io", "Oslo", 2))
+	taker.Close(ctx, "done", nil)
+	if err := r.Mark(ctx, ledger.Failed, []ledger.Mark{{Key: "A", Reason: "gave up"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, d, `SELECT count(*) FROM claims WHERE external_id = 'A' AND state <> 'rejected'`); n != 0 {
+		t.Errorf("%d claims of A after the cut-off run's mark, want none", n)
 	}
 }

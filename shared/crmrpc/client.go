@@ -722,8 +722,16 @@ func (c *Client) hello(ctx context.Context, pin *slot) (*HelloReply, error) {
 // A block holding an update (Record.CRMID) goes only to a daemon that said
 // it takes updates; for any other the call fails, before anything is sent,
 // with a fatal *Error (CodeDaemonPredatesUpdates): such a daemon would
-// ignore CRMID and create a duplicate.
+// ignore CRMID and create a duplicate. A record with Fields but no CRMID
+// fails the call the same way (CodeMalformedCall).
 func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, error) {
+	for i := range records {
+		if r := &records[i]; !r.IsUpdate() && len(r.Fields) > 0 {
+			// A caller's bug: meant as an update, it would be created.
+			return nil, &Error{Code: CodeMalformedCall, Message: fmt.Sprintf(
+				"record %d (key %q) names fields to update but carries no CRM id: it would be created again; nothing was sent", i, r.Contact.ExternalID)}
+		}
+	}
 	var reply DeliverReply
 	var packed string // encoded once, for the first attempt that may use it
 	version := int32(PackedVersionOf(records))
