@@ -19,6 +19,14 @@ func (p *pipeline) claimLoop() {
 			return
 		case it = <-p.blocks:
 		case it = <-p.reclaim:
+		default:
+			p.flushCarry() // nothing waiting: what is carried goes now
+			select {
+			case <-p.stop:
+				return
+			case it = <-p.blocks:
+			case it = <-p.reclaim:
+			}
 		}
 		if p.readCtx.Err() != nil {
 			p.abandon(it.recs)
@@ -136,12 +144,47 @@ func (p *pipeline) claim(it *item) {
 		p.sched.add(&item{recs: viaOrphans, due: time.Now().Add(viaWait)})
 		p.noteRecoveryWait(viaWait)
 	}
-	if len(send) > 0 {
-		p.add()
-		select {
-		case p.send <- &item{recs: send}:
-		case <-p.stop:
+	p.carryOut(send)
+}
+
+// carryOut gathers records to send across blocks, so that blocks of mostly
+// known keys (a nightly dump where 1% changed) do not cost an integrator
+// call, and a CRM request, for a handful of records each: a call goes out
+// once it holds a block's worth (BlockSize records or BlockBytes), or when
+// no block is waiting to be claimed. Only the claim loop calls it.
+func (p *pipeline) carryOut(recs []*rec) {
+	if len(recs) == 0 {
+		return
+	}
+	if len(p.carry) == 0 {
+		p.add() // the carried item is in flight until it is sent
+	}
+	p.carry = append(p.carry, recs...)
+	for _, r := range recs {
+		for _, f := range r.fields {
+			p.carryBytes += len(f)
 		}
+	}
+	if len(p.carry) >= p.cfg.BlockSize || p.carryBytes >= p.cfg.BlockBytes {
+		p.flushCarry()
+	}
+}
+
+// flushCarry sends what carryOut gathered.
+func (p *pipeline) flushCarry() {
+	if len(p.carry) == 0 {
+		return
+	}
+	it := &item{recs: p.carry}
+	p.carry, p.carryBytes = nil, 0
+	if p.readCtx.Err() != nil {
+		p.abandon(it.recs)
+		p.done()
+		return
+	}
+	select {
+	case p.send <- it:
+	case <-p.stop:
 	}
 }
 

@@ -277,6 +277,11 @@ type pipeline struct {
 
 	quotaStop func(until time.Time) // the CRM's daily allocation is spent: stop cleanly
 
+	// Records claimed and not sent yet, gathered across blocks (carryOut);
+	// the claim loop's own.
+	carry      []*rec
+	carryBytes int
+
 	offset func() (int64, int64) // bytes read, size of the current file
 	offMu  sync.Mutex
 	lookupProgress
