@@ -3,7 +3,11 @@ package ledger_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"crmsync/csvreader/ledger"
 	"crmsync/shared/contact"
@@ -84,4 +88,75 @@ func BenchmarkLedger(b *testing.B) {
 		}
 		records(b)
 	})
+}
+
+// BenchmarkLedgerFull measures claim + confirm of new keys, as
+// BenchmarkLedger/ClaimConfirm, against a customers table already holding
+// many delivered keys: each size of LEDGER_BENCH_SIZES (default
+// "0,1000000"; make bench's phase "ledger" gives 0, 10M and 50M), filled
+// with rows shaped like the export's, keys spread over the key space. The
+// ledger stays flat when the rate at 50M is close to the empty one's.
+//
+//	LEDGER_BENCH_SIZES=0,10000000 scripts/with-pg go test -run '^$' -bench LedgerFull -benchtime 300x ./csvreader/ledger/
+func BenchmarkLedgerFull(b *testing.B) {
+	ctx := context.Background()
+	sizes := []int{0, 1000000}
+	if s := os.Getenv("LEDGER_BENCH_SIZES"); s != "" {
+		sizes = sizes[:0]
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				b.Fatalf("LEDGER_BENCH_SIZES: %v", err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	d := pgtest.New(b)
+	filled, block := 0, 0
+	for _, size := range sizes {
+		if size > filled {
+			// Keys "K" and an md5: spread over the key space, as
+			// customers' ids are, around the new keys ("C…") the blocks add.
+			if _, err := d.ExecContext(ctx, `
+				INSERT INTO customers (external_id, email, first_name, last_name, phone, attributes, crm_id, fingerprint, run_id, source_file, source_line, as_of)
+				SELECT 'K' || md5(i::text), 'k' || i || '.lovelace@example.com', 'Ada', 'Lovelace', '+44 20 7946 0000',
+				       '{"city": "London", "company": "Acme Ltd", "country": "GB", "created_at": "2024-01-01T10:00:00Z"}',
+				       'crm_' || i, left(md5('fp' || i), 32), 0, '.bench/export.csv', i, now()
+				FROM generate_series($1::bigint, $2::bigint) AS i`, filled+1, size); err != nil {
+				b.Fatal(err)
+			}
+			// Settle the fill before measuring: hint bits and the
+			// visibility map written, the fill's WAL checkpointed.
+			for _, q := range []string{`VACUUM ANALYZE customers`, `CHECKPOINT`} {
+				if _, err := d.ExecContext(ctx, q); err != nil {
+					b.Fatal(err)
+				}
+			}
+			filled = size
+		}
+		b.Run(fmt.Sprintf("keys=%d", size), func(b *testing.B) {
+			run, err := ledger.Start(ctx, d, []string{"bench.csv"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer run.Close(ctx, "done", nil)
+			var claiming, confirming time.Duration
+			for b.Loop() {
+				its, ds := benchBlockOf(block)
+				block++
+				t0 := time.Now()
+				if _, err := run.Claim(ctx, its); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if _, err := run.Confirm(ctx, ds); err != nil {
+					b.Fatal(err)
+				}
+				claiming, confirming = claiming+t1.Sub(t0), confirming+time.Since(t1)
+			}
+			b.ReportMetric(float64(b.N*benchBlock)/b.Elapsed().Seconds(), "records/s")
+			b.ReportMetric(claiming.Seconds()*1000/float64(b.N), "claim-ms/block")
+			b.ReportMetric(confirming.Seconds()*1000/float64(b.N), "confirm-ms/block")
+		})
+	}
 }
