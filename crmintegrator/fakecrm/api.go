@@ -377,6 +377,19 @@ func (s *Server) createOne(body []byte, f *faultState) (int, []byte) {
 	return http.StatusCreated, marshal(crmapi.CreateResponse{ID: ids[0], ExternalID: ct.ExternalID})
 }
 
+// batchSize answers a batch of n contacts that is empty or over max-batch
+// (docs/crm-api.md): nothing is written.
+func (s *Server) batchSize(n int) (status int, body []byte, bad bool) {
+	switch {
+	case n == 0:
+		return http.StatusBadRequest, errorBody(crmapi.CodeEmptyBatch, "the batch holds no contacts"), true
+	case n > s.maxBatch:
+		return http.StatusRequestEntityTooLarge, errorBody(crmapi.CodeBatchTooLarge,
+			"the batch holds "+strconv.Itoa(n)+" contacts, at most "+strconv.Itoa(s.maxBatch)+" allowed; split it"), true
+	}
+	return 0, nil, false
+}
+
 // createBatch is POST /v1/contacts/batch: valid contacts are created,
 // invalid ones rejected one by one.
 func (s *Server) createBatch(body []byte, f *faultState) (int, []byte) {
@@ -385,12 +398,8 @@ func (s *Server) createBatch(body []byte, f *faultState) (int, []byte) {
 		return http.StatusBadRequest, errorBody(crmapi.CodeMalformed, "the body is not a batch: "+err.Error())
 	}
 	n := len(req.Contacts)
-	switch {
-	case n == 0:
-		return http.StatusBadRequest, errorBody(crmapi.CodeEmptyBatch, "the batch holds no contacts")
-	case n > s.maxBatch:
-		return http.StatusRequestEntityTooLarge, errorBody(crmapi.CodeBatchTooLarge,
-			"the batch holds "+strconv.Itoa(n)+" contacts, at most "+strconv.Itoa(s.maxBatch)+" allowed; split it")
+	if status, body, bad := s.batchSize(n); bad {
+		return status, body
 	}
 	results := make([]crmapi.BatchResult, n)
 	valid := make([]*contact.Contact, 0, n)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strconv"
 
 	"crmsync/crmintegrator/crmapi"
 	"crmsync/shared/contact"
@@ -23,12 +22,8 @@ func (s *Server) updateBatch(body []byte, f *faultState) (int, []byte) {
 		return http.StatusBadRequest, errorBody(crmapi.CodeMalformed, "the body is not a batch update: "+err.Error())
 	}
 	n := len(req.Contacts)
-	switch {
-	case n == 0:
-		return http.StatusBadRequest, errorBody(crmapi.CodeEmptyBatch, "the batch holds no contacts")
-	case n > s.maxBatch:
-		return http.StatusRequestEntityTooLarge, errorBody(crmapi.CodeBatchTooLarge,
-			"the batch holds "+strconv.Itoa(n)+" contacts, at most "+strconv.Itoa(s.maxBatch)+" allowed; split it")
+	if status, body, bad := s.batchSize(n); bad {
+		return status, body
 	}
 	entries := make([]updateEntry, n)
 	for i, raw := range req.Contacts {

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -176,7 +177,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 		}
 		var live map[int64]bool
 		for _, h := range hs {
-			if c := cmpOr(h.claim, h.block); c != nil && c.run != r.id {
+			if c := cmp.Or(h.claim, h.block); c != nil && c.run != r.id {
 				if live, err = r.liveRuns(ctx, tx); err != nil {
 					return err
 				}
@@ -196,7 +197,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 				}
 				continue
 			}
-			c := cmpOr(h.claim, h.block)
+			c := cmp.Or(h.claim, h.block)
 			switch {
 			case c == nil:
 				fresh = append(fresh, i)
@@ -262,15 +263,6 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	}
 	r.inflight.hold(hk, hc)
 	return out, nil
-}
-
-func cmpOr(hs ...*holder) *holder {
-	for _, h := range hs {
-		if h != nil {
-			return h
-		}
-	}
-	return nil
 }
 
 // holders reads, in one statement and so in one snapshot, what the ledger

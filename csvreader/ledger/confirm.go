@@ -76,20 +76,20 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) (already []int, err er
 	if updates != nil {
 		cds = pick(ds, creates)
 	}
-	asOf := r.sync.AsOf
-	err = r.rawTx(ctx, func(c *rawConn) error {
-		if len(cds) > 0 {
-			if err := c.copyIn("customers", customerColumns, copyRows(r.id, asOf, cds)); err != nil {
+	// Creates alone (the common case) go in with COPY on a raw
+	// connection; updates need statements that return rows, so a block
+	// holding any goes, creates and all, through database/sql, as does a
+	// COPY that met a key recorded meanwhile.
+	if len(updates) == 0 {
+		err = r.rawTx(ctx, func(c *rawConn) error {
+			if err := c.copyIn("customers", customerColumns, copyRows(r.id, r.sync.AsOf, cds)); err != nil {
 				return err
 			}
-		}
-		if len(updates) > 0 {
-			return errNeedsTx // updates take a database/sql transaction (below)
-		}
-		return cleanup(c.exec)
-	})
+			return cleanup(c.exec)
+		})
+	}
 	var pqErr *pq.Error
-	if errors.Is(err, errNeedsTx) || errors.As(err, &pqErr) && pqErr.Code == "23505" {
+	if len(updates) > 0 || errors.As(err, &pqErr) && pqErr.Code == "23505" {
 		err = r.inTx(ctx, func(tx *sql.Tx) error {
 			already = already[:0]
 			if len(cds) > 0 {
@@ -122,9 +122,6 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) (already []int, err er
 	r.inflight.settle(keys)
 	return already, nil
 }
-
-// errNeedsTx turns Confirm from its COPY path to its statement path.
-var errNeedsTx = errors.New("the confirmation needs a transaction of statements")
 
 func pick(ds []Delivery, idx []int) []Delivery {
 	out := make([]Delivery, len(idx))
@@ -175,7 +172,7 @@ func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx [
 	for i := range cols {
 		cols[i] = make([]string, n)
 	}
-	lines, versions := make([]int64, n), make([]int64, n)
+	lines := make([]int64, n)
 	changed := make([]string, n)
 	for j, i := range idx {
 		d := &ds[i]
@@ -185,7 +182,7 @@ func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx [
 		}
 		k := len(contact.Fields)
 		cols[k][j], cols[k+1][j], cols[k+2][j], cols[k+3][j], cols[k+4][j] = string(appendAttributes(nil, c.Attributes)), d.CRMID, d.Update.Fingerprint, d.Update.Old, d.File
-		lines[j], versions[j] = d.Line, d.Update.Version
+		lines[j] = d.Line
 		v, err := pq.Array(d.Update.Changed).Value()
 		if err != nil {
 			return nil, err
@@ -198,40 +195,32 @@ func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx [
 	}
 	rows, err := tx.QueryContext(ctx, `
 		WITH mine AS (
-			DELETE FROM claims WHERE external_id = ANY($1::text[]) AND run_id = $15 AND kind = 'update'
+			DELETE FROM claims WHERE external_id = ANY($1::text[]) AND run_id = $14 AND kind = 'update'
 			RETURNING external_id
 		), u AS (
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-			                     $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[])
-			       AS u(key, email, first_name, last_name, phone, attrs, crm_id, fp, old_fp, file, line, version, changed)
+			                     $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[])
+			       AS u(key, email, first_name, last_name, phone, attrs, crm_id, fp, old_fp, file, line, changed)
 		), upd AS (
 			UPDATE customers c SET email = u.email, first_name = u.first_name, last_name = u.last_name, phone = u.phone,
 			       attributes = u.attrs::jsonb, crm_id = u.crm_id, fingerprint = u.fp, version = c.version + 1,
-			       updated_at = now(), as_of = $14, run_id = $15, source_file = u.file, source_line = u.line
+			       updated_at = now(), as_of = $13, run_id = $14, source_file = u.file, source_line = u.line
 			FROM u JOIN mine ON mine.external_id = u.key WHERE c.external_id = u.key
 			RETURNING c.external_id, c.version
 		), log AS (
 			INSERT INTO customer_changes (external_id, version, run_id, old_fingerprint, new_fingerprint, fields, as_of, source_file, source_line)
-			SELECT u.key, upd.version, $15, u.old_fp, u.fp, u.changed::text[], $14, u.file, u.line
+			SELECT u.key, upd.version, $14, u.old_fp, u.fp, u.changed::text[], $13, u.file, u.line
 			FROM upd JOIN u ON u.key = upd.external_id
 		)
 		SELECT external_id FROM upd`,
 		pq.Array(cols[0]), pq.Array(cols[1]), pq.Array(cols[2]), pq.Array(cols[3]), pq.Array(cols[4]), pq.Array(cols[5]),
-		pq.Array(cols[6]), pq.Array(cols[7]), pq.Array(cols[8]), pq.Array(cols[9]), pq.Array(lines), pq.Array(versions), pq.Array(changed),
+		pq.Array(cols[6]), pq.Array(cols[7]), pq.Array(cols[8]), pq.Array(cols[9]), pq.Array(lines), pq.Array(changed),
 		asOf, r.id)
 	if err != nil {
 		return nil, fmt.Errorf("record updates: %w", err)
 	}
-	defer rows.Close()
-	done := make(map[string]bool, n)
-	for rows.Next() {
-		var k string
-		if err := rows.Scan(&k); err != nil {
-			return nil, err
-		}
-		done[k] = true
-	}
-	if err := rows.Err(); err != nil {
+	done, err := keySet(rows)
+	if err != nil {
 		return nil, err
 	}
 	var already []int
@@ -275,7 +264,13 @@ func recordedByOthers(ctx context.Context, tx *sql.Tx, run int64, keys []string)
 	if err != nil {
 		return nil, fmt.Errorf("read recorded keys: %w", err)
 	}
+	return keySet(rows)
+}
+
+// keySet reads rows of one key each into a set, and closes rows.
+func keySet(rows *sql.Rows) (map[string]bool, error) {
 	defer rows.Close()
+	out := map[string]bool{}
 	for rows.Next() {
 		var k string
 		if err := rows.Scan(&k); err != nil {
@@ -321,16 +316,7 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, asOf time.Time,
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	inserted := make(map[string]bool, n)
-	for rows.Next() {
-		var k string
-		if err := rows.Scan(&k); err != nil {
-			return nil, err
-		}
-		inserted[k] = true
-	}
-	return inserted, rows.Err()
+	return keySet(rows)
 }
 
 // ClaimState is what a run records of a key it settles without the CRM

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/lib/pq"
-
-	"crmsync/shared/contact"
 )
 
 // DryRun decides what a run would do with each record, claiming nothing.
@@ -53,17 +51,8 @@ func (r *DryRun) Decide(ctx context.Context, items []Item) ([]Decision, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dry run: %w", err)
 	}
-	firsts := map[string]bool{}
-	for rows.Next() {
-		var k string
-		if err := rows.Scan(&k); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		firsts[k] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	firsts, err := keySet(rows)
+	if err != nil {
 		return nil, err
 	}
 	out := make([]Decision, len(items))
@@ -133,23 +122,15 @@ func Preview(ctx context.Context, d *sql.DB, s Sync, items []Item) ([]Decision, 
 		}
 		for _, i := range pend {
 			it := items[i]
-			row := stored[it.Key]
-			c, old := row.holder(hs[it.Key].cust), row.c
-			merged, changed := contact.Merge(&old, it.Contact, s.Clears)
-			if len(changed) == 0 {
-				out[i] = Decision{Status: Unchanged, Why: fmt.Sprintf("delivered by run %d from %s line %d; this export's empty cells keep its values", c.run, c.file, c.line)}
-				continue
+			u, final, ok := s.change(it, stored[it.Key], hs[it.Key].cust, nil)
+			switch {
+			case !ok:
+				out[i] = final
+			case s.Mode != ChangesUpdate:
+				out[i] = Decision{Status: Changed, Update: u}
+			default:
+				out[i] = Decision{Status: Updating, Update: u}
 			}
-			if s.asOfMicros() < c.asOf {
-				out[i] = staleDecision(s, c)
-				continue
-			}
-			st := Updating
-			if s.Mode != ChangesUpdate {
-				st = Changed
-			}
-			out[i] = Decision{Status: st, Update: &Update{CRMID: c.crmID, Version: c.version, Contact: merged,
-				Fingerprint: merged.Fingerprint(), Old: c.fp, Fields: changed, Changed: changed}}
 		}
 		return nil
 	})

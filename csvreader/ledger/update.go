@@ -113,34 +113,11 @@ func (r *Run) settleUpdates(ctx context.Context, tx *sql.Tx, items []Item, hs ma
 		if !ok {
 			return nil, fmt.Errorf("customers row of %q vanished during the claim", it.Key)
 		}
-		// What customers holds now, read once: a confirmation may have
-		// landed since the look-up's snapshot.
-		c, old := row.holder(hs[it.Key].cust), row.c
-		in := it.Contact
-		if in == nil {
-			in = &old
-		}
-		merged, changed := contact.Merge(&old, in, r.sync.Clears)
-		fields := changed
-		if p.takeOver != nil {
-			fields = union(changed, p.takeOver.fields)
-		}
-		if len(fields) == 0 {
-			out[p.item] = Decision{Status: Unchanged, Why: fmt.Sprintf("delivered by run %d from %s line %d; this export's empty cells keep its values", c.run, c.file, c.line)}
+		u, final, ok := r.sync.change(it, row, hs[it.Key].cust, p.takeOver)
+		if !ok {
+			out[p.item] = final
 			continue
 		}
-		if p.takeOver == nil && r.sync.asOfMicros() < c.asOf {
-			out[p.item] = staleDecision(r.sync, c)
-			continue
-		}
-		if c.crmID == "" {
-			// Updated by id, a contact whose id is unknown could only be
-			// created again: a duplicate. Say so instead.
-			out[p.item] = Decision{Status: Changed, Why: "changed, not sent: the ledger holds no CRM id for this key (delivered by run " +
-				fmt.Sprint(c.run) + "); look the contact up in the CRM and fix customers.crm_id", Update: &Update{Changed: changed}}
-			continue
-		}
-		u := &Update{CRMID: c.crmID, Version: c.version, Contact: merged, Fingerprint: merged.Fingerprint(), Old: c.fp, Fields: fields, Changed: changed}
 		switch {
 		case p.takeOver != nil:
 			t := p.takeOver
@@ -211,6 +188,39 @@ func (r *Run) confirmUnchanged(ctx context.Context, tx *sql.Tx, items []Item, hs
 func staleDecision(s Sync, c *holder) Decision {
 	return Decision{Status: Stale, Why: fmt.Sprintf("the CRM holds a newer version (as of %s, run %d, %s line %d); this export is as of %s",
 		fmtMicros(c.asOf), c.run, c.file, c.line, fmtMicros(s.asOfMicros()))}
+}
+
+// change decides for an item whose fingerprint differs from what
+// customers holds, from row (read in the claim's transaction: a
+// confirmation may have landed since the look-up's snapshot, whose holder
+// look is): the update to write, or, with ok false, the final decision:
+// Unchanged (only kept cells differ), Stale, or Changed when the ledger
+// holds no CRM id to update by. taken, when not nil, is a dead run's
+// update claim being taken over: its fields are written too, and it is
+// never stale (its as-of was checked against the claim).
+func (s Sync) change(it Item, row storedRow, look, taken *holder) (u *Update, final Decision, ok bool) {
+	c, old := row.holder(look), row.c
+	in := it.Contact
+	if in == nil {
+		in = &old
+	}
+	merged, changed := contact.Merge(&old, in, s.Clears)
+	fields := changed
+	if taken != nil {
+		fields = union(changed, taken.fields)
+	}
+	switch {
+	case len(fields) == 0:
+		return nil, Decision{Status: Unchanged, Why: fmt.Sprintf("delivered by run %d from %s line %d; this export's empty cells keep its values", c.run, c.file, c.line)}, false
+	case taken == nil && s.asOfMicros() < c.asOf:
+		return nil, staleDecision(s, c), false
+	case c.crmID == "":
+		// Updated by id, a contact whose id is unknown could only be
+		// created again: a duplicate. Say so instead.
+		return nil, Decision{Status: Changed, Update: &Update{Changed: changed}, Why: fmt.Sprintf(
+			"changed, not sent: the ledger holds no CRM id for this key (delivered by run %d); look the contact up in the CRM and fix customers.crm_id", c.run)}, false
+	}
+	return &Update{CRMID: c.crmID, Version: c.version, Contact: merged, Fingerprint: merged.Fingerprint(), Old: c.fp, Fields: fields, Changed: changed}, Decision{}, true
 }
 
 // union is a's names followed by those of b not in a.
