@@ -175,7 +175,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return cli.Usage(err)
 	}
-	runtimecfg.SetGC(getenv, 0)
+	// A daemon's heap is the calls in flight: 400 halves the collector's work
+	// against 200 (make bench: 9.6 → 8.5 CPU-seconds for 1M records), and
+	// the soft limit keeps a burst of calls from doubling the heap again.
+	runtimecfg.SetGC(getenv, 400, 256<<20)
 	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
 	if err != nil {
 		return err

@@ -291,7 +291,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// A soft memory limit of a fixed allowance plus ~1 KiB per record the
 	// pipeline may hold in flight (and as many again waiting out a dead
 	// run's calls).
-	runtimecfg.SetGC(getenv, 48<<20+2*int64(importer.MaxInFlight(o.workers, o.blockSize))<<10)
+	runtimecfg.SetGC(getenv, 200, 48<<20+2*int64(importer.MaxInFlight(o.workers, o.blockSize))<<10)
 	stopProfile, err := profiling.StartCPU(*o.cpuProfile)
 	if err != nil {
 		return err

@@ -639,6 +639,7 @@ func (d *delivery) apply(idx []int, resp *crmapi.BatchResponse) {
 	if len(resp.Results) != len(idx) {
 		d.s.log.Error("crm answered a batch with the wrong number of results", "want", len(idx), "got", len(resp.Results))
 	}
+	now := time.Now().UnixNano()
 	for j, i := range idx {
 		var r *crmapi.BatchResult
 		if j < len(resp.Results) {
@@ -650,7 +651,7 @@ func (d *delivery) apply(idx []int, resp *crmapi.BatchResponse) {
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: time.Second, Ambiguous: true, Code: CodeUnexpected, Message: "the CRM's answer does not match the batch"}
 		case r.Status == crmapi.StatusCreated:
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: r.ID}
-			d.s.fates.remember(d.recs[i].Contact.ExternalID, r.ID)
+			d.s.fates.remember(now, d.recs[i].Contact.ExternalID, r.ID)
 			d.resolved(i)
 		case r.Status == crmapi.StatusRejected:
 			v := crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "rejected"}
@@ -700,10 +701,11 @@ func (d *delivery) resolve(idx []int) (rest []int, err error) {
 		found, err = d.s.lookupBatch(d.ctx, d.cutoff, ids)
 		if err == nil {
 			d.lookups.Add(int64(len(ids)))
+			now := time.Now().UnixNano()
 			for j, i := range look {
 				if len(found[j]) > 0 {
 					d.deliveredFound(i, found[j][0])
-					d.s.fates.remember(ids[j], found[j][0])
+					d.s.fates.remember(now, ids[j], found[j][0])
 				} else {
 					d.maybe[i] = false
 					d.resolved(i)
