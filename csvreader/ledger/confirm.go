@@ -31,7 +31,7 @@ var customerColumns = func() []string {
 	for _, f := range contact.Fields {
 		cols = append(cols, f.Name)
 	}
-	return append(cols, "attributes", "crm_id", "fingerprint", "run_id", "source_file", "source_line", "as_of", "updated_at")
+	return append(cols, "attributes", "crm_id", "fingerprint", "run_id", "source_file", "source_line", "as_of")
 }()
 
 // Confirm records deliveries in customers, in one transaction that also

@@ -114,13 +114,13 @@ func copyRows(run int64, asOf time.Time, ds []Delivery) func(emit func([]byte) e
 	return func(emit func([]byte) error) error {
 		b := make([]byte, 0, copyChunk+4<<10)
 		var scratch []byte
-		// The run's as-of time and the moment of the confirmation, the
-		// same for every row.
-		tail := []byte(`\N	`)
+		// The run's as-of time, the same for every row (updated_at is
+		// the column's default, the transaction's time).
+		tail := []byte(`\N`)
 		if !asOf.IsZero() {
-			tail = append(asOf.UTC().AppendFormat(nil, "2006-01-02 15:04:05.999999Z07:00"), '\t')
+			tail = asOf.UTC().AppendFormat(nil, "2006-01-02 15:04:05.999999Z07:00")
 		}
-		tail = append(time.Now().UTC().AppendFormat(tail, "2006-01-02 15:04:05.999999Z07:00"), '\n')
+		tail = append(tail, '\n')
 		for i := range ds {
 			b, scratch = appendCopyRow(b, scratch, run, tail, &ds[i])
 			if len(b) >= copyChunk {

@@ -59,6 +59,11 @@ type Run struct {
 
 	// The keys this run claimed and has not settled yet.
 	inflight *heldKeys
+
+	// lookup is the claim's look-up (holders), prepared once per
+	// connection instead of parsed and planned for every block.
+	lookupMu sync.Mutex
+	lookup   *sql.Stmt
 }
 
 // Start registers a run for files and takes its liveness lock.
@@ -112,6 +117,12 @@ func (r *Run) Close(ctx context.Context, status string, report any) error {
 	// Every block but those with unsettled keys: this includes a block whose
 	// claim committed although its answer was lost (its keys were claimed
 	// again in another block).
+	r.lookupMu.Lock()
+	if r.lookup != nil {
+		r.lookup.Close()
+		r.lookup = nil
+	}
+	r.lookupMu.Unlock()
 	keep := r.inflight.openBlocks()
 	if _, err := r.db.ExecContext(ctx,
 		`DELETE FROM claim_blocks WHERE run_id = $1 AND id <> ALL($2)`, r.id, pq.Array(keep)); err != nil {

@@ -1,5 +1,0 @@
--- A block's keys and lines (about 14 kB for 1000 keys) are stored out of
--- line without compression: pglz made the claim_blocks insert 3.5 ms of a
--- block's claim, uncompressed it is 0.7 ms, and the row lives only until
--- the block is confirmed (BENCHMARKS.md, round 3).
-ALTER TABLE claim_blocks ALTER COLUMN keys SET STORAGE EXTERNAL, ALTER COLUMN lines SET STORAGE EXTERNAL;
