@@ -32,12 +32,20 @@ type Limiter struct {
 
 	tat         time.Time // GCRA theoretical arrival time
 	windowStart time.Time // when SetWindow first learnt the CRM's allowance
-	shared      bool      // paced by SetShared: the CRM states its bucket
-	pending     int       // requests booked by WaitUntil and not yet Done
-	shareRate   float64   // under SetShared: the bucket's refill rate,
-	scale       float64   // this daemon's share of it (see SetShared),
-	lastShare   time.Time // and when the last statement came
-	lastSlot    time.Time // the last slot booked
+	// The rolling window as the last SetWindow stated it (see gate).
+	win         bool
+	winMax      int
+	winPer      time.Duration
+	winLevel    float64     // requests left then, less this daemon's in flight
+	winAt       time.Time   // when it was stated
+	winBooked   int         // slots this daemon booked since
+	own         []time.Time // this daemon's slots within the last window
+	shared      bool        // paced by SetShared: the CRM states its bucket
+	pending     int         // requests booked by WaitUntil and not yet Done
+	shareRate   float64     // under SetShared: the bucket's refill rate,
+	scale       float64     // this daemon's share of it (see SetShared),
+	lastShare   time.Time   // and when the last statement came
+	lastSlot    time.Time   // the last slot booked
 	pausedUntil time.Time
 	lastCut     time.Time
 	lastRaise   time.Time
@@ -77,8 +85,15 @@ const (
 	shareMaxStep  = 250 * time.Millisecond
 	shareMinScale = 0.01
 	shareMaxPace  = 2.0
-	// shareHorizon: how far ahead a slot is booked under SetShared.
+	// shareHorizon: how far ahead a slot is booked under SetShared (and
+	// under a rolling window's gate).
 	shareHorizon = 100 * time.Millisecond
+	// A rolling window's gate (SetWindow): requests kept free for other
+	// daemons' requests this one has not heard of yet (their sends between
+	// two answers), and the least share of the window's refill a daemon
+	// counts on.
+	winMargin   = 12.0
+	winMinShare = 0.1
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -174,10 +189,15 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bo
 			at = earliest
 		}
 	}
+	if l.win {
+		if g := l.gate(now); g.After(at) {
+			at = g
+		}
+	}
 	if !deadline.IsZero() && at.After(deadline) {
 		return at.Sub(now), false, false
 	}
-	if l.shared && at.Sub(now) > shareHorizon {
+	if (l.shared || l.win) && at.Sub(now) > shareHorizon {
 		return min(at.Sub(now)-shareHorizon/2, shareHorizon), false, true
 	}
 	l.lastSlot = at
@@ -189,7 +209,41 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bo
 	}
 	l.sent.add(at)
 	l.pending++
+	if l.win {
+		l.winBooked++
+		l.own = append(l.own, at)
+	}
 	return at.Sub(now), true, true
+}
+
+// gate is the earliest a request may start by a rolling window shared with
+// other daemons (HubSpot's, stated with every answer; SetWindow). Its pace
+// alone keeps one daemon inside the window; beside others, each would
+// take the whole allowance. So a request also waits until the window
+// should hold room for it: what the last answer left (the others'
+// requests included), less this daemon's requests since, plus the
+// window's refill since — of which this daemon counts on its own share,
+// its requests among those the window holds (other daemons take the rest)
+// — keeping up to winMargin free for the others' requests not yet seen,
+// the more the larger their share. When
+// the level is off, a 429 pauses and the next answer corrects it.
+func (l *Limiter) gate(now time.Time) time.Time {
+	per := l.winPer
+	for len(l.own) > 0 && now.Sub(l.own[0]) >= per {
+		l.own = l.own[1:]
+	}
+	refill := float64(l.winMax) / per.Seconds()
+	share := 1.0
+	if used := float64(l.winMax) - (l.winLevel + float64(max(0, l.pending-1))); used > 0 {
+		share = max(winMinShare, min(1, float64(len(l.own))/used))
+	}
+	refill *= share
+	level := l.winLevel - float64(l.winBooked) + refill*now.Sub(l.winAt).Seconds()
+	// Alone (share 1) nothing need be kept free.
+	if need := 1 + winMargin*(1-share); level < need {
+		return now.Add(time.Duration((need - level) / refill * float64(time.Second)))
+	}
+	return now
 }
 
 // perSecond counts events in the current one-second window and the one
@@ -345,6 +399,14 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 			l.tat = booked
 		}
 	}
+	// The level for gate: this answer's request is counted in used, this
+	// daemon's others in flight may not be yet.
+	l.win, l.winMax, l.winPer = true, max, interval
+	l.winLevel = float64(max - used)
+	if l.pending > 1 {
+		l.winLevel -= float64(l.pending - 1)
+	}
+	l.winAt, l.winBooked = now, 0
 }
 
 // SetShared paces all requests by a CRM's token bucket that other clients

@@ -249,8 +249,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	if err != nil {
 		return nil, err
 	}
-	var hk []string
-	var hc []claim
+	hk, hc := make([]string, 0, len(items)), make([]claim, 0, len(items))
 	for i, id := range blockOf {
 		if id != 0 {
 			it := items[i]
