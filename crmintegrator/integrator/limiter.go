@@ -36,6 +36,7 @@ type Limiter struct {
 	win         bool
 	winMax      int
 	winPer      time.Duration
+	winUsed     int         // requests the window held then
 	winLevel    float64     // requests left then, less this daemon's in flight
 	winAt       time.Time   // when it was stated
 	winBooked   int         // slots this daemon booked since
@@ -234,8 +235,8 @@ func (l *Limiter) gate(now time.Time) time.Time {
 	}
 	refill := float64(l.winMax) / per.Seconds()
 	share := 1.0
-	if used := float64(l.winMax) - (l.winLevel + float64(max(0, l.pending-1))); used > 0 {
-		share = max(winMinShare, min(1, float64(len(l.own))/used))
+	if l.winUsed > 0 {
+		share = max(winMinShare, min(1, float64(len(l.own))/float64(l.winUsed)))
 	}
 	refill *= share
 	level := l.winLevel - float64(l.winBooked) + refill*now.Sub(l.winAt).Seconds()
@@ -401,7 +402,7 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 	}
 	// The level for gate: this answer's request is counted in used, this
 	// daemon's others in flight may not be yet.
-	l.win, l.winMax, l.winPer = true, max, interval
+	l.win, l.winMax, l.winPer, l.winUsed = true, max, interval, used
 	l.winLevel = float64(max - used)
 	if l.pending > 1 {
 		l.winLevel -= float64(l.pending - 1)
