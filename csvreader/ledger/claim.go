@@ -164,11 +164,11 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	var own []int       // items now held by a claims row of this run
 	err = r.inTx(ctx, func(tx *sql.Tx) error {
 		own = own[:0]
-		// The lock, and the plan of the look-up (see holders) for this
+		// The lock, and the plan of the look-up (see holders), for this
 		// transaction only.
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1),
-			set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true),
-			set_config('jit', 'off', true)`, int64(db.ClaimLockKey)); err != nil {
+			set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)`,
+			int64(db.ClaimLockKey)); err != nil {
 			return fmt.Errorf("claim lock: %w", err)
 		}
 		hs, err := r.holders(ctx, tx, keyArray)
@@ -270,22 +270,22 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 // meanwhile writes customers in one transaction and deletes the key's block
 // only in a later one, so the snapshot finds the key in one place or both.
 //
-// The right plan is an index probe per key, whatever the size of
-// customers and its statistics; Claim's transaction disables hash and merge
-// joins, which leaves the planner a nested loop, and for a nested loop the
-// index is far cheaper than scanning the table once per key. (Disabling
-// sequential scans instead inflates the plan's cost, since claim_blocks can
-// only be scanned, past the threshold where PostgreSQL JIT-compiles the
-// query: 120 ms a block. JIT is off here for the same reason.)
-// Left to itself, it chose a hash join over a sequential scan of a
+// The right plan is an index probe per key into customers and claims,
+// whatever their size and statistics: each key is looked up by a LATERAL
+// subquery with LIMIT 1, which the planner cannot flatten into a join, and
+// sequential scans are off for the transaction, so it is a parameterised
+// index scan even when the plan is made while customers is empty. (Left to
+// itself, the planner chose a hash join over a sequential scan of a
 // million-row table, for every block, when customers had grown since its
-// last statistics (a prepared statement's generic plan does the same). The
-// statement is prepared once per connection: planned for every block it
-// cost about 1 ms of the block's claim; its generic plan is made under the
-// same settings, so it is the same nested loop.
-// The keys are joined with unnest($1) rather than matched with
-// "= ANY($1)", which the planner estimates key by key: with 1000 keys that
-// took longer than running the query.
+// last statistics.) claims is probed
+// only when it holds anything, which it does only while a run takes over,
+// updates, or has keys rejected. Other runs' blocks are matched with a hash
+// join on the keys: a generic plan keeps $1 a parameter, and "= ANY($1)"
+// over a parameter is a linear scan, per key of every block. The statement
+// is prepared once per connection (planned for every block, it cost about
+// 1 ms of a block's claim). JIT is off for the transaction: with sequential
+// scans disabled the plan's cost passes JIT's threshold, and compiling costs
+// more than any look-up of a block.
 func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[string]holding, error) {
 	stmt, err := r.lookupStmt(ctx)
 	if err != nil {
@@ -340,16 +340,20 @@ func (r *Run) lookupStmt(ctx context.Context) (*sql.Stmt, error) {
 const lookupQuery = `
 	SELECT 0, c.external_id, c.run_id, '', c.source_file, c.source_line, false, 0::bigint,
 	       c.fingerprint, COALESCE((EXTRACT(EPOCH FROM c.as_of) * 1000000)::bigint, $3), c.version, c.crm_id, '', '{}'::text[]
-	FROM unnest($1::text[]) AS k(key) JOIN customers c ON c.external_id = k.key
+	FROM unnest($1::text[]) AS k(key)
+	     CROSS JOIN LATERAL (SELECT * FROM customers c WHERE c.external_id = k.key LIMIT 1) c
 	UNION ALL
 	SELECT 1, c.external_id, c.run_id, c.state, c.source_file, c.source_line, c.orphan,
 	       COALESCE(GREATEST(0, (EXTRACT(EPOCH FROM c.not_before - clock_timestamp()) * 1000)::bigint), 0),
 	       c.fingerprint, COALESCE((EXTRACT(EPOCH FROM c.as_of) * 1000000)::bigint, $3), 0, '', c.kind, c.fields
-	FROM unnest($1::text[]) AS k(key) JOIN claims c ON c.external_id = k.key
+	FROM unnest($1::text[]) AS k(key)
+	     CROSS JOIN LATERAL (SELECT * FROM claims c WHERE c.external_id = k.key LIMIT 1) c
+	WHERE EXISTS (SELECT FROM claims)
 	UNION ALL
 	SELECT 2, u.k, b.run_id, 'sending', b.source_file, u.l, true, 0::bigint, '', $3, 0, '', 'create', '{}'::text[]
-	FROM claim_blocks b, unnest(b.keys, b.lines) AS u(k, l)
-	WHERE b.run_id <> $2 AND u.k = ANY($1)`
+	FROM claim_blocks b CROSS JOIN LATERAL unnest(b.keys, b.lines) AS u(k, l)
+	     JOIN unnest($1::text[]) AS q(key) ON q.key = u.k
+	WHERE b.run_id <> $2`
 
 func (r *Run) insertBlocks(ctx context.Context, tx *sql.Tx, items []Item, fresh []int, encoded driver.Value) ([]int64, error) {
 	blockOf := make([]int64, len(items))
