@@ -3,6 +3,7 @@ package db_test
 import (
 	"context"
 	"database/sql"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -138,5 +139,48 @@ func TestMigrateRefusesNewerDatabase(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
+	}
+}
+
+// Migration 0007 turns customers.attributes from jsonb into the object's
+// text: rows written before it keep their attributes, readable as JSON.
+func TestMigrateAttributesToText(t *testing.T) {
+	d := pgtest.Open(t, pgtest.DSN(t, false))
+	ctx := context.Background()
+	ms, err := db.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(ms, func(m db.Migration) bool { return m.Version == 7 })
+	if i < 0 {
+		t.Fatal("no migration 7")
+	}
+	if _, err := db.Apply(ctx, d, ms[:i]); err != nil {
+		t.Fatalf("migrate to 6: %v", err)
+	}
+	if _, err := d.Exec(`INSERT INTO customers (external_id, email, attributes, crm_id, fingerprint, run_id, source_file, source_line)
+		VALUES ('K1', 'a@b.co', '{"city": "Köln", "company": "Acme \"Ltd\""}', 'c1', 'fp', 1, 'f.csv', 2),
+		       ('K2', 'b@b.co', DEFAULT, 'c2', 'fp', 1, 'f.csv', 3)`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.Migrate(ctx, d); err != nil || n != len(ms)-i {
+		t.Fatalf("migrate = %d, %v; want %d, nil", n, err, len(ms)-i)
+	}
+	var typ string
+	d.QueryRow(`SELECT data_type FROM information_schema.columns WHERE table_name = 'customers' AND column_name = 'attributes'`).Scan(&typ)
+	if typ != "text" {
+		t.Errorf("attributes is %s, want text", typ)
+	}
+	var city, company, empty string
+	if err := d.QueryRow(`SELECT a.attributes::jsonb->>'city', a.attributes::jsonb->>'company', b.attributes
+		FROM customers a, customers b WHERE a.external_id = 'K1' AND b.external_id = 'K2'`).Scan(&city, &company, &empty); err != nil {
+		t.Fatal(err)
+	}
+	if city != "Köln" || company != `Acme "Ltd"` || empty != "{}" {
+		t.Errorf("after migrating: city %q, company %q, empty attributes %q", city, company, empty)
+	}
+	if _, err := d.Exec(`INSERT INTO customers (external_id, email, crm_id, fingerprint, run_id, source_file, source_line)
+		VALUES ('K3', 'c@b.co', 'c3', 'fp', 1, 'f.csv', 4)`); err != nil {
+		t.Fatalf("a row with the default attributes: %v", err)
 	}
 }

@@ -203,7 +203,7 @@ func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx [
 			       AS u(key, email, first_name, last_name, phone, attrs, crm_id, fp, old_fp, file, line, changed)
 		), upd AS (
 			UPDATE customers c SET email = u.email, first_name = u.first_name, last_name = u.last_name, phone = u.phone,
-			       attributes = u.attrs::jsonb, crm_id = u.crm_id, fingerprint = u.fp, version = c.version + 1,
+			       attributes = u.attrs, crm_id = u.crm_id, fingerprint = u.fp, version = c.version + 1,
 			       updated_at = now(), as_of = $13, run_id = $14, source_file = u.file, source_line = u.line
 			FROM u JOIN mine ON mine.external_id = u.key WHERE c.external_id = u.key
 			RETURNING c.external_id, c.version
@@ -306,7 +306,7 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, asOf time.Time,
 	rows, err := tx.QueryContext(ctx, `
 		INSERT INTO customers (external_id, email, first_name, last_name, phone, attributes,
 		                       crm_id, fingerprint, source_file, source_line, run_id, as_of, updated_at)
-		SELECT a, b, c, d, e, f::jsonb, g, h, i, j, $11, $12, now()
+		SELECT a, b, c, d, e, f, g, h, i, j, $11, $12, now()
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
 		            $7::text[], $8::text[], $9::text[], $10::bigint[]) AS u(a, b, c, d, e, f, g, h, i, j)
 		ON CONFLICT (external_id) DO NOTHING

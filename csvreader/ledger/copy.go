@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 	"unsafe"
@@ -174,19 +175,24 @@ func appendCopyText[T string | []byte](b []byte, s T) []byte {
 	return append(b, s[start:]...)
 }
 
-// appendAttributes appends attrs as a JSON object, for the jsonb column
-// (which orders the keys itself, so they are written in map order).
+// appendAttributes appends attrs as a JSON object, keys sorted: the
+// attributes column's text (migration 0007), the same for equal
+// attributes.
 func appendAttributes(b []byte, attrs map[string]string) []byte {
+	var stack [8]string
+	keys := stack[:0]
+	for k := range attrs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
 	b = append(b, '{')
-	first := true
-	for k, v := range attrs {
-		if !first {
+	for i, k := range keys {
+		if i > 0 {
 			b = append(b, ',')
 		}
-		first = false
 		b = jsontext.AppendString(b, k)
 		b = append(b, ':')
-		b = jsontext.AppendString(b, v)
+		b = jsontext.AppendString(b, attrs[k])
 	}
 	return append(b, '}')
 }

@@ -91,7 +91,7 @@ func TestClaimDecisions(t *testing.T) {
 	}
 	var claims, customers int
 	d.QueryRow(`SELECT count(*) FROM claims WHERE external_id='K4'`).Scan(&claims)
-	d.QueryRow(`SELECT count(*) FROM customers WHERE external_id='K4' AND crm_id='crm-K4' AND attributes->>'company'='Acme'`).Scan(&customers)
+	d.QueryRow(`SELECT count(*) FROM customers WHERE external_id='K4' AND crm_id='crm-K4' AND attributes::jsonb->>'company'='Acme'`).Scan(&customers)
 	if claims != 0 || customers != 1 {
 		t.Errorf("after Confirm: %d claims, %d customers; want 0, 1", claims, customers)
 	}
@@ -239,7 +239,7 @@ func TestConfirmKeepsFieldsExact(t *testing.T) {
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var first, last, phone, note, other, file string
-			err := d.QueryRow(`SELECT first_name, last_name, phone, attributes->>'note', attributes->>($2 || 'k'), source_file
+			err := d.QueryRow(`SELECT first_name, last_name, phone, attributes::jsonb->>'note', attributes::jsonb->>($2 || 'k'), source_file
 				FROM customers WHERE external_id = $1`, fmt.Sprintf("K%02d", i), c.value).Scan(&first, &last, &phone, &note, &other, &file)
 			if err != nil {
 				t.Fatal(err)
@@ -450,7 +450,7 @@ func TestConfirmManyChunks(t *testing.T) {
 	}
 	bad := count(t, d, `SELECT count(*) FROM customers
 		WHERE first_name <> external_id || E'\t' || lpad((source_line - 2)::text, 200, '0') || '\'
-		   OR attributes->>'n' <> first_name OR crm_id <> 'crm-' || external_id`)
+		   OR attributes::jsonb->>'n' <> first_name OR crm_id <> 'crm-' || external_id`)
 	if total := count(t, d, `SELECT count(*) FROM customers`); total != n || bad != 0 {
 		t.Errorf("customers holds %d rows (want %d), %d of them altered", total, n, bad)
 	}

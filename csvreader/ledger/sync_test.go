@@ -67,7 +67,7 @@ type stored struct {
 func customer(t *testing.T, d *sql.DB, key string) stored {
 	t.Helper()
 	var s stored
-	if err := d.QueryRow(`SELECT email, attributes->>'city', version FROM customers WHERE external_id = $1`, key).Scan(&s.email, &s.city, &s.version); err != nil {
+	if err := d.QueryRow(`SELECT email, attributes::jsonb->>'city', version FROM customers WHERE external_id = $1`, key).Scan(&s.email, &s.city, &s.version); err != nil {
 		t.Fatal(err)
 	}
 	return s
