@@ -140,21 +140,30 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 	out := make([]Decision, len(items))
 	// Keys this run holds are repeats in the file. Only this run settles
 	// them, so what it remembers is exact.
-	var ask []int
-	for i, it := range items {
+	keys := make([]string, len(items))
+	for i := range items {
+		keys[i] = items[i].Key
+	}
+	dup := 0
+	r.inflight.each(keys, func(i int, c claim) {
 		// Even the very same record (a file given twice): it is being sent.
-		if c, ok := r.inflight.get(it.Key); ok {
-			out[i] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("same key as %s line %d", c.file, c.line)}
-		} else {
+		out[i] = Decision{Status: DuplicateInFile, Why: fmt.Sprintf("same key as %s line %d", c.file, c.line)}
+		dup++
+	})
+	if dup == len(items) {
+		return out, nil
+	}
+	ask := make([]int, 0, len(items)-dup)
+	for i := range items {
+		if out[i].Status == 0 {
 			ask = append(ask, i)
 		}
 	}
-	if len(ask) == 0 {
-		return out, nil
-	}
-	keys := make([]string, len(ask))
-	for j, i := range ask {
-		keys[j] = items[i].Key
+	if dup > 0 {
+		keys = keys[:0]
+		for _, i := range ask {
+			keys = append(keys, items[i].Key)
+		}
 	}
 	keyArray, err := pq.Array(keys).Value() // encoded once, sent up to twice
 	if err != nil {

@@ -31,14 +31,6 @@ func newHeldKeys() *heldKeys {
 	return &heldKeys{keys: map[string]claim{}, open: map[int64]int{}, lost: map[string]bool{}}
 }
 
-// get returns the claim this run holds on key.
-func (h *heldKeys) get(key string) (claim, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	c, ok := h.keys[key]
-	return c, ok
-}
-
 // each calls fn for each of keys this run holds, under the lock.
 func (h *heldKeys) each(keys []string, fn func(i int, c claim)) {
 	h.mu.Lock()
@@ -54,14 +46,29 @@ func (h *heldKeys) each(keys []string, fn func(i int, c claim)) {
 func (h *heldKeys) hold(keys []string, cs []claim) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	// A block's keys come together: its count goes up once, not per key.
+	var block int64
+	n := 0
 	for i, k := range keys {
 		c := cs[i]
 		h.keys[k] = c
 		if c.block == 0 {
 			h.ownRows++
-		} else {
-			h.open[c.block]++
+			continue
 		}
+		if c.block != block {
+			h.addOpen(block, n)
+			block, n = c.block, 0
+		}
+		n++
+	}
+	h.addOpen(block, n)
+}
+
+// addOpen counts n more keys of block not settled. mu held.
+func (h *heldKeys) addOpen(block int64, n int) {
+	if n > 0 {
+		h.open[block] += n
 	}
 }
 
@@ -71,9 +78,25 @@ func (h *heldKeys) hold(keys []string, cs []claim) {
 func (h *heldKeys) settle(keys []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	var block int64
+	n := 0
 	for _, k := range keys {
-		h.forget(k)
+		c, ok := h.keys[k]
+		if !ok {
+			continue
+		}
+		delete(h.keys, k)
+		if c.block == 0 {
+			h.ownRows--
+			continue
+		}
+		if c.block != block {
+			h.settleOpen(block, n)
+			block, n = c.block, 0
+		}
+		n++
 	}
+	h.settleOpen(block, n)
 }
 
 // forget drops k. mu held.
@@ -87,9 +110,18 @@ func (h *heldKeys) forget(k string) {
 		h.ownRows--
 		return
 	}
-	if h.open[c.block]--; h.open[c.block] == 0 {
-		delete(h.open, c.block)
-		h.finished = append(h.finished, c.block)
+	h.settleOpen(c.block, 1)
+}
+
+// settleOpen counts n keys of block settled, and queues the block once
+// none is left. mu held.
+func (h *heldKeys) settleOpen(block int64, n int) {
+	if n == 0 {
+		return
+	}
+	if h.open[block] -= n; h.open[block] <= 0 {
+		delete(h.open, block)
+		h.finished = append(h.finished, block)
 	}
 }
 
