@@ -1,6 +1,8 @@
 package integrator
 
 import (
+	"fmt"
+	"hash/maphash"
 	"testing"
 	"time"
 )
@@ -45,5 +47,47 @@ func TestFatesGenerations(t *testing.T) {
 	none.remember(now, "a", "b")
 	if _, ok := none.known("a", 0); ok {
 		t.Error("a disabled cache knew something")
+	}
+}
+
+// The filter in front of each generation never hides a key it holds, also
+// once its bits are reused by a later generation, and keeps most new keys
+// off the maps.
+func TestFatesFilter(t *testing.T) {
+	const half = 1 << 12
+	f := newFates(2 * half)
+	now := time.Now().UnixNano()
+	key := func(gen, i int) string { return fmt.Sprintf("K%d-%d", gen, i) }
+	for gen := range 4 {
+		for i := range half {
+			f.remember(now, key(gen, i), "id")
+		}
+		// This generation is whole in cur; the one before in prev.
+		for _, g := range []int{gen, gen - 1} {
+			if g < 0 {
+				continue
+			}
+			for i := range half {
+				if _, ok := f.known(key(g, i), 0); !ok {
+					t.Fatalf("generation %d: %s not known", gen, key(g, i))
+				}
+			}
+		}
+		if gen >= 2 {
+			if _, ok := f.known(key(gen-2, 0), 0); ok {
+				t.Fatalf("generation %d: %s still known", gen, key(gen-2, 0))
+			}
+		}
+	}
+	// New keys: the filter of each generation lets few through to the map.
+	through := 0
+	for i := range 10000 {
+		h := maphash.String(f.seed, fmt.Sprintf("new-%d", i))
+		if f.cur.mayHold(h) || f.prev.mayHold(h) {
+			through++
+		}
+	}
+	if through > 500 {
+		t.Errorf("%d of 10000 new keys passed the filters, want at most 500 (16 bits a key, two probes: ~1.5%% each)", through)
 	}
 }
