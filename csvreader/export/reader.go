@@ -564,6 +564,10 @@ func (r *Reader) row(rec *record) (Row, bool) {
 		row.Problem = &contact.Problem{Code: CodeMissingKey, Message: fmt.Sprintf("line %d: key column %q is empty", line, r.keyName)}
 	case p != nil:
 		row.Problem = p
+	case r.cols.rules == nil:
+		// fill took every string whole (or trimmed) from fields check
+		// found valid UTF-8, and attribute names from the checked header.
+		row.Problem = row.Contact.ValidateChecked()
 	default:
 		row.Problem = row.Contact.Validate()
 	}

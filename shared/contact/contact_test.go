@@ -59,6 +59,19 @@ func TestValidate(t *testing.T) {
 			if got != tc.code {
 				t.Errorf("Validate() = %v, want code %q", p, tc.code)
 			}
+			// ValidateChecked: the same rules but the UTF-8 pass, whose
+			// strings its caller checked.
+			want := tc.code
+			if want == CodeInvalidUTF8 {
+				want = ""
+			}
+			got = ""
+			if p := tc.c.ValidateChecked(); p != nil {
+				got = p.Code
+			}
+			if got != want {
+				t.Errorf("ValidateChecked() = %q, want code %q", got, want)
+			}
 		})
 	}
 }
