@@ -1,6 +1,7 @@
 package fakecrm
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -407,7 +408,9 @@ func (s *Server) createBatch(body []byte, f *faultState) (int, []byte) {
 	for i := range req.Contacts {
 		ct := &req.Contacts[i]
 		results[i].ExternalID = ct.ExternalID
-		p := ct.Validate()
+		// post refused a body that is not valid UTF-8 or escapes half a
+		// surrogate pair, so every string decoded from it is valid.
+		p := ct.ValidateChecked()
 		if p == nil {
 			p = f.blockedProblem(ct)
 		}
@@ -477,9 +480,11 @@ func loneSurrogate(body []byte) bool {
 		return rune(v), err == nil
 	}
 	for i := 0; i < len(body); i++ {
-		if body[i] != '\\' {
-			continue
+		j := bytes.IndexByte(body[i:], '\\')
+		if j < 0 {
+			return false
 		}
+		i += j
 		if i+1 < len(body) && body[i+1] != 'u' {
 			i++ // an escaped character, maybe a backslash
 			continue

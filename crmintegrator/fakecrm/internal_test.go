@@ -153,3 +153,25 @@ func TestStoreAcrossChunks(t *testing.T) {
 		t.Errorf("after replace: %d contacts, %d distinct; want %d, %d", c2, d2, contacts, distinct)
 	}
 }
+
+func TestLoneSurrogate(t *testing.T) {
+	for _, tc := range []struct {
+		body string
+		want bool
+	}{
+		{`{"a":"plain"}`, false},
+		{`{"a":"\ud83d\ude00"}`, false},
+		{`{"a":"\\ud800"}`, false}, // an escaped backslash, then text
+		{`{"a":"x\"\n\u00e9"}`, false},
+		{`{"a":"\ud800"}`, true},
+		{`{"a":"\udfff"}`, true},
+		{`{"a":"\ud800\u0041"}`, true},
+		{`{"a":"ok \ud83d\ude00 then \udc00"}`, true},
+		{`{"a":"\ud8`, false}, // cut short: the parser refuses it
+		{`\`, false},
+	} {
+		if got := loneSurrogate([]byte(tc.body)); got != tc.want {
+			t.Errorf("loneSurrogate(%s) = %v, want %v", tc.body, got, tc.want)
+		}
+	}
+}
