@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 	"unsafe"
@@ -179,20 +178,15 @@ func appendCopyText[T string | []byte](b []byte, s T) []byte {
 // attributes column's text (migration 0007), the same for equal
 // attributes.
 func appendAttributes(b []byte, attrs map[string]string) []byte {
-	var stack [8]string
-	keys := stack[:0]
-	for k := range attrs {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	var stack [8]contact.Attr
 	b = append(b, '{')
-	for i, k := range keys {
+	for i, a := range contact.SortedAttributes(attrs, stack[:0]) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = jsontext.AppendString(b, k)
+		b = jsontext.AppendString(b, a.Name)
 		b = append(b, ':')
-		b = jsontext.AppendString(b, attrs[k])
+		b = jsontext.AppendString(b, a.Value)
 	}
 	return append(b, '}')
 }

@@ -122,19 +122,34 @@ func (c *Contact) Fingerprint() string {
 	for _, s := range [...]string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
 		b = appendField(b, s)
 	}
-	if len(c.Attributes) > 0 {
-		var keyStack [8]string
-		keys := keyStack[:0]
-		for k := range c.Attributes {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys) // not sort.Strings: its interface would move keyStack to the heap
-		for _, k := range keys {
-			b = appendField(appendField(b, k), c.Attributes[k])
-		}
+	var attrs [8]Attr
+	for _, a := range SortedAttributes(c.Attributes, attrs[:0]) {
+		b = appendField(appendField(b, a.Name), a.Value)
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
+}
+
+// Attr is one attribute: its name and value.
+type Attr struct{ Name, Value string }
+
+// SortedAttributes returns the attributes sorted by name, in buf's array
+// when they fit: one pass over the map, no look-ups by name.
+func SortedAttributes(attrs map[string]string, buf []Attr) []Attr {
+	out := buf[:0]
+	for k, v := range attrs {
+		out = append(out, Attr{k, v})
+	}
+	if len(out) > 12 {
+		slices.SortFunc(out, func(a, b Attr) int { return strings.Compare(a.Name, b.Name) })
+		return out
+	}
+	for i := 1; i < len(out); i++ { // a handful: insertion sort
+		for j := i; j > 0 && out[j].Name < out[j-1].Name; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
 }
 
 func appendField(b []byte, s string) []byte {

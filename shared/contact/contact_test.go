@@ -1,6 +1,7 @@
 package contact
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -114,5 +115,37 @@ func BenchmarkFingerprint(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Fingerprint()
+	}
+}
+
+func TestSortedAttributes(t *testing.T) {
+	many := map[string]string{}
+	for i := range 20 {
+		many[fmt.Sprintf("k%02d", 19-i)] = fmt.Sprint(i)
+	}
+	for _, tc := range []struct {
+		name  string
+		attrs map[string]string
+	}{
+		{"none", nil},
+		{"one", map[string]string{"city": "Oslo"}},
+		{"a handful", map[string]string{"zeta": "1", "alpha": "2", "mu": "3", "beta": "", "Alpha": "5"}},
+		{"more than a handful", many},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf [8]Attr
+			got := SortedAttributes(tc.attrs, buf[:0])
+			if len(got) != len(tc.attrs) {
+				t.Fatalf("%d attributes, want %d", len(got), len(tc.attrs))
+			}
+			for i, a := range got {
+				if v, ok := tc.attrs[a.Name]; !ok || v != a.Value {
+					t.Errorf("%s=%q not in the map", a.Name, a.Value)
+				}
+				if i > 0 && got[i-1].Name >= a.Name {
+					t.Errorf("%q before %q", got[i-1].Name, a.Name)
+				}
+			}
+		})
 	}
 }
