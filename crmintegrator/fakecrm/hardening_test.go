@@ -60,8 +60,8 @@ func TestInvalidUTF8Refused(t *testing.T) {
 
 // A body is counted as it arrives: a Content-Length over the limit is
 // refused before a byte is read, and a body that claims less than the
-// limit but sends nothing costs nothing (it runs into the read timeout of
-// the binary's server, tested there).
+// limit but sends nothing costs at most a 256 KiB buffer (it runs into
+// the read timeout of the binary's server, tested there).
 func TestBodyLimits(t *testing.T) {
 	_, base := fakecrmtest.Start(t, fakecrm.Config{})
 	u, _ := url.Parse(base)
