@@ -155,24 +155,21 @@ func appendCopyRow(b, scratch []byte, run int64, tail []byte, d *Delivery) ([]by
 func appendCopyText[T string | []byte](b []byte, s T) []byte {
 	start := 0
 	for i := 0; i < len(s); i++ {
-		var esc byte
-		switch s[i] {
-		case '\\':
-			esc = '\\'
-		case '\t':
-			esc = 't'
-		case '\n':
-			esc = 'n'
-		case '\r':
-			esc = 'r'
-		default:
-			continue
+		for i < len(s) && copyEscape[s[i]] == 0 {
+			i++
 		}
-		b = append(append(b, s[start:i]...), '\\', esc)
+		if i == len(s) {
+			break
+		}
+		b = append(append(b, s[start:i]...), '\\', copyEscape[s[i]])
 		start = i + 1
 	}
 	return append(b, s[start:]...)
 }
+
+// copyEscape maps each byte COPY's text format escapes to the letter after
+// the backslash; 0 for the others.
+var copyEscape = [256]byte{'\\': '\\', '\t': 't', '\n': 'n', '\r': 'r'}
 
 // appendAttributes appends attrs as a JSON object, keys sorted: the
 // attributes column's text (migration 0007), the same for equal
