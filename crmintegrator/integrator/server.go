@@ -433,6 +433,10 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 		if recs, reply.Err = v.s.records(args); reply.Err == nil {
 			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs)
 		}
+		if args.PackedVerdicts && reply.Err == nil {
+			reply.PackedVerdicts = string(crmrpc.AppendPackedVerdicts(make([]byte, 0, 16+24*len(reply.Verdicts)), reply.Verdicts))
+			reply.Verdicts = nil
+		}
 	}
 	v.s.met.rpcCall("Deliver", resultOf(reply.Err))
 	return nil

@@ -741,7 +741,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 				Message: fmt.Sprintf("daemon %s predates updates: it would create the contacts this block updates; upgrade crmintegrator", cn.addr)}
 		}
 		if cn.packed.Load() < version {
-			return &DeliverArgs{Token: c.cfg.Token, Records: records}
+			return &DeliverArgs{Token: c.cfg.Token, Records: records, PackedVerdicts: true}
 		}
 		if packed == "" {
 			var buf []byte
@@ -756,7 +756,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 			default:
 			}
 		}
-		return &DeliverArgs{Token: c.cfg.Token, Packed: packed}
+		return &DeliverArgs{Token: c.cfg.Token, Packed: packed, PackedVerdicts: true}
 	}
 	cn, err := c.callGated(ctx, MethodDeliver, args, &reply, false, func() bool {
 		return shuttingDown(&reply, &reply.Err)
@@ -769,10 +769,16 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 	if reply.Err != nil {
 		return nil, reply.Err
 	}
-	if len(reply.Verdicts) != len(records) {
-		return nil, fmt.Errorf("%s: %d verdicts for %d records", MethodDeliver, len(reply.Verdicts), len(records))
+	verdicts := reply.Verdicts
+	if reply.PackedVerdicts != "" {
+		if verdicts, err = UnpackVerdicts(reply.PackedVerdicts); err != nil {
+			return nil, fmt.Errorf("%s: %w", MethodDeliver, err)
+		}
 	}
-	return reply.Verdicts, nil
+	if len(verdicts) != len(records) {
+		return nil, fmt.Errorf("%s: %d verdicts for %d records", MethodDeliver, len(verdicts), len(records))
+	}
+	return verdicts, nil
 }
 
 // Lookup asks which CRM ids hold each external id; one result per id, in

@@ -57,11 +57,13 @@ func (d *oldDaemon) Lookup(a *LookupArgs, r *LookupReply) error { return nil }
 
 // newDaemon reads packed records, and says how each Deliver came.
 type newDaemon struct {
-	mu           sync.Mutex
-	packed       []bool // per Deliver: the records came packed
-	received     [][]Record
-	hellos       atomic.Int64
-	shuttingDown atomic.Bool // answer Deliver with shutting_down
+	mu     sync.Mutex
+	packed []bool // per Deliver: the records came packed
+	// per Deliver: the call asked for packed verdicts (answered so)
+	packedVerdicts []bool
+	received       [][]Record
+	hellos         atomic.Int64
+	shuttingDown   atomic.Bool // answer Deliver with shutting_down
 	// packedVersion, when set, is the packed version it says it reads
 	// (else PackedVersion); updates says it takes updates.
 	packedVersion int
@@ -91,10 +93,14 @@ func (d *newDaemon) Deliver(a *DeliverArgs, r *DeliverReply) error {
 	d.mu.Lock()
 	d.packed = append(d.packed, a.Packed != "")
 	d.received = append(d.received, recs)
+	d.packedVerdicts = append(d.packedVerdicts, a.PackedVerdicts)
 	d.mu.Unlock()
 	r.Verdicts = make([]Verdict, len(recs))
 	for i := range r.Verdicts {
 		r.Verdicts[i] = Verdict{Outcome: Delivered, CRMID: "new-" + recs[i].Contact.ExternalID}
+	}
+	if a.PackedVerdicts { // as crmintegrator answers
+		r.PackedVerdicts, r.Verdicts = string(AppendPackedVerdicts(nil, r.Verdicts)), nil
 	}
 	return nil
 }
@@ -261,6 +267,9 @@ func TestClientNewDaemon(t *testing.T) {
 			defer d.mu.Unlock()
 			if want := []bool{true, true, true}; !slices.Equal(d.packed, want) {
 				t.Errorf("packed per Deliver: got %v, want %v", d.packed, want)
+			}
+			if want := []bool{true, true, true}; !slices.Equal(d.packedVerdicts, want) {
+				t.Errorf("packed verdicts asked per Deliver: got %v, want %v", d.packedVerdicts, want)
 			}
 			for i, got := range d.received {
 				if !equalRecords(got, recs) {

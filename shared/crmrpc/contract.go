@@ -101,6 +101,9 @@ type DeliverArgs struct {
 	// empty call. A string, not a []byte: gob then decodes it with the one
 	// allocation that all the block's fields share.
 	Packed string
+	// PackedVerdicts asks for the verdicts as DeliverReply.PackedVerdicts.
+	// A daemon that predates it ignores it and answers Verdicts.
+	PackedVerdicts bool
 }
 
 // DeliverReply holds one verdict per record, in the order of the records.
@@ -108,6 +111,10 @@ type DeliverArgs struct {
 type DeliverReply struct {
 	Err      *Error
 	Verdicts []Verdict
+	// PackedVerdicts is Verdicts in the packed encoding (verdicts.go),
+	// answered instead of Verdicts when the call asked for it: a fraction
+	// of gob's cost to encode and to decode.
+	PackedVerdicts string
 	// PackedRecords is HelloReply.PackedRecords, repeated so that a client
 	// learns it on a connection it sent no Hello on (after a redial).
 	PackedRecords int

@@ -135,6 +135,7 @@ func UnpackRecords(p string, maxRecords int) ([]Record, *Error) {
 
 // unpacker reads p from off; err says why it stopped.
 type unpacker struct {
+	kind    string // what p holds, for errors; "": packed records
 	p       string
 	off     int
 	version byte
@@ -302,8 +303,12 @@ func (u *unpacker) fail(what, problem string) *Error {
 	if what != "" {
 		where = what + " " + where
 	}
-	if u.rec >= 0 && what != "" {
-		where = fmt.Sprintf("record %d: %s", u.rec, where)
+	kind, item := "packed records", "record"
+	if u.kind != "" {
+		kind, item = u.kind, "verdict"
 	}
-	return &Error{Code: CodeMalformedCall, Message: "packed records: " + where + ": " + problem}
+	if u.rec >= 0 && what != "" {
+		where = fmt.Sprintf("%s %d: %s", item, u.rec, where)
+	}
+	return &Error{Code: CodeMalformedCall, Message: kind + ": " + where + ": " + problem}
 }
