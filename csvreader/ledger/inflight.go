@@ -47,8 +47,7 @@ func (h *heldKeys) hold(keys []string, cs []claim) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	// A block's keys come together: its count goes up once, not per key.
-	var block int64
-	n := 0
+	var run blockRun
 	for i, k := range keys {
 		c := cs[i]
 		h.keys[k] = c
@@ -56,13 +55,32 @@ func (h *heldKeys) hold(keys []string, cs []claim) {
 			h.ownRows++
 			continue
 		}
-		if c.block != block {
-			h.addOpen(block, n)
-			block, n = c.block, 0
-		}
-		n++
+		run.add(c.block, h.addOpen)
 	}
-	h.addOpen(block, n)
+	run.end(h.addOpen)
+}
+
+// blockRun counts the keys of one block met in a row, so that the block's
+// count of open keys moves once per run, not per key.
+type blockRun struct {
+	block int64
+	n     int
+}
+
+// add counts a key of block; a key of another block first hands the run so
+// far to flush.
+func (r *blockRun) add(block int64, flush func(block int64, n int)) {
+	if block != r.block {
+		r.end(flush)
+		r.block = block
+	}
+	r.n++
+}
+
+// end hands the last run to flush.
+func (r *blockRun) end(flush func(block int64, n int)) {
+	flush(r.block, r.n)
+	r.n = 0
 }
 
 // addOpen counts n more keys of block not settled. mu held.
@@ -78,8 +96,7 @@ func (h *heldKeys) addOpen(block int64, n int) {
 func (h *heldKeys) settle(keys []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var block int64
-	n := 0
+	var run blockRun
 	for _, k := range keys {
 		c, ok := h.keys[k]
 		if !ok {
@@ -90,13 +107,9 @@ func (h *heldKeys) settle(keys []string) {
 			h.ownRows--
 			continue
 		}
-		if c.block != block {
-			h.settleOpen(block, n)
-			block, n = c.block, 0
-		}
-		n++
+		run.add(c.block, h.settleOpen)
 	}
-	h.settleOpen(block, n)
+	run.end(h.settleOpen)
 }
 
 // forget drops k. mu held.
