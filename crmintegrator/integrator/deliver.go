@@ -591,7 +591,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 				Message: unauthorized(ce) + "; records of this call may have been created, resend them with MaybeSent"})
 			return false, false
 		case crmapi.ClassRateLimited:
-			wait, reason, code = max(ce.RetryAfter, time.Second), "rate_limited", CodeRateLimited
+			wait, reason, code = rateLimitWait(ce), "rate_limited", CodeRateLimited
 		case crmapi.ClassUnavailable:
 			wait, reason, code = bo.Next(), "unavailable", CodeUnavailable
 			if ce.RetryAfter > 0 {
@@ -728,6 +728,18 @@ func (d *delivery) deliveredFound(i int, crmID string) {
 	d.resolved(i)
 }
 
+// rateLimitWait is how long records answered 429 wait: the CRM's word when
+// it gives one (HubSpot's rolling window frees a slot in tens of
+// milliseconds, and the hubspot client says so: a second would send those
+// records back to the reader, whose resend waits longer still), a second
+// when it does not, never less than a tenth of one.
+func rateLimitWait(ce *crmapi.Error) time.Duration {
+	if ce.RetryAfter <= 0 {
+		return time.Second
+	}
+	return max(ce.RetryAfter, 100*time.Millisecond)
+}
+
 // lookupFailure turns a failed lookup into a wait, a code and a message.
 func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 	var open *errCircuitOpen
@@ -753,7 +765,7 @@ func (s *Server) lookupFailure(err error) (time.Duration, string, string) {
 		s.log.Error("crm refused the daemon's credentials; fix -crm-token", "status", ce.Status, "code", ce.Code, "message", ce.Message)
 		return 0, crmrpc.CodeCRMUnauthorized, unauthorized(ce)
 	case crmapi.ClassRateLimited:
-		return max(ce.RetryAfter, time.Second), CodeRateLimited, ce.Error()
+		return rateLimitWait(ce), CodeRateLimited, ce.Error()
 	case crmapi.ClassUnavailable:
 		return max(ce.RetryAfter, time.Second), CodeUnavailable, ce.Error()
 	}

@@ -135,7 +135,7 @@ func (d *delivery) runUpdate(idx []int) {
 			d.failCall(&crmrpc.Error{Code: crmrpc.CodeCRMUnauthorized, Message: unauthorized(ce)})
 			return
 		case crmapi.ClassRateLimited:
-			wait, reason, code = max(ce.RetryAfter, time.Second), "rate_limited", CodeRateLimited
+			wait, reason, code = rateLimitWait(ce), "rate_limited", CodeRateLimited
 		case crmapi.ClassUnavailable:
 			wait, reason, code = cmp.Or(ce.RetryAfter, bo.Next()), "unavailable", CodeUnavailable
 		case crmapi.ClassInProgress:

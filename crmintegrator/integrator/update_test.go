@@ -4,7 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,4 +237,71 @@ func TestUpdateFieldLimits(t *testing.T) {
 func isFatal(err error, code string) bool {
 	var e *crmrpc.Error
 	return errors.As(err, &e) && e.Code == code && e.Fatal()
+}
+
+// HubSpot's 429 for its rolling window carries no Retry-After, only the
+// window's headers; a slot frees every interval/max on average. The
+// records it refused are resent inside the same call after a wait of that
+// order, not answered Retry after a second (which sent them back to the
+// reader, and stretched the tail of an import at the quota by a second
+// and the reader's backoff). The window here is 20 requests in 200 ms
+// (HubSpot's is 10 s: the same arithmetic, slower).
+func TestHubSpotWindow429RetriedInCall(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	crm, url := startCRM(t, fakecrm.Config{API: fakecrm.APIHubSpot})
+	target, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	window := func(h http.Header, remaining string) {
+		// developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines
+		h.Set("X-HubSpot-RateLimit-Interval-Milliseconds", strconv.Itoa(int(interval.Milliseconds())))
+		h.Set("X-HubSpot-RateLimit-Max", "20")
+		h.Set("X-HubSpot-RateLimit-Remaining", remaining)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(r *http.Response) error { window(r.Header, "19"); return nil }
+	var refuse atomic.Bool
+	var writes, refused atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.Contains(r.URL.Path, "/batch/") {
+			writes.Add(1)
+			if refuse.CompareAndSwap(true, false) {
+				refused.Add(1)
+				io.Copy(io.Discard, r.Body)
+				window(w.Header(), "0")
+				w.Header().Set("Content-Type", "application/json;charset=utf-8")
+				w.WriteHeader(http.StatusTooManyRequests)
+				io.WriteString(w, `{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","correlationId":"c0ffee00-0000-4000-8000-000000000000","policyName":"TEN_SECONDLY_ROLLING"}`)
+				return
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	cfg := testConfig(srv.URL)
+	cfg.API = "hubspot"
+	_, addr := startDaemon(t, cfg)
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+	deliver := func(prefix string) {
+		t.Helper()
+		vs, err := c.Deliver(context.Background(), createRecords(prefix, 5))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range vs {
+			if v.Outcome != crmrpc.Delivered {
+				t.Fatalf("%s record %d: %+v, want delivered within the call", prefix, i, v)
+			}
+		}
+	}
+	deliver("A") // the daemon learns the window
+	// Past the first interval the daemon knows its own requests' share
+	// of the window; a 429 then is jitter at its edge.
+	time.Sleep(interval)
+	refuse.Store(true)
+	deliver("B")
+	if refused.Load() != 1 || writes.Load() != 3 || crm.Audit().Contacts != 10 {
+		t.Fatalf("%d refused, %d writes, %d contacts; want the one 429, one resend, 10 contacts", refused.Load(), writes.Load(), crm.Audit().Contacts)
+	}
 }
