@@ -90,7 +90,7 @@ func TestScaleOutSharesTheQuota(t *testing.T) {
 				minShare = v
 			}
 			if share < minShare {
-				t.Errorf("the busy period ran at %.1f %% of the quota's best possible, want >= %.0f %%", 100*share, 100*minShare)
+				t.Errorf("the busy period ran at %.1f %% of the quota's best possible, want >= %.0f %%; requests accepted a second: %v", 100*share, 100*minShare, tap.perSecond())
 			}
 			if pct429 >= 2 {
 				t.Errorf("%.2f %% of requests answered 429, want < 2 %%", pct429)
@@ -199,4 +199,27 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// perSecond counts the accepted requests in each second from the first:
+// where a run lost its share (a slow start, a gap, a tail).
+func (c *tappedCRM) perSecond() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.accepted) == 0 {
+		return nil
+	}
+	first := c.accepted[0]
+	for _, at := range c.accepted {
+		first = minTime(first, at)
+	}
+	var out []int
+	for _, at := range c.accepted {
+		i := int(at.Sub(first) / time.Second)
+		for len(out) <= i {
+			out = append(out, 0)
+		}
+		out[i]++
+	}
+	return out
 }

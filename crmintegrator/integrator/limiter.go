@@ -91,10 +91,12 @@ const (
 	shareHorizon = 100 * time.Millisecond
 	// A rolling window's gate (SetWindow): requests kept free for other
 	// daemons' requests this one has not heard of yet (their sends between
-	// two answers), and the least share of the window's refill a daemon
-	// counts on.
+	// two answers), the least share of the window's refill a daemon
+	// counts on, and how long a daemon waiting with nothing in flight goes
+	// without an answer before one request goes to ask (see gate).
 	winMargin   = 12.0
 	winMinShare = 0.1
+	winProbe    = 500 * time.Millisecond
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -242,7 +244,18 @@ func (l *Limiter) gate(now time.Time) time.Time {
 	level := l.winLevel - float64(l.winBooked) + refill*now.Sub(l.winAt).Seconds()
 	// Alone (share 1) nothing need be kept free.
 	if need := 1 + winMargin*(1-share); level < need {
-		return now.Add(time.Duration((need - level) / refill * float64(time.Second)))
+		at := now.Add(time.Duration((need - level) / refill * float64(time.Second)))
+		// A daemon waiting with nothing in flight hears nothing more of
+		// the window, and its estimate counts on its own share of the
+		// refill only: once the others fall silent (their work ended)
+		// the window empties while the estimate creeps, which idled the
+		// CRM for seconds at an import's tail. After winProbe without an
+		// answer one request goes to ask; its answer states the window
+		// as it is (a 429, if the others still fill it, pauses briefly).
+		if probe := l.winAt.Add(winProbe); l.pending == 0 && probe.Before(at) {
+			at = probe
+		}
+		return at
 	}
 	return now
 }

@@ -281,3 +281,40 @@ func TestMetricsLabelEscaping(t *testing.T) {
 		}
 	}
 }
+
+// A rolling window's gate (SetWindow) holds a daemon that owns little of a
+// full window until its share of the refill frees room: seconds. With a
+// request of its own in flight, the answer will say more, so it waits;
+// with nothing in flight it would hear nothing, so after winProbe one
+// request goes to ask.
+func TestWindowGateProbesWhenSilent(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		inFlight bool
+		min, max time.Duration
+	}{
+		{"nothing in flight: a probe after winProbe", false, winProbe - shareHorizon, winProbe + shareHorizon},
+		{"a request in flight: wait for its answer", true, 2 * time.Second, 4 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newFakeClock()
+			l := NewLimiter(0, clk)
+			l.SetWindow(400, 1, 10*time.Second)
+			clk.Advance(11 * time.Second) // past the first window's booking
+			// Another daemon filled the window: none of its 400 are ours.
+			l.SetWindow(400, 400, 10*time.Second)
+			if tc.inFlight {
+				l.mu.Lock()
+				l.pending = 1 // booked before the statement, not answered yet
+				l.mu.Unlock()
+			}
+			before := clk.Now()
+			if err := l.Wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if el := clk.Now().Sub(before); el < tc.min || el > tc.max {
+				t.Fatalf("waited %v, want %v to %v", el, tc.min, tc.max)
+			}
+		})
+	}
+}
