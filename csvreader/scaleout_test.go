@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -142,16 +142,22 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// sorted is the times the CRM accepted requests at, in order.
+func (c *tappedCRM) sorted() []time.Time {
+	c.mu.Lock()
+	ts := slices.Clone(c.accepted)
+	c.mu.Unlock()
+	slices.SortFunc(ts, time.Time.Compare)
+	return ts
+}
+
 // steadyShare is the accepted requests a second in the steady state, as a
 // share of rate: from the first accepted request plus two seconds (the
 // bucket's initial burst is spent by then, and would flatter the figure)
 // to the last one less two (the runs' tails, when not every block is in
 // flight any more).
 func (c *tappedCRM) steadyShare(rate float64) (share float64, window time.Duration) {
-	c.mu.Lock()
-	ts := append([]time.Time(nil), c.accepted...)
-	c.mu.Unlock()
-	sort.Slice(ts, func(i, j int) bool { return ts[i].Before(ts[j]) })
+	ts := c.sorted()
 	if len(ts) < 2 {
 		return 0, 0
 	}
@@ -174,48 +180,21 @@ func (c *tappedCRM) steadyShare(rate float64) (share float64, window time.Durati
 // its burst plus rate a second. Idle time before and after is not counted;
 // a slow start or tail is.
 func (c *tappedCRM) share(rate, burst float64) (share float64, span time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.accepted) < 2 {
+	ts := c.sorted()
+	if len(ts) < 2 {
 		return 0, 0
 	}
-	first, last := c.accepted[0], c.accepted[0]
-	for _, at := range c.accepted {
-		first, last = minTime(first, at), maxTime(last, at)
-	}
-	span = last.Sub(first)
-	return float64(len(c.accepted)) / (burst + rate*span.Seconds()), span
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
+	span = ts[len(ts)-1].Sub(ts[0])
+	return float64(len(ts)) / (burst + rate*span.Seconds()), span
 }
 
 // perSecond counts the accepted requests in each second from the first:
 // where a run lost its share (a slow start, a gap, a tail).
 func (c *tappedCRM) perSecond() []int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.accepted) == 0 {
-		return nil
-	}
-	first := c.accepted[0]
-	for _, at := range c.accepted {
-		first = minTime(first, at)
-	}
 	var out []int
-	for _, at := range c.accepted {
-		i := int(at.Sub(first) / time.Second)
+	ts := c.sorted()
+	for _, at := range ts {
+		i := int(at.Sub(ts[0]) / time.Second)
 		for len(out) <= i {
 			out = append(out, 0)
 		}

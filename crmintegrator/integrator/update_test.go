@@ -241,20 +241,28 @@ func isFatal(err error, code string) bool {
 
 // HubSpot's 429 for its rolling window carries no Retry-After, only the
 // window's headers; a slot frees every interval/max on average. The
-// records it refused are resent inside the same call after a wait of that
-// order, not answered Retry after a second (which sent them back to the
-// reader, and stretched the tail of an import at the quota by a second
-// and the reader's backoff). The window here is 20 requests in 200 ms
-// (HubSpot's is 10 s: the same arithmetic, slower).
+// records it refused wait a pause of that order and then the window's
+// gate (here its probe, 0.5 s: the 429 said the window was full), inside
+// the same call; they are not answered Retry after a second, which sent
+// them back to the reader and stretched the tail of an import at the
+// quota by a second and the reader's backoff. The window here is 20
+// requests in 200 ms (HubSpot's is 10 s: the same arithmetic, slower).
 func TestHubSpotWindow429RetriedInCall(t *testing.T) {
+	for _, latency := range []time.Duration{0, 80 * time.Millisecond} {
+		t.Run(fmt.Sprintf("latency=%v", latency), func(t *testing.T) { testHubSpotWindow429(t, latency) })
+	}
+}
+
+func testHubSpotWindow429(t *testing.T, latency time.Duration) {
 	const interval = 200 * time.Millisecond
-	crm, url := startCRM(t, fakecrm.Config{API: fakecrm.APIHubSpot})
+	crm, url := startCRM(t, fakecrm.Config{API: fakecrm.APIHubSpot, Faults: fakecrm.Faults{Latency: latency}})
 	target, err := neturl.Parse(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	window := func(h http.Header, remaining string) {
-		// developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines
+		// developers.hubspot.com/docs/api/usage-details: the window's
+		// headers, and the 429's body below.
 		h.Set("X-HubSpot-RateLimit-Interval-Milliseconds", strconv.Itoa(int(interval.Milliseconds())))
 		h.Set("X-HubSpot-RateLimit-Max", "20")
 		h.Set("X-HubSpot-RateLimit-Remaining", remaining)
@@ -272,7 +280,7 @@ func TestHubSpotWindow429RetriedInCall(t *testing.T) {
 				window(w.Header(), "0")
 				w.Header().Set("Content-Type", "application/json;charset=utf-8")
 				w.WriteHeader(http.StatusTooManyRequests)
-				io.WriteString(w, `{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","correlationId":"c0ffee00-0000-4000-8000-000000000000","policyName":"TEN_SECONDLY_ROLLING"}`)
+				io.WriteString(w, `{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","correlationId":"c0ffee00-0000-4000-8000-000000000000","policyName":"TEN_SECONDLY_ROLLING","requestId":"c0ffee00-0000-4000-8000-000000000001"}`)
 				return
 			}
 		}

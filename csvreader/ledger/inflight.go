@@ -47,7 +47,7 @@ func (h *heldKeys) hold(keys []string, cs []claim) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	// A block's keys come together: its count goes up once, not per key.
-	var run blockRun
+	run := blockRun{flush: h.addOpen}
 	for i, k := range keys {
 		c := cs[i]
 		h.keys[k] = c
@@ -55,31 +55,32 @@ func (h *heldKeys) hold(keys []string, cs []claim) {
 			h.ownRows++
 			continue
 		}
-		run.add(c.block, h.addOpen)
+		run.add(c.block)
 	}
-	run.end(h.addOpen)
+	run.end()
 }
 
 // blockRun counts the keys of one block met in a row, so that the block's
 // count of open keys moves once per run, not per key.
 type blockRun struct {
+	flush func(block int64, n int) // takes each run's count
 	block int64
 	n     int
 }
 
 // add counts a key of block; a key of another block first hands the run so
 // far to flush.
-func (r *blockRun) add(block int64, flush func(block int64, n int)) {
+func (r *blockRun) add(block int64) {
 	if block != r.block {
-		r.end(flush)
+		r.end()
 		r.block = block
 	}
 	r.n++
 }
 
 // end hands the last run to flush.
-func (r *blockRun) end(flush func(block int64, n int)) {
-	flush(r.block, r.n)
+func (r *blockRun) end() {
+	r.flush(r.block, r.n)
 	r.n = 0
 }
 
@@ -96,7 +97,7 @@ func (h *heldKeys) addOpen(block int64, n int) {
 func (h *heldKeys) settle(keys []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var run blockRun
+	run := blockRun{flush: h.settleOpen}
 	for _, k := range keys {
 		c, ok := h.keys[k]
 		if !ok {
@@ -107,9 +108,9 @@ func (h *heldKeys) settle(keys []string) {
 			h.ownRows--
 			continue
 		}
-		run.add(c.block, h.settleOpen)
+		run.add(c.block)
 	}
-	run.end(h.settleOpen)
+	run.end()
 }
 
 // forget drops k. mu held.
