@@ -63,7 +63,7 @@ type store struct {
 	// chain holds every contact with that hash, oldest first; the
 	// external ids are compared to tell apart the (rare) different ids
 	// that share a hash.
-	index    map[uint64]uint64
+	index    *hashIndex
 	hash     func(externalID string) uint64 // tests swap in one that collides
 	distinct int64                          // external ids held
 	// lastStamp is the created_at of the last record pushed, and
@@ -85,7 +85,7 @@ type store struct {
 func newStore() *store {
 	seed := maphash.MakeSeed()
 	return &store{
-		index:       make(map[uint64]uint64),
+		index:       newHashIndex(0),
 		hash:        func(s string) uint64 { return maphash.String(seed, s) },
 		lastStampAt: -1,
 		nextID:      1,
@@ -227,9 +227,9 @@ func (st *store) update(id string, fn func(*crmapi.StoredContact) bool) (found b
 // chain of ext's hash.
 func (st *store) link(ext string, p uint32) {
 	h := st.hash(ext)
-	v, ok := st.index[h]
+	v, ok := st.index.get(h)
 	if !ok {
-		st.index[h] = uint64(p)<<32 | uint64(p)
+		st.index.put(h, uint64(p)<<32|uint64(p))
 		st.distinct++
 		return
 	}
@@ -248,7 +248,7 @@ func (st *store) link(ext string, p uint32) {
 		st.distinct++
 	}
 	st.chunks[last/chunkSize].next[last%chunkSize] = p
-	st.index[h] = uint64(first)<<32 | uint64(p)
+	st.index.put(h, uint64(first)<<32|uint64(p))
 }
 
 func (st *store) nextOf(p uint32) uint32 { return st.chunks[p/chunkSize].next[p%chunkSize] }
@@ -295,7 +295,7 @@ func (st *store) lookup(externalID string) []crmapi.StoredContact {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	out := []crmapi.StoredContact{}
-	v, ok := st.index[st.hash(externalID)]
+	v, ok := st.index.get(st.hash(externalID))
 	if !ok {
 		return out
 	}
@@ -368,7 +368,7 @@ func (st *store) counts() (creates, contacts, distinct int64) {
 func (st *store) replace(contacts []crmapi.StoredContact, nextID uint64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.chunks, st.n, st.index, st.distinct = nil, 0, make(map[uint64]uint64, len(contacts)), 0
+	st.chunks, st.n, st.index, st.distinct = nil, 0, newHashIndex(len(contacts)), 0
 	st.updated, st.byID = nil, nil
 	st.lastStamp, st.lastStampAt = "", -1
 	for i := range contacts {

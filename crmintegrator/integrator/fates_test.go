@@ -3,6 +3,7 @@ package integrator
 import (
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"testing"
 	"time"
 )
@@ -43,6 +44,18 @@ func TestFatesGenerations(t *testing.T) {
 	if id, ok := f.known("old", 0); !ok || id != "id-old" {
 		t.Errorf("known(old, 0) = %q, %v", id, ok)
 	}
+	// An id a fateEnt cannot measure is not remembered, and harms nothing.
+	long := strings.Repeat("k", 1<<16)
+	f.remember(now, long, "id-long")
+	f.remember(now, "long-id", long)
+	for _, k := range []string{long, "long-id"} {
+		if _, ok := f.known(k, 0); ok {
+			t.Errorf("a %d-byte id was remembered", 1<<16)
+		}
+	}
+	if id, ok := f.known("old", 0); !ok || id != "id-old" {
+		t.Errorf("after the long ids, known(old, 0) = %q, %v", id, ok)
+	}
 	var none *fates // FateCache < 0
 	none.remember(now, "a", "b")
 	if _, ok := none.known("a", 0); ok {
@@ -52,7 +65,7 @@ func TestFatesGenerations(t *testing.T) {
 
 // The filter in front of each generation never hides a key it holds, also
 // once its bits are reused by a later generation, and keeps most new keys
-// off the maps.
+// off the tables.
 func TestFatesFilter(t *testing.T) {
 	const half = 1 << 12
 	f := newFates(2 * half)
@@ -79,7 +92,7 @@ func TestFatesFilter(t *testing.T) {
 			}
 		}
 	}
-	// New keys: the filter of each generation lets few through to the map.
+	// New keys: the filter of each generation lets few through to the table.
 	through := 0
 	for i := range 10000 {
 		h := maphash.String(f.seed, fmt.Sprintf("new-%d", i))
@@ -89,5 +102,24 @@ func TestFatesFilter(t *testing.T) {
 	}
 	if through > 500 {
 		t.Errorf("%d of 10000 new keys passed the filters, want at most 500 (16 bits a key, two probes: ~1.5%% each)", through)
+	}
+}
+
+// BenchmarkFates is the daemon's use of the cache for each new record of
+// a run: asked about (known) when it arrives, remembered once created.
+func BenchmarkFates(b *testing.B) {
+	keys := make([]string, 1<<20)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("C%08d", i)
+	}
+	f := newFates(1 << 16)
+	now := time.Now().UnixNano()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		k := keys[i%len(keys)]
+		i++
+		f.known(k, time.Minute)
+		f.remember(now, k, "ct_00000042")
 	}
 }

@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"hash/maphash"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,14 +73,18 @@ func (t *holders) release(h *callHold, keys []string, idx []int) {
 // Bounded, in two generations of half the capacity each: when the newer
 // is full it becomes the older, and the older is dropped whole. (A ring
 // that evicted entry by entry cost a map delete per insert: 15% of the
-// daemon's CPU in make bench.) Each entry's key and id share one copy, so
-// that it does not pin the whole call's buffer.
+// daemon's CPU in make bench.)
 //
-// Nearly every key asked about is new, and a probe of a map this size
+// A generation is a flat open-addressing table over an arena of bytes,
+// not a map: nothing in it holds a pointer, so the collector does not scan
+// it, a remembered fate is not an allocation, and a dropped generation's
+// memory is reused by the next. (As a map of strings, remembering every
+// created record took a sixth of the daemon's CPU in make bench.)
+//
+// Nearly every key asked about is new, and a probe of a table this size
 // misses the CPU's cache: each generation keeps a Bloom filter of its keys
 // (16 bits a key, two probes from one hash; 64 KiB at the default
-// capacity) that answers "not here" from the cache. Asking about every new
-// record, and remembering each, took a tenth of the daemon's CPU before.
+// capacity) that answers "not here" from the cache.
 type fates struct {
 	mu        sync.RWMutex
 	cur, prev fateGen
@@ -87,18 +92,25 @@ type fates struct {
 	seed      maphash.Seed
 }
 
-// fateGen is one generation: its entries and the filter of their keys.
+// fateGen is one generation: its entries, their table and the filter of
+// their keys.
 type fateGen struct {
-	m    map[string]fate
-	bits []uint64 // nil: the generation is empty
+	bits  []uint64 // the Bloom filter; nil: the generation is empty
+	slots []uint64 // linear probing; a slot is the hash's top half<<32 | entry+1, 0 when free
+	ents  []fateEnt
+	arena []byte // each entry's external id, then its CRM id
 }
 
-// fate is what the daemon saw the CRM hold for an external id, and when
-// (unix nanoseconds).
-type fate struct {
-	id string
-	at int64
+// fateEnt is what the daemon saw the CRM hold for an external id: the ids
+// at arena[off:], and when (unix nanoseconds).
+type fateEnt struct {
+	at         int64
+	off        uint32
+	klen, ilen uint16
 }
+
+// maxFateArena keeps arena offsets within a fateEnt's uint32.
+const maxFateArena = math.MaxUint32
 
 func newFates(capacity int) *fates {
 	if capacity <= 0 {
@@ -106,19 +118,24 @@ func newFates(capacity int) *fates {
 	}
 	half := max(capacity/2, 1)
 	f := &fates{half: half, seed: maphash.MakeSeed()}
-	f.cur = f.newGen(nil)
+	f.cur = f.newGen(fateGen{})
 	return f
 }
 
-// newGen returns an empty generation, reusing bits (an old generation's)
-// when it is given.
-func (f *fates) newGen(bits []uint64) fateGen {
-	if bits == nil {
-		bits = make([]uint64, filterWords(f.half))
-	} else {
-		clear(bits)
+// newGen returns an empty generation, reusing old's memory when it has
+// any.
+func (f *fates) newGen(old fateGen) fateGen {
+	if old.bits == nil {
+		n := 1
+		for n < 2*f.half {
+			n *= 2
+		}
+		return fateGen{bits: make([]uint64, filterWords(f.half)), slots: make([]uint64, n),
+			ents: make([]fateEnt, 0, f.half)}
 	}
-	return fateGen{m: make(map[string]fate, f.half), bits: bits}
+	clear(old.bits)
+	clear(old.slots)
+	return fateGen{bits: old.bits, slots: old.slots, ents: old.ents[:0], arena: old.arena[:0]}
 }
 
 // filterWords sizes a generation's filter: 16 bits a key, a power of two.
@@ -144,41 +161,73 @@ func (g *fateGen) mayHold(h uint64) bool {
 	return g.bits[a/64]&(1<<(a%64)) != 0 && g.bits[b/64]&(1<<(b%64)) != 0
 }
 
-func (g *fateGen) get(h uint64, key string) (fate, bool) {
+// find returns key's entry, if the generation holds it.
+func (g *fateGen) find(h uint64, key string) (*fateEnt, bool) {
 	if !g.mayHold(h) {
-		return fate{}, false
+		return nil, false
 	}
-	e, ok := g.m[key]
-	return e, ok
+	mask := uint64(len(g.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		s := g.slots[i]
+		if s == 0 {
+			return nil, false
+		}
+		if uint32(s>>32) == uint32(h>>32) {
+			e := &g.ents[uint32(s)-1]
+			if string(g.arena[e.off:e.off+uint32(e.klen)]) == key {
+				return e, true
+			}
+		}
+	}
 }
 
-func (g *fateGen) put(h uint64, key string, e fate) {
+// id returns e's CRM id.
+func (g *fateGen) id(e *fateEnt) string {
+	start := e.off + uint32(e.klen)
+	return string(g.arena[start : start+uint32(e.ilen)])
+}
+
+// fits tells whether the generation has room for one more entry of n
+// bytes.
+func (g *fateGen) fits(half, n int) bool {
+	return g.bits != nil && len(g.ents) < half && len(g.arena)+n <= maxFateArena
+}
+
+// put adds key, which the generation does not hold, and its CRM id.
+func (g *fateGen) put(h uint64, key, id string, at int64) {
 	a, b := g.probes(h)
 	g.bits[a/64] |= 1 << (a % 64)
 	g.bits[b/64] |= 1 << (b % 64)
-	g.m[key] = e
+	mask := uint64(len(g.slots) - 1)
+	i := h & mask
+	for g.slots[i] != 0 {
+		i = (i + 1) & mask
+	}
+	g.slots[i] = h>>32<<32 | uint64(len(g.ents)+1)
+	g.ents = append(g.ents, fateEnt{at: at, off: uint32(len(g.arena)), klen: uint16(len(key)), ilen: uint16(len(id))})
+	g.arena = append(append(g.arena, key...), id...)
 }
 
 // remember records that the CRM holds externalID as crmID, seen at at
-// (unix nanoseconds; callers take one clock reading per answer).
+// (unix nanoseconds; callers take one clock reading per answer). Ids
+// longer than 64 KiB are not remembered.
 func (f *fates) remember(at int64, externalID, crmID string) {
-	if f == nil || crmID == "" {
+	if f == nil || crmID == "" || len(externalID) > math.MaxUint16 || len(crmID) > math.MaxUint16 {
 		return
 	}
 	h := maphash.String(f.seed, externalID)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.cur.get(h, externalID); ok {
+	if _, ok := f.cur.find(h, externalID); ok {
 		return // the first id the CRM gave is the one readers record
 	}
-	if _, ok := f.prev.get(h, externalID); ok {
+	if _, ok := f.prev.find(h, externalID); ok {
 		return
 	}
-	if len(f.cur.m) >= f.half {
-		f.prev, f.cur = f.cur, f.newGen(f.prev.bits)
+	if n := len(externalID) + len(crmID); !f.cur.fits(f.half, n) {
+		f.prev, f.cur = f.cur, f.newGen(f.prev)
 	}
-	both := externalID + crmID // a new string: one allocation for both
-	f.cur.put(h, both[:len(externalID)], fate{both[len(externalID):], at})
+	f.cur.put(h, externalID, crmID, at)
 }
 
 // known returns the CRM id remembered for externalID, if it was seen
@@ -189,15 +238,17 @@ func (f *fates) known(externalID string, within time.Duration) (string, bool) {
 	}
 	h := maphash.String(f.seed, externalID)
 	f.mu.RLock()
-	e, ok := f.cur.get(h, externalID)
+	defer f.mu.RUnlock()
+	g := &f.cur
+	e, ok := g.find(h, externalID)
 	if !ok {
-		e, ok = f.prev.get(h, externalID)
+		g = &f.prev
+		e, ok = g.find(h, externalID)
 	}
-	f.mu.RUnlock()
 	if !ok || (within > 0 && time.Since(time.Unix(0, e.at)) > within) {
 		return "", false
 	}
-	return e.id, true
+	return g.id(e), true
 }
 
 // quotaState is the CRM's daily allocation as the daemon knows it: spent
