@@ -39,8 +39,16 @@ func (p *pipeline) claimLoop() {
 }
 
 func (p *pipeline) claim(it *item) {
-	first := make(map[string]int, len(it.recs)) // key → index in keep
-	items := make([]ledger.Item, 0, len(it.recs))
+	if p.claimFirst == nil {
+		p.claimFirst = make(map[string]int, p.cfg.BlockSize)
+	}
+	first := p.claimFirst // key → index in keep
+	items := p.claimItems[:0]
+	defer func() {
+		clear(first)
+		clear(items) // keeps no record alive
+		p.claimItems = items[:0]
+	}()
 	var keep, repeats []*rec
 	for _, r := range it.recs {
 		if _, ok := first[r.c.ExternalID]; ok {

@@ -281,6 +281,10 @@ type pipeline struct {
 	// the claim loop's own.
 	carry      []*rec
 	carryBytes int
+	// A block's keys seen so far and the items it claims: the claim
+	// loop's own, reused from block to block.
+	claimFirst map[string]int
+	claimItems []ledger.Item
 
 	offset func() (int64, int64) // bytes read, size of the current file
 	offMu  sync.Mutex
