@@ -51,7 +51,7 @@ func BenchmarkDeliverCodec(b *testing.B) {
 			for i := range ids {
 				ids[i] = fmt.Sprintf("ct_%016x", i*7919)
 			}
-			s.deliver = func(_ context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error) {
+			s.deliver = func(_ context.Context, recs []crmrpc.Record, _ bool) ([]crmrpc.Verdict, int, *crmrpc.Error) {
 				vs := make([]crmrpc.Verdict, len(recs))
 				for i := range vs {
 					vs[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: ids[i%len(ids)]}

@@ -188,13 +188,13 @@ type delivery struct {
 // It answers within the call's bound (callTimeout) whatever the CRM does:
 // records it could not settle in time are answered Retry.
 func (s *Server) Deliver(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, *crmrpc.Error) {
-	v, _, err := s.deliverCall(ctx, recs)
+	v, _, err := s.deliverCall(ctx, recs, false)
 	return v, err
 }
 
 // deliverCall is Deliver, also reporting how many external ids it looked
-// up.
-func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error) {
+// up. checked: every string of recs is known to be valid UTF-8.
+func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record, checked bool) ([]crmrpc.Verdict, int, *crmrpc.Error) {
 	arrived := time.Now()
 	if len(recs) > s.cfg.MaxRecords {
 		return nil, 0, &crmrpc.Error{Code: crmrpc.CodeTooManyRecords,
@@ -226,7 +226,11 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record) ([]crmrp
 
 	todo := make([]int, 0, len(recs))
 	for i := range recs {
-		if p := recs[i].Contact.Validate(); p != nil {
+		validate := recs[i].Contact.Validate
+		if checked {
+			validate = recs[i].Contact.ValidateChecked
+		}
+		if p := validate(); p != nil {
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: p.Code, Message: p.Message}
 			continue
 		}

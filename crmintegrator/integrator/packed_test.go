@@ -210,11 +210,11 @@ func TestClientEncodingFollowsDaemon(t *testing.T) {
 			s.packedRecords = tc.packedRecords
 			var mu sync.Mutex
 			var packed []bool
-			s.deliver = func(ctx context.Context, recs []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error) {
+			s.deliver = func(ctx context.Context, recs []crmrpc.Record, checked bool) ([]crmrpc.Verdict, int, *crmrpc.Error) {
 				mu.Lock()
 				packed = append(packed, unpacked(recs))
 				mu.Unlock()
-				return s.deliverCall(ctx, recs)
+				return s.deliverCall(ctx, recs, checked)
 			}
 			c := dial(t, crmrpc.ClientConfig{Addrs: []string{serve(t, s)}})
 			for i := range 3 {

@@ -32,6 +32,7 @@ import (
 	"crmsync/crmintegrator/crmapi"
 	"crmsync/crmintegrator/hubspot"
 	"crmsync/crmintegrator/salesforce"
+	"crmsync/shared/contact"
 	"crmsync/shared/crmrpc"
 )
 
@@ -196,7 +197,7 @@ type Server struct {
 
 	// deliver is what a Deliver call runs: deliverCall, or a stand-in when
 	// a benchmark measures the RPC alone.
-	deliver func(context.Context, []crmrpc.Record) ([]crmrpc.Verdict, int, *crmrpc.Error)
+	deliver func(ctx context.Context, recs []crmrpc.Record, checked bool) ([]crmrpc.Verdict, int, *crmrpc.Error)
 	// packedRecords is what Hello and Deliver replies report of packed
 	// records (crmrpc.PackedVersion): tests play a daemon that predates
 	// them with 0.
@@ -430,8 +431,9 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 		reply.Instance = v.s.instance
 		reply.Updates = v.s.updates
 		var recs []crmrpc.Record
-		if recs, reply.Err = v.s.records(args); reply.Err == nil {
-			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs)
+		var checked bool
+		if recs, checked, reply.Err = v.s.records(args); reply.Err == nil {
+			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs, checked)
 		}
 		if args.PackedVerdicts && reply.Err == nil {
 			reply.PackedVerdicts = string(crmrpc.AppendPackedVerdicts(make([]byte, 0, 16+24*len(reply.Verdicts)), reply.Verdicts))
@@ -444,13 +446,11 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 
 // records returns the records of a Deliver call: Records, or Packed
 // unpacked. Deliver then applies the same limits to either.
-func (s *Server) records(args *crmrpc.DeliverArgs) ([]crmrpc.Record, *crmrpc.Error) {
+func (s *Server) records(args *crmrpc.DeliverArgs) (recs []crmrpc.Record, checked bool, err *crmrpc.Error) {
 	if args.Packed == "" {
 		s.met.recordsReceived.Add(int64(len(args.Records)))
-		return args.Records, nil
+		return args.Records, false, nil
 	}
-	var recs []crmrpc.Record
-	var err *crmrpc.Error
 	if len(args.Records) > 0 {
 		err = &crmrpc.Error{Code: crmrpc.CodeMalformedCall,
 			Message: fmt.Sprintf("records sent both as Records (%d) and Packed: send one or the other", len(args.Records))}
@@ -461,10 +461,12 @@ func (s *Server) records(args *crmrpc.DeliverArgs) ([]crmrpc.Record, *crmrpc.Err
 		if err.Code == crmrpc.CodeMalformedCall {
 			s.log.Warn("refused a malformed deliver call", "error", err.Message)
 		}
-		return nil, err
+		return nil, false, err
 	}
 	s.met.recordsReceived.Add(int64(len(recs)))
-	return recs, nil
+	// Every string of the records is cut from the packed bytes: when they
+	// are all ASCII, no record needs a UTF-8 pass of its own.
+	return recs, contact.ASCII(args.Packed), nil
 }
 
 func (v *service) Lookup(args *crmrpc.LookupArgs, reply *crmrpc.LookupReply) error {

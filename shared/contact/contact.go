@@ -91,6 +91,26 @@ func (c *Contact) validUTF8() bool {
 	return true
 }
 
+// ASCII reports whether every byte of s is below 0x80. Such a string is
+// valid UTF-8, and so is every piece of it: a buffer found ASCII once
+// stands for each string cut from it (ValidateChecked).
+func ASCII(s string) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if w&0x8080808080808080 != 0 {
+			return false
+		}
+	}
+	for ; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 // ValidEmail reports whether s is an address the CRM accepts: exactly one
 // '@', a non-empty local part, a domain containing a dot, and no white space.
 func ValidEmail(s string) bool {

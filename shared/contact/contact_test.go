@@ -149,3 +149,25 @@ func TestSortedAttributes(t *testing.T) {
 		})
 	}
 }
+
+func TestASCII(t *testing.T) {
+	for _, tc := range []struct {
+		s    string
+		want bool
+	}{
+		{"", true},
+		{"C-1", true},
+		{"exactly8", true},
+		{"sixteen bytes!!!", true},
+		{"\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f", true},
+		{"é", false},
+		{"seven b\x80", false},  // the last byte of the first word
+		{"eight by\xff", false}, // the tail after a whole word
+		{"\x80" + strings.Repeat("a", 20), false},
+		{strings.Repeat("a", 20) + "\xc3\xa9" + strings.Repeat("b", 20), false},
+	} {
+		if got := ASCII(tc.s); got != tc.want {
+			t.Errorf("ASCII(%q) = %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}
