@@ -180,7 +180,7 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 			int64(db.ClaimLockKey)); err != nil {
 			return fmt.Errorf("claim lock: %w", err)
 		}
-		hs, err := r.holders(ctx, tx, keyArray)
+		hs, err := r.holders(ctx, tx, keyArray, keys)
 		if err != nil {
 			return err
 		}
@@ -286,7 +286,11 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 // scan of a million-row table, for every block, when customers had grown
 // since its last statistics.) customers is probed by "= ANY($1)" on its
 // key, an index scan that descends once per key of the sorted array; a
-// LATERAL subquery per key cost a third more. claims is probed only when it
+// LATERAL subquery per key cost a third more. Before that, one descent
+// asks whether customers holds any key between the block's least and
+// greatest ($4, $5, named by the reader when the key sorts bytewise): a
+// sorted export's new keys lie past every customer, and their block then
+// skips the thousand descents (0.6 ms of the 1 ms look-up of new keys). claims is probed only when it
 // holds anything, which it does only while a run takes over, updates, or
 // has keys rejected, by a LATERAL subquery with LIMIT 1 per key. Other
 // runs' blocks are matched with a hash join on the keys ("= ANY($1)" over a
@@ -299,12 +303,20 @@ func (r *Run) Claim(ctx context.Context, items []Item) ([]Decision, error) {
 // 1 ms of a block's claim). JIT is off for the transaction: with sequential
 // scans disabled the plan's cost passes JIT's threshold, and compiling costs
 // more than any look-up of a block.
-func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[string]holding, error) {
-	stmt, err := r.lookupStmt(ctx)
+func (r *Run) holders(ctx context.Context, tx *sql.Tx, keyArray driver.Value, keys []string) (map[string]holding, error) {
+	stmt, bytewise, err := r.lookupStmt(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := tx.StmtContext(ctx, stmt).QueryContext(ctx, keys, r.id, int64(noAsOf))
+	var lo, hi *string // nil: customers is probed for every key
+	if bytewise && len(keys) > 0 {
+		l, h := keys[0], keys[0]
+		for _, k := range keys[1:] {
+			l, h = min(l, k), max(h, k)
+		}
+		lo, hi = &l, &h
+	}
+	rows, err := tx.StmtContext(ctx, stmt).QueryContext(ctx, keyArray, r.id, int64(noAsOf), lo, hi)
 	if err != nil {
 		return nil, fmt.Errorf("look up keys: %w", err)
 	}
@@ -337,23 +349,44 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keys driver.Value) (map[s
 
 // lookupStmt prepares the look-up the first time it is needed (again after
 // a failure: the database may have been away).
-func (r *Run) lookupStmt(ctx context.Context) (*sql.Stmt, error) {
+func (r *Run) lookupStmt(ctx context.Context) (*sql.Stmt, bool, error) {
 	r.lookupMu.Lock()
 	defer r.lookupMu.Unlock()
 	if r.lookup == nil {
+		var bytewise bool
+		if err := r.db.QueryRowContext(ctx, bytewiseKeysQuery).Scan(&bytewise); err != nil {
+			return nil, false, fmt.Errorf("read the collation of customers' key: %w", err)
+		}
 		s, err := r.db.PrepareContext(ctx, lookupQuery)
 		if err != nil {
-			return nil, fmt.Errorf("prepare the look-up of keys: %w", err)
+			return nil, false, fmt.Errorf("prepare the look-up of keys: %w", err)
 		}
-		r.lookup = s
+		r.lookup, r.bytewise = s, bytewise
 	}
-	return r.lookup, nil
+	return r.lookup, r.bytewise, nil
 }
 
+// bytewiseKeysQuery tells whether customers.external_id sorts byte by
+// byte (the C or POSIX collation, its own or the database's, from libc),
+// as Go compares strings: only then is the range the reader names for a
+// block's keys the one the key's index holds them in. Under any other
+// collation every key is probed. (datlocprovider is read through to_jsonb:
+// PostgreSQL 14 has no such column, and its database collations all come
+// from libc.)
+const bytewiseKeysQuery = `
+	SELECT CASE WHEN co.collname = 'default'
+	            THEN d.datcollate IN ('C', 'POSIX') AND COALESCE(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'
+	            ELSE co.collname IN ('C', 'POSIX') END
+	FROM pg_attribute a JOIN pg_collation co ON co.oid = a.attcollation
+	     CROSS JOIN (SELECT * FROM pg_database WHERE datname = current_database()) d
+	WHERE a.attrelid = 'customers'::regclass AND a.attname = 'external_id'`
+
 const lookupQuery = `
+	WITH span AS MATERIALIZED (
+		SELECT $4::text IS NULL OR EXISTS (SELECT FROM customers WHERE external_id BETWEEN $4 AND $5::text) AS held)
 	SELECT 0, c.external_id, c.run_id, '', c.source_file, c.source_line, false, 0::bigint,
 	       c.fingerprint, COALESCE((EXTRACT(EPOCH FROM c.as_of) * 1000000)::bigint, $3), c.version, c.crm_id, '', '{}'::text[]
-	FROM customers c WHERE c.external_id = ANY($1::text[])
+	FROM customers c WHERE (SELECT held FROM span) AND c.external_id = ANY($1::text[])
 	UNION ALL
 	SELECT 1, c.external_id, c.run_id, c.state, c.source_file, c.source_line, c.orphan,
 	       COALESCE(GREATEST(0, (EXTRACT(EPOCH FROM c.not_before - clock_timestamp()) * 1000)::bigint), 0),

@@ -93,7 +93,7 @@ func Preview(ctx context.Context, d *sql.DB, s Sync, items []Item) ([]Decision, 
 		for i, it := range items {
 			keys[i] = it.Key
 		}
-		hs, err := r.holders(ctx, tx, pq.Array(keys))
+		hs, err := r.holders(ctx, tx, pq.Array(keys), keys)
 		if err != nil {
 			return err
 		}

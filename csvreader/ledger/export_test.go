@@ -49,3 +49,22 @@ func ResumeLock(t *testing.T, r *Run) {
 	r.wg.Add(1)
 	go r.keepLock(hctx)
 }
+
+// KeysBytewise reports whether r's look-up names the range of a block's
+// keys (bytewiseKeysQuery), preparing the look-up if need be.
+func KeysBytewise(ctx context.Context, r *Run) (bool, error) {
+	_, b, err := r.lookupStmt(ctx)
+	return b, err
+}
+
+// ForceProbeEveryKey makes r's look-up probe customers for every key, as under
+// a collation that does not sort bytewise.
+func ForceProbeEveryKey(ctx context.Context, r *Run) error {
+	if _, _, err := r.lookupStmt(ctx); err != nil {
+		return err
+	}
+	r.lookupMu.Lock()
+	r.bytewise = false
+	r.lookupMu.Unlock()
+	return nil
+}

@@ -64,6 +64,7 @@ type Run struct {
 	// connection instead of parsed and planned for every block.
 	lookupMu sync.Mutex
 	lookup   *sql.Stmt
+	bytewise bool // customers' key sorts as Go's strings do (bytewiseKeysQuery)
 }
 
 // Start registers a run for files and takes its liveness lock.
