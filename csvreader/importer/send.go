@@ -42,9 +42,10 @@ func (p *pipeline) deliver(it *item) {
 			if r.spare {
 				spare++
 			}
-			d := ledger.Delivery{Contact: r.c, CRMID: v.CRMID, Fingerprint: r.fp, File: r.file, Line: r.line, Update: r.update}
+			d := ledger.Delivery{Contact: r.c, CRMID: v.CRMID, Fingerprint: r.fp, File: r.file, Line: r.line, Update: r.update,
+				CopyAttributes: r.copyAttrs}
 			if r.update != nil {
-				d.Contact = r.update.Contact
+				d.Contact, d.CopyAttributes = r.update.Contact, ""
 			}
 			delivered = append(delivered, d)
 		case crmrpc.Rejected:

@@ -21,6 +21,10 @@ type Delivery struct {
 	File        string
 	Line        int64
 	Update      *Update // the update it was (Decision.Update); nil: a create
+	// CopyAttributes is CopyAttributes of the contact's attributes, when
+	// the caller has it (the reader computes it with the fingerprint,
+	// sorting them once); "" has COPY compute it.
+	CopyAttributes string
 }
 
 // customerColumns are the columns COPY writes, in copyRows' order: the
@@ -181,7 +185,7 @@ func (r *Run) applyUpdates(ctx context.Context, tx *sql.Tx, ds []Delivery, idx [
 			cols[k][j] = f.Get(c)
 		}
 		k := len(contact.Fields)
-		cols[k][j], cols[k+1][j], cols[k+2][j], cols[k+3][j], cols[k+4][j] = string(appendAttributes(nil, c.Attributes)), d.CRMID, d.Update.Fingerprint, d.Update.Old, d.File
+		cols[k][j], cols[k+1][j], cols[k+2][j], cols[k+3][j], cols[k+4][j] = attributesText(c.Attributes), d.CRMID, d.Update.Fingerprint, d.Update.Old, d.File
 		lines[j] = d.Line
 		v, err := pq.Array(d.Update.Changed).Value()
 		if err != nil {
@@ -296,7 +300,7 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, asOf time.Time,
 			cols[k][i] = f.Get(c)
 		}
 		k := len(contact.Fields)
-		cols[k][i], cols[k+1][i], cols[k+2][i], cols[k+3][i] = string(appendAttributes(nil, c.Attributes)), d.CRMID, d.Fingerprint, d.File
+		cols[k][i], cols[k+1][i], cols[k+2][i], cols[k+3][i] = attributesText(c.Attributes), d.CRMID, d.Fingerprint, d.File
 		lines[i] = d.Line
 	}
 	var at any

@@ -141,8 +141,13 @@ func appendCopyRow(b, scratch []byte, run int64, tail []byte, d *Delivery) ([]by
 	for _, f := range contact.Fields {
 		b = append(appendCopyText(b, f.Get(c)), '\t')
 	}
-	scratch = appendAttributes(scratch[:0], c.Attributes)
-	b = append(appendCopyText(b, scratch), '\t')
+	if d.CopyAttributes != "" {
+		b = append(append(b, d.CopyAttributes...), '\t')
+	} else {
+		var stack [8]contact.Attr
+		scratch = appendAttributes(scratch[:0], contact.SortedAttributes(c.Attributes, stack[:0]))
+		b = append(appendCopyText(b, scratch), '\t')
+	}
 	b = append(appendCopyText(b, d.CRMID), '\t')
 	b = append(appendCopyText(b, d.Fingerprint), '\t')
 	b = append(strconv.AppendInt(b, run, 10), '\t')
@@ -171,13 +176,26 @@ func appendCopyText[T string | []byte](b []byte, s T) []byte {
 // the backslash; 0 for the others.
 var copyEscape = [256]byte{'\\': '\\', '\t': 't', '\n': 'n', '\r': 'r'}
 
-// appendAttributes appends attrs as a JSON object, keys sorted: the
+// CopyAttributes is the attributes column's field in COPY's text format
+// for a contact whose attributes, sorted, are sorted: Delivery's
+// CopyAttributes, computed by a caller that sorted them already.
+func CopyAttributes(sorted []contact.Attr) string {
+	var stack [256]byte
+	return string(appendCopyText(nil, appendAttributes(stack[:0], sorted)))
+}
+
+// attributesText is the attributes column's text for attrs.
+func attributesText(attrs map[string]string) string {
+	var stack [8]contact.Attr
+	return string(appendAttributes(nil, contact.SortedAttributes(attrs, stack[:0])))
+}
+
+// appendAttributes appends the sorted attributes as a JSON object: the
 // attributes column's text (migration 0007), the same for equal
 // attributes.
-func appendAttributes(b []byte, attrs map[string]string) []byte {
-	var stack [8]contact.Attr
+func appendAttributes(b []byte, sorted []contact.Attr) []byte {
 	b = append(b, '{')
-	for i, a := range contact.SortedAttributes(attrs, stack[:0]) {
+	for i, a := range sorted {
 		if i > 0 {
 			b = append(b, ',')
 		}

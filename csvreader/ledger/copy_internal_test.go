@@ -1,6 +1,10 @@
 package ledger
 
-import "testing"
+import (
+	"testing"
+
+	"crmsync/shared/contact"
+)
 
 func TestAppendCopyText(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
@@ -19,6 +23,27 @@ func TestAppendCopyText(t *testing.T) {
 		}
 		if got := string(appendCopyText(nil, []byte(tc.in))); got != tc.want {
 			t.Errorf("appendCopyText([]byte %q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// A row written with the reader's CopyAttributes is the row COPY would
+// write from the contact's own attributes, escapes included.
+func TestCopyRowWithCopyAttributes(t *testing.T) {
+	for _, attrs := range []map[string]string{
+		nil,
+		{},
+		{"city": "London"},
+		{"z": "last", "a": "first", "m": "tab\there", "q": `say "hi" \ back`, "n": "new\nline", "u": "Zoë 日本"},
+	} {
+		d := Delivery{Contact: contact.Contact{ExternalID: "C-1", Email: "a@example.com", Attributes: attrs},
+			CRMID: "ct_1", Fingerprint: "fp", File: "f.csv", Line: 2}
+		want, _ := appendCopyRow(nil, nil, 7, []byte("\\N\n"), &d)
+		var stack [8]contact.Attr
+		d.CopyAttributes = CopyAttributes(contact.SortedAttributes(attrs, stack[:0]))
+		got, _ := appendCopyRow(nil, nil, 7, []byte("\\N\n"), &d)
+		if string(got) != string(want) {
+			t.Errorf("attributes %v: row\n%q\nwant\n%q", attrs, got, want)
 		}
 	}
 }

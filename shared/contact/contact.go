@@ -137,13 +137,20 @@ func ValidEmail(s string) bool {
 // value, names sorted. It runs once per row, so it builds that text in one
 // buffer instead of going through fmt.
 func (c *Contact) Fingerprint() string {
+	var attrs [8]Attr
+	return c.FingerprintSorted(SortedAttributes(c.Attributes, attrs[:0]))
+}
+
+// FingerprintSorted is Fingerprint for a caller that has the attributes
+// sorted already (SortedAttributes of c.Attributes) and needs them for
+// more than the fingerprint.
+func (c *Contact) FingerprintSorted(sorted []Attr) string {
 	var stack [256]byte
 	b := stack[:0]
 	for _, s := range [...]string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
 		b = appendField(b, s)
 	}
-	var attrs [8]Attr
-	for _, a := range SortedAttributes(c.Attributes, attrs[:0]) {
+	for _, a := range sorted {
 		b = appendField(appendField(b, a.Name), a.Value)
 	}
 	sum := sha256.Sum256(b)
