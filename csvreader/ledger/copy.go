@@ -180,8 +180,8 @@ var copyEscape = [256]byte{'\\': '\\', '\t': 't', '\n': 'n', '\r': 'r'}
 // for a contact whose attributes, sorted, are sorted: Delivery's
 // CopyAttributes, computed by a caller that sorted them already.
 func CopyAttributes(sorted []contact.Attr) string {
-	var stack [256]byte
-	return string(appendCopyText(nil, appendAttributes(stack[:0], sorted)))
+	var js, text [256]byte // on the stack: the string is the one allocation
+	return string(appendCopyText(text[:0], appendAttributes(js[:0], sorted)))
 }
 
 // attributesText is the attributes column's text for attrs.
