@@ -32,7 +32,6 @@ import (
 	"crmsync/crmintegrator/crmapi"
 	"crmsync/crmintegrator/hubspot"
 	"crmsync/crmintegrator/salesforce"
-	"crmsync/shared/contact"
 	"crmsync/shared/crmrpc"
 )
 
@@ -466,7 +465,7 @@ func (s *Server) records(args *crmrpc.DeliverArgs) (recs []crmrpc.Record, checke
 	s.met.recordsReceived.Add(int64(len(recs)))
 	// Every string of the records is cut from the packed bytes: when they
 	// are all ASCII, no record needs a UTF-8 pass of its own.
-	return recs, contact.ASCII(args.Packed), nil
+	return recs, crmrpc.PackedASCII(args.Packed), nil
 }
 
 func (v *service) Lookup(args *crmrpc.LookupArgs, reply *crmrpc.LookupReply) error {

@@ -50,6 +50,22 @@ const (
 	minPackedRecord = 1 + len(contact.Fields) + 1
 )
 
+// PackedASCII reports whether every byte of packed after its version and
+// count is ASCII. Then every string of its records is (and is valid UTF-8,
+// for contact.Contact.ValidateChecked), as is every length: no string is
+// 128 bytes or longer. Any other packed, malformed ones included, says
+// false.
+func PackedASCII(packed string) bool {
+	if len(packed) == 0 {
+		return false
+	}
+	_, n := binary.Uvarint([]byte(packed[1:min(len(packed), 1+binary.MaxVarintLen64)]))
+	if n <= 0 {
+		return false
+	}
+	return contact.ASCII(packed[1+n:])
+}
+
 // AppendPackedRecords appends the packed encoding of recs to dst and
 // returns the extended buffer.
 func AppendPackedRecords(dst []byte, recs []Record) []byte {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/gob"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -287,4 +288,38 @@ func equalRecords(a, b []Record) bool {
 		}
 	}
 	return true
+}
+
+// PackedASCII vouches for the strings of a call only when every byte past
+// the header is ASCII: a count of 128 records or more (two bytes of
+// uvarint, the second above 0x7f) does not spoil it, a long string's
+// length or a non-ASCII byte does.
+func TestPackedASCII(t *testing.T) {
+	recs := func(n int, c contact.Contact) []Record {
+		out := make([]Record, n)
+		for i := range out {
+			out[i] = Record{Contact: c}
+			out[i].Contact.ExternalID = fmt.Sprintf("C-%d", i)
+		}
+		return out
+	}
+	plain := contact.Contact{Email: "a@example.com", FirstName: "Ada", Attributes: map[string]string{"city": "London"}}
+	for _, tc := range []struct {
+		name   string
+		packed string
+		want   bool
+	}{
+		{"one record", string(AppendPackedRecords(nil, recs(1, plain))), true},
+		{"1000 records", string(AppendPackedRecords(nil, recs(1000, plain))), true},
+		{"a non-ASCII name", string(AppendPackedRecords(nil, recs(3, contact.Contact{Email: "a@example.com", FirstName: "Zoë"}))), false},
+		{"invalid UTF-8", string(AppendPackedRecords(nil, recs(3, contact.Contact{Email: "a@example.com", LastName: "\xff"}))), false},
+		{"a 200-byte value", string(AppendPackedRecords(nil, recs(2, contact.Contact{Email: "a@example.com",
+			Attributes: map[string]string{"note": strings.Repeat("x", 200)}}))), false},
+		{"empty", "", false},
+		{"a count cut short", "\x01\x80", false},
+	} {
+		if got := PackedASCII(tc.packed); got != tc.want {
+			t.Errorf("%s: PackedASCII = %v, want %v", tc.name, got, tc.want)
+		}
+	}
 }
