@@ -51,7 +51,8 @@ func TestCopyRowWithCopyAttributes(t *testing.T) {
 // The reader computes CopyAttributes for every row: one allocation, the
 // string.
 func TestCopyAttributesAllocs(t *testing.T) {
-	sorted := []contact.Attr{{"city", "London"}, {"company", "Acme Ltd"}, {"country", "GB"}, {"created_at", "2020-01-01T00:00:00Z"}}
+	sorted := []contact.Attr{{Name: "city", Value: "London"}, {Name: "company", Value: "Acme Ltd"},
+		{Name: "country", Value: "GB"}, {Name: "created_at", Value: "2020-01-01T00:00:00Z"}}
 	if n := testing.AllocsPerRun(100, func() { _ = CopyAttributes(sorted) }); n != 1 {
 		t.Errorf("CopyAttributes: %v allocations, want 1", n)
 	}
