@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"crmsync/crmintegrator/fakecrm"
+	"crmsync/shared/contact"
 	"crmsync/shared/crmrpc"
 )
 
@@ -268,4 +269,57 @@ func serve(t *testing.T, s *Server) string {
 		<-done
 	})
 	return ln.Addr().String()
+}
+
+// A packed call of 200 ASCII records (its count a two-byte uvarint) is
+// validated without the UTF-8 pass; one byte beyond ASCII anywhere, or a
+// gob call, keeps the pass, and an invalid record is still refused for it.
+func TestDeliverSkipsUTF8PassOnlyWhenASCII(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		packedRecords int // what the daemon reads
+		bad           string
+		wantChecked   bool
+		wantCode      string // record 0's rejection, if any
+	}{
+		{"ASCII", crmrpc.PackedVersion, "", true, ""},
+		{"a name beyond ASCII", crmrpc.PackedVersion, "Zoë", false, ""},
+		{"invalid UTF-8", crmrpc.PackedVersion, "\xff", false, contact.CodeInvalidUTF8},
+		{"gob records", 0, "", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			crm, url := startCRM(t, fakecrm.Config{})
+			s, err := New(testConfig(url))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.packedRecords = tc.packedRecords
+			var mu sync.Mutex
+			var checked []bool
+			s.deliver = func(ctx context.Context, recs []crmrpc.Record, ok bool) ([]crmrpc.Verdict, int, *crmrpc.Error) {
+				mu.Lock()
+				checked = append(checked, ok)
+				mu.Unlock()
+				return s.deliverCall(ctx, recs, ok)
+			}
+			c := dial(t, crmrpc.ClientConfig{Addrs: []string{serve(t, s)}})
+			recs := makeRecords("ascii", 200)
+			if tc.bad != "" {
+				recs[0].Contact.LastName = tc.bad
+			}
+			vs, err := c.Deliver(context.Background(), recs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkVerdicts(t, crm, recs, vs)
+			if tc.wantCode != "" && (vs[0].Outcome != crmrpc.Rejected || vs[0].Code != tc.wantCode) {
+				t.Errorf("record 0: %+v, want rejected %s", vs[0], tc.wantCode)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(checked, []bool{tc.wantChecked}) {
+				t.Errorf("calls validated as checked: %v, want [%v]", checked, tc.wantChecked)
+			}
+		})
+	}
 }
