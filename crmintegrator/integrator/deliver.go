@@ -173,9 +173,10 @@ type delivery struct {
 	cutoff   time.Time // no CRM request starts, and no wait ends, after this
 	recs     []crmrpc.Record
 	verdicts []crmrpc.Verdict
-	maybe    []bool // the CRM may hold this record already: look it up first
-	sent     []bool // a create carrying this record got an answer other than 429 in this call
-	backlog  []bool // counted in the recovery backlog gauge, not yet resolved
+	maybe    []bool   // the CRM may hold this record already: look it up first
+	sent     []bool   // a create carrying this record got an answer other than 429 in this call
+	backlog  []bool   // counted in the recovery backlog gauge, not yet resolved
+	hashes   []uint64 // each record's key hashed with the server's keySeed
 
 	lookups atomic.Int64 // external ids looked up for this call
 
@@ -244,27 +245,18 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record, checked 
 	for i := range recs {
 		keys[i] = recs[i].Contact.ExternalID
 	}
+	d.hashes = keyHashes(s.keySeed, recs)
 	// A key repeated within the call is sent once: creating it twice would
 	// be the duplicate this daemon exists to prevent. The repeats get the
 	// first's verdict. (Readers never send a key twice in a block.)
 	var repeats [][2]int // {repeat, first}
 	if len(todo) > 1 {
-		first := make(map[string]int, len(todo))
-		uniq := todo[:0:0]
-		for _, i := range todo {
-			if j, ok := first[keys[i]]; ok {
-				repeats = append(repeats, [2]int{i, j})
-				continue
-			}
-			first[keys[i]] = i
-			uniq = append(uniq, i)
-		}
-		todo = uniq
+		todo, repeats = firstOfEach(keys, d.hashes, todo)
 	}
 	// Keys another live call of this process is working on wait for it.
 	hold := &callHold{until: end}
-	todo, busy := s.holders.hold(hold, keys, todo)
-	defer s.holders.release(hold, keys, todo)
+	todo, busy := s.holders.hold(hold, d.hashes, todo)
+	defer s.holders.release(hold, d.hashes, todo)
 	if len(busy) > 0 {
 		s.met.overlapping.Add(int64(len(busy)))
 		s.log.Warn("records arrived while another call of this daemon still holds them; answering retry", "records", len(busy))
@@ -281,7 +273,7 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record, checked 
 		if recs[i].MaybeSent {
 			d.maybe[i], d.backlog[i] = true, true
 			backlog++
-		} else if id, ok := s.fates.known(keys[i], 2*s.callTimeout()); ok {
+		} else if id, ok := s.fates.knownHashed(d.hashes[i], keys[i], 2*s.callTimeout()); ok {
 			// A record sent as new whose contact this daemon saw the CRM
 			// hold moments ago: a late call of a run whose claim was taken
 			// over (the taker went first). Creating it would be a
@@ -655,7 +647,7 @@ func (d *delivery) apply(idx []int, resp *crmapi.BatchResponse) {
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: time.Second, Ambiguous: true, Code: CodeUnexpected, Message: "the CRM's answer does not match the batch"}
 		case r.Status == crmapi.StatusCreated:
 			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: r.ID}
-			d.s.fates.remember(now, d.recs[i].Contact.ExternalID, r.ID)
+			d.s.fates.rememberHashed(now, d.hashes[i], d.recs[i].Contact.ExternalID, r.ID)
 			d.resolved(i)
 		case r.Status == crmapi.StatusRejected:
 			v := crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "rejected"}
@@ -689,7 +681,7 @@ func (d *delivery) resolve(idx []int) (rest []int, err error) {
 			d.resolved(i)
 			continue
 		}
-		if id, ok := d.s.fates.known(d.recs[i].Contact.ExternalID, 0); ok {
+		if id, ok := d.s.fates.knownHashed(d.hashes[i], d.recs[i].Contact.ExternalID, 0); ok {
 			d.deliveredFound(i, id)
 			d.s.met.lookupsSaved.Add(1)
 			continue
@@ -709,7 +701,7 @@ func (d *delivery) resolve(idx []int) (rest []int, err error) {
 			for j, i := range look {
 				if len(found[j]) > 0 {
 					d.deliveredFound(i, found[j][0])
-					d.s.fates.remember(now, ids[j], found[j][0])
+					d.s.fates.rememberHashed(now, d.hashes[i], ids[j], found[j][0])
 				} else {
 					d.maybe[i] = false
 					d.resolved(i)

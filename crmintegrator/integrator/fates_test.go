@@ -123,3 +123,46 @@ func BenchmarkFates(b *testing.B) {
 		f.remember(now, k, "ct_00000042")
 	}
 }
+
+// Repeats are found by hash, then by text: keys that share a hash (forced
+// here) are still told apart, and a hash collision on holders makes a key
+// wait, never pass.
+func TestFirstOfEachHashCollision(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		keys    []string
+		hashes  []uint64
+		uniq    []int
+		repeats [][2]int
+	}{
+		{"distinct", []string{"a", "b", "c"}, []uint64{1, 2, 3}, []int{0, 1, 2}, nil},
+		{"repeat", []string{"a", "b", "a"}, []uint64{1, 2, 1}, []int{0, 1}, [][2]int{{2, 0}}},
+		{"collision", []string{"a", "b", "a", "b"}, []uint64{7, 7, 7, 7}, []int{0, 1}, [][2]int{{2, 0}, {3, 1}}},
+		{"collision, no repeat", []string{"a", "b"}, []uint64{7, 7}, []int{0, 1}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			todo := make([]int, len(tc.keys))
+			for i := range todo {
+				todo[i] = i
+			}
+			uniq, repeats := firstOfEach(tc.keys, tc.hashes, todo)
+			if fmt.Sprint(uniq) != fmt.Sprint(tc.uniq) || fmt.Sprint(repeats) != fmt.Sprint(tc.repeats) {
+				t.Errorf("firstOfEach = %v, %v; want %v, %v", uniq, repeats, tc.uniq, tc.repeats)
+			}
+		})
+	}
+
+	h := newHolders()
+	a, b := &callHold{until: time.Now().Add(time.Minute)}, &callHold{}
+	if taken, busy := h.hold(a, []uint64{7}, []int{0}); len(taken) != 1 || len(busy) != 0 {
+		t.Fatalf("first hold: taken %v, busy %v", taken, busy)
+	}
+	// Another key with the same hash, in another call: it waits for a.
+	if taken, busy := h.hold(b, []uint64{7}, []int{0}); len(taken) != 0 || !busy[0].Equal(a.until) {
+		t.Fatalf("colliding hold: taken %v, busy %v; want it to wait until %v", taken, busy, a.until)
+	}
+	h.release(a, []uint64{7}, []int{0})
+	if taken, _ := h.hold(b, []uint64{7}, []int{0}); len(taken) != 1 {
+		t.Fatalf("after release: taken %v", taken)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"crmsync/shared/crmrpc"
 )
 
 // holders records which external ids a Deliver call of this process is
@@ -15,9 +17,15 @@ import (
 // reader promises never to send one record in two calls at once (see
 // docs/design.md); this is the daemon keeping the promise even when a
 // reader does not, and counting it when it happens.
+//
+// Keys are held by their 64-bit hash (keyHashes), not their text: a map of
+// integers costs half a map of strings, and every record goes through it
+// twice (hold, release). Two keys with one hash would make the second wait
+// for the first's call as if it were the same key: a retry, never a
+// duplicate.
 type holders struct {
 	mu   sync.Mutex
-	keys map[string]*callHold
+	keys map[uint64]*callHold
 }
 
 // callHold is one call's hold on its keys.
@@ -25,17 +33,17 @@ type callHold struct {
 	until time.Time // the call's hard end: it sends nothing after this
 }
 
-func newHolders() *holders { return &holders{keys: map[string]*callHold{}} }
+func newHolders() *holders { return &holders{keys: map[uint64]*callHold{}} }
 
-// hold takes the keys of idx (indexes into keys) for h. It returns, for
-// each key another call holds, that call's end; those keys are not taken.
-// A key repeated within the call is held once.
-func (t *holders) hold(h *callHold, keys []string, idx []int) (taken []int, busy map[int]time.Time) {
+// hold takes the keys of idx (indexes into hashes, the keys' keyHashes) for
+// h. It returns, for each key another call holds, that call's end; those
+// keys are not taken. A key repeated within the call is held once.
+func (t *holders) hold(h *callHold, hashes []uint64, idx []int) (taken []int, busy map[int]time.Time) {
 	taken = idx[:0:0]
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, i := range idx {
-		k := keys[i]
+		k := hashes[i]
 		switch other, ok := t.keys[k]; {
 		case !ok:
 			t.keys[k] = h
@@ -53,14 +61,59 @@ func (t *holders) hold(h *callHold, keys []string, idx []int) (taken []int, busy
 }
 
 // release gives up h's keys.
-func (t *holders) release(h *callHold, keys []string, idx []int) {
+func (t *holders) release(h *callHold, hashes []uint64, idx []int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, i := range idx {
-		if t.keys[keys[i]] == h {
-			delete(t.keys, keys[i])
+		if t.keys[hashes[i]] == h {
+			delete(t.keys, hashes[i])
 		}
 	}
+}
+
+// keyHashes returns the hash of each record's external id with seed: one
+// hash per key for the whole call (repeats, holders, fates).
+func keyHashes(seed maphash.Seed, recs []crmrpc.Record) []uint64 {
+	hs := make([]uint64, len(recs))
+	for i := range recs {
+		hs[i] = maphash.String(seed, recs[i].Contact.ExternalID)
+	}
+	return hs
+}
+
+// firstOfEach returns the indexes of todo whose key has not come earlier
+// in todo, and for each repeat {repeat, first}. Keys are compared by hash,
+// then by text: should two keys share a hash it starts over with a map of
+// the keys themselves.
+func firstOfEach(keys []string, hashes []uint64, todo []int) (uniq []int, repeats [][2]int) {
+	first := make(map[uint64]int, len(todo))
+	uniq = todo[:0:0]
+	for _, i := range todo {
+		if j, ok := first[hashes[i]]; ok {
+			if keys[j] != keys[i] {
+				return firstOfEachByText(keys, todo)
+			}
+			repeats = append(repeats, [2]int{i, j})
+			continue
+		}
+		first[hashes[i]] = i
+		uniq = append(uniq, i)
+	}
+	return uniq, repeats
+}
+
+func firstOfEachByText(keys []string, todo []int) (uniq []int, repeats [][2]int) {
+	first := make(map[string]int, len(todo))
+	uniq = todo[:0:0]
+	for _, i := range todo {
+		if j, ok := first[keys[i]]; ok {
+			repeats = append(repeats, [2]int{i, j})
+			continue
+		}
+		first[keys[i]] = i
+		uniq = append(uniq, i)
+	}
+	return uniq, repeats
 }
 
 // fates remembers, for the last external ids this process saw the CRM hold
@@ -212,10 +265,18 @@ func (g *fateGen) put(h uint64, key, id string, at int64) {
 // (unix nanoseconds; callers take one clock reading per answer). Ids
 // longer than 64 KiB are not remembered.
 func (f *fates) remember(at int64, externalID, crmID string) {
+	if f == nil {
+		return
+	}
+	f.rememberHashed(at, maphash.String(f.seed, externalID), externalID, crmID)
+}
+
+// rememberHashed is remember for a caller holding externalID's hash with
+// f's seed.
+func (f *fates) rememberHashed(at int64, h uint64, externalID, crmID string) {
 	if f == nil || crmID == "" || len(externalID) > math.MaxUint16 || len(crmID) > math.MaxUint16 {
 		return
 	}
-	h := maphash.String(f.seed, externalID)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.cur.find(h, externalID); ok {
@@ -236,7 +297,15 @@ func (f *fates) known(externalID string, within time.Duration) (string, bool) {
 	if f == nil {
 		return "", false
 	}
-	h := maphash.String(f.seed, externalID)
+	return f.knownHashed(maphash.String(f.seed, externalID), externalID, within)
+}
+
+// knownHashed is known for a caller holding externalID's hash with f's
+// seed.
+func (f *fates) knownHashed(h uint64, externalID string, within time.Duration) (string, bool) {
+	if f == nil {
+		return "", false
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	g := &f.cur

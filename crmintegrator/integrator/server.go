@@ -20,6 +20,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"net"
@@ -175,6 +176,9 @@ type Server struct {
 	quota  quotaState
 	fields []string // CRM fields attributes may go to (Check); nil: any
 	fates  *fates   // external ids the CRM was seen to hold
+	// keySeed hashes external ids for holders and fates: fates' own seed,
+	// so that a call hashes each key once.
+	keySeed maphash.Seed
 
 	// ctx is the parent of all CRM work; cancelled when Close runs out of
 	// grace.
@@ -303,6 +307,10 @@ func New(cfg Config) (*Server, error) {
 		rpc:        rpc.NewServer(),
 		listeners:  map[net.Listener]struct{}{},
 		conns:      map[*serverConn]struct{}{},
+	}
+	s.keySeed = maphash.MakeSeed()
+	if s.fates != nil {
+		s.keySeed = s.fates.seed
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.deliver, s.packedRecords, s.updates = s.deliverCall, crmrpc.PackedVersion, true
