@@ -551,6 +551,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		}
 		var wait time.Duration
 		var reason, code string
+		crmSaid := false // wait is the CRM's own Retry-After
 		switch ce.Class {
 		case crmapi.ClassRejected:
 			s.log.Warn("crm rejected a batch", "status", ce.Status, "code", ce.Code, "message", ce.Message, "contacts", len(idx))
@@ -591,7 +592,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		case crmapi.ClassUnavailable:
 			wait, reason, code = bo.Next(), "unavailable", CodeUnavailable
 			if ce.RetryAfter > 0 {
-				wait = ce.RetryAfter
+				wait, crmSaid = ce.RetryAfter, true
 			}
 		case crmapi.ClassInProgress:
 			// The same body is being processed right now: it may create
@@ -619,6 +620,11 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		}
 		if !d.pause(attempts, wait, reason) {
 			d.retryLater(idx, wait, code, ce.Error())
+			if crmSaid && wait >= 100*time.Millisecond { // retryLater's floor did not change it
+				for _, i := range idx {
+					d.verdicts[i].CRMRetryAfter = true
+				}
+			}
 			return false, false
 		}
 	}

@@ -390,6 +390,9 @@ func TestOutcomeTable(t *testing.T) {
 		{"400", false, []answer{status(400, "malformed_request", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "malformed_request", Message: "m"}, 1},
 		{"422", false, []answer{status(422, "idempotency_key_reused", "")}, "", crmrpc.Verdict{Outcome: crmrpc.Rejected, Code: "idempotency_key_reused", Message: "m"}, 1},
 		{"429", false, []answer{status(429, "rate_limited", "7")}, "", crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: 7 * time.Second, Code: CodeRateLimited, NotAttempted: true}, 1},
+		// The CRM's own Retry-After, too long to wait inside the call: the
+		// reader is told it is the CRM's, to wait exactly that.
+		{"503 with Retry-After", false, []answer{status(503, "unavailable", "7")}, "", crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: 7 * time.Second, Code: CodeUnavailable, CRMRetryAfter: true}, 1},
 		{"503 then created", false, []answer{status(503, "unavailable", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
 		{"409 in progress then created", false, []answer{status(409, "request_in_progress", ""), created}, "", crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c1"}, 2},
 		{"500 then found by lookup", false, []answer{status(500, "internal_error", "")}, `[{"id":"c9"},{"id":"c10"}]`, crmrpc.Verdict{Outcome: crmrpc.Delivered, CRMID: "c9"}, 1},
@@ -516,8 +519,8 @@ func TestMaxCallWait(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, v := range vs {
-				if v.Outcome != crmrpc.Retry || v.RetryAfter != time.Second || v.Ambiguous {
-					t.Fatalf("verdict %+v, want Retry after 1s, not ambiguous", v)
+				if v.Outcome != crmrpc.Retry || v.RetryAfter != time.Second || v.Ambiguous || !v.CRMRetryAfter {
+					t.Fatalf("verdict %+v, want Retry after the CRM's 1s, not ambiguous", v)
 				}
 			}
 			if n := int(posts.Load()); n != tc.wantPosts {

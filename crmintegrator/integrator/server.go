@@ -443,7 +443,7 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 			reply.Verdicts, reply.Lookups, reply.Err = v.s.deliver(v.s.ctx, recs, checked)
 		}
 		if args.PackedVerdicts && reply.Err == nil {
-			reply.PackedVerdicts = string(crmrpc.AppendPackedVerdicts(make([]byte, 0, 16+24*len(reply.Verdicts)), reply.Verdicts))
+			reply.PackedVerdicts = string(crmrpc.AppendPackedVerdicts(make([]byte, 0, 16+24*len(reply.Verdicts)), reply.Verdicts, args.VerdictsVersion))
 			reply.Verdicts = nil
 		}
 	}

@@ -34,6 +34,7 @@ func (p *pipeline) deliver(it *item) {
 	var rejected, failed []settled
 	var retry []*rec
 	var retryAfter time.Duration
+	crmSaid := true // every retry's wait is the CRM's own Retry-After
 	for i, v := range verdicts {
 		r := it.recs[i]
 		switch v.Outcome {
@@ -75,6 +76,7 @@ func (p *pipeline) deliver(it *item) {
 			}
 			retry = append(retry, r)
 			retryAfter = max(retryAfter, v.RetryAfter)
+			crmSaid = crmSaid && v.CRMRetryAfter
 		}
 	}
 	if len(delivered) > 0 {
@@ -93,12 +95,7 @@ func (p *pipeline) deliver(it *item) {
 			p.leave(retry)
 			return
 		}
-		b := backoff.Backoff{Base: 500 * time.Millisecond, Max: time.Minute}
-		var d time.Duration
-		for range max(retry[0].attempts, 1) {
-			d = b.Next()
-		}
-		p.sched.add(&item{recs: retry, due: time.Now().Add(max(d, retryAfter))})
+		p.sched.add(&item{recs: retry, due: time.Now().Add(retryWait(retry[0].attempts, retryAfter, crmSaid))})
 	}
 }
 
@@ -275,4 +272,24 @@ func (p *pipeline) reclaimLost(it *item, lost []int) {
 		"records", len(again))
 	it.recs = keep
 	p.sched.add(&item{recs: again, reclaim: true, due: time.Now()})
+}
+
+// retryWait is how long records wait before their next send, after
+// attempts sends: the daemon's RetryAfter, and no less than the reader's
+// own backoff (500 ms doubling per attempt, up to a minute) unless the
+// wait is the CRM's own Retry-After (crmSaid). A CRM that says when to
+// come back is taken at its word: doubling on top of it left a flaky
+// CRM's last retries waiting 2 and 4 s after it had asked for 1 s, the
+// idle tail of make bench's flaky phase. A CRM that keeps failing still
+// slows its callers down: the daemon's breaker opens.
+func retryWait(attempts int, retryAfter time.Duration, crmSaid bool) time.Duration {
+	if crmSaid && retryAfter > 0 {
+		return retryAfter
+	}
+	b := backoff.Backoff{Base: 500 * time.Millisecond, Max: time.Minute}
+	var d time.Duration
+	for range max(attempts, 1) {
+		d = b.Next()
+	}
+	return max(d, retryAfter)
 }

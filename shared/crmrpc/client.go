@@ -751,7 +751,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 				Message: fmt.Sprintf("daemon %s predates updates: it would create the contacts this block updates; upgrade crmintegrator", cn.addr)}
 		}
 		if cn.packed.Load() < version {
-			return &DeliverArgs{Token: c.cfg.Token, Records: records, PackedVerdicts: true}
+			return &DeliverArgs{Token: c.cfg.Token, Records: records, PackedVerdicts: true, VerdictsVersion: PackedVerdictsVersion}
 		}
 		if packed == "" {
 			if buf == nil {
@@ -767,7 +767,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 			// goes back to the pool only once Deliver returns.
 			packed = unsafe.String(unsafe.SliceData(buf), len(buf))
 		}
-		return &DeliverArgs{Token: c.cfg.Token, Packed: packed, PackedVerdicts: true}
+		return &DeliverArgs{Token: c.cfg.Token, Packed: packed, PackedVerdicts: true, VerdictsVersion: PackedVerdictsVersion}
 	}
 	cn, err := c.callGated(ctx, MethodDeliver, args, &reply, false, func() bool {
 		return shuttingDown(&reply, &reply.Err)

@@ -100,7 +100,7 @@ func (d *newDaemon) Deliver(a *DeliverArgs, r *DeliverReply) error {
 		r.Verdicts[i] = Verdict{Outcome: Delivered, CRMID: "new-" + recs[i].Contact.ExternalID}
 	}
 	if a.PackedVerdicts { // as crmintegrator answers
-		r.PackedVerdicts, r.Verdicts = string(AppendPackedVerdicts(nil, r.Verdicts)), nil
+		r.PackedVerdicts, r.Verdicts = string(AppendPackedVerdicts(nil, r.Verdicts, a.VerdictsVersion)), nil
 	}
 	return nil
 }

@@ -104,6 +104,9 @@ type DeliverArgs struct {
 	// PackedVerdicts asks for the verdicts as DeliverReply.PackedVerdicts.
 	// A daemon that predates it ignores it and answers Verdicts.
 	PackedVerdicts bool
+	// VerdictsVersion is the newest packed verdicts version the caller
+	// reads (0: 1). A daemon answers the newest both read.
+	VerdictsVersion int
 }
 
 // DeliverReply holds one verdict per record, in the order of the records.
@@ -172,6 +175,11 @@ type Verdict struct {
 	// turn, the circuit was open, the CRM answered 429, or another call
 	// held it). The attempt need not count against the caller's limit.
 	NotAttempted bool
+	// CRMRetryAfter, with Retry: RetryAfter is the wait the CRM itself
+	// asked for (its Retry-After), not the daemon's guess. The caller
+	// waits that long and no longer: backing off further would only idle
+	// a CRM that said when it is ready. (Packed verdicts version 2.)
+	CRMRetryAfter bool
 }
 
 // LookupArgs asks which of these external ids the CRM holds.

@@ -155,6 +155,7 @@ type unpacker struct {
 	p       string
 	off     int
 	version byte
+	flags   byte // packed verdicts: the flags their version knows
 	// For messages: the record being read (-1 before the first) and the
 	// offset where the item being read starts.
 	rec, at int

@@ -7,27 +7,35 @@ import (
 	"time"
 )
 
-// PackedVerdictsVersion is the version of the packed verdicts encoding
-// (DeliverReply.PackedVerdicts) this package writes and reads.
-const PackedVerdictsVersion = 1
+// PackedVerdictsVersion is the newest version of the packed verdicts
+// encoding (DeliverReply.PackedVerdicts) this package writes and reads.
+// Version 2 adds the CRMRetryAfter flag; it reads version 1 too.
+const PackedVerdictsVersion = 2
 
 // Verdict flags in the packed encoding.
 const (
 	packedAmbiguous = 1 << iota
 	packedNotAttempted
+	packedCRMRetryAfter // version 2
 )
+
+// packedFlags are the flags each version knows.
+var packedFlags = [...]byte{1: packedAmbiguous | packedNotAttempted, 2: packedAmbiguous | packedNotAttempted | packedCRMRetryAfter}
 
 // minPackedVerdict is the fewest bytes a packed verdict takes: outcome,
 // flags, RetryAfter and three empty strings.
 const minPackedVerdict = 6
 
-// AppendPackedVerdicts appends vs in the packed encoding: the version
-// byte, a uvarint count, then per verdict its outcome byte, a flags byte,
-// RetryAfter in nanoseconds as a uvarint (a negative one as 0), and CRMID,
-// Code and Message, each a uvarint length then its bytes. gob spent a
-// tenth of a daemon's reply on each verdict's field numbers and types.
-func AppendPackedVerdicts(b []byte, vs []Verdict) []byte {
-	b = append(b, PackedVerdictsVersion)
+// AppendPackedVerdicts appends vs in the packed encoding of version
+// (1 or 2; anything newer is written as PackedVerdictsVersion): the
+// version byte, a uvarint count, then per verdict its outcome byte, a
+// flags byte, RetryAfter in nanoseconds as a uvarint (a negative one as
+// 0), and CRMID, Code and Message, each a uvarint length then its bytes.
+// gob spent a tenth of a daemon's reply on each verdict's field numbers
+// and types. Version 1 drops the flags it does not know.
+func AppendPackedVerdicts(b []byte, vs []Verdict, version int) []byte {
+	version = min(max(version, 1), PackedVerdictsVersion)
+	b = append(b, byte(version))
 	b = binary.AppendUvarint(b, uint64(len(vs)))
 	for i := range vs {
 		v := &vs[i]
@@ -38,7 +46,10 @@ func AppendPackedVerdicts(b []byte, vs []Verdict) []byte {
 		if v.NotAttempted {
 			flags |= packedNotAttempted
 		}
-		b = append(b, byte(v.Outcome), flags)
+		if v.CRMRetryAfter {
+			flags |= packedCRMRetryAfter
+		}
+		b = append(b, byte(v.Outcome), flags&packedFlags[version])
 		b = binary.AppendUvarint(b, uint64(max(v.RetryAfter, 0)))
 		for _, s := range [...]string{v.CRMID, v.Code, v.Message} {
 			b = binary.AppendUvarint(b, uint64(len(s)))
@@ -65,9 +76,10 @@ func unpackVerdicts(p string) ([]Verdict, *Error) {
 	if len(p) == 0 {
 		return nil, u.fail("", "empty")
 	}
-	if v := p[0]; v != PackedVerdictsVersion {
-		return nil, u.fail("", fmt.Sprintf("version %d, this reader reads version %d", v, PackedVerdictsVersion))
+	if v := p[0]; v < 1 || v > PackedVerdictsVersion {
+		return nil, u.fail("", fmt.Sprintf("version %d, this reader reads versions 1 to %d", v, PackedVerdictsVersion))
 	}
+	u.flags = packedFlags[p[0]]
 	u.off = 1
 	n, ok := u.uvarint("verdict count")
 	if !ok {
@@ -97,11 +109,12 @@ func (u *unpacker) verdict(v *Verdict) bool {
 	}
 	v.Outcome, u.off = Outcome(u.p[u.off]), u.off+1
 	flags := u.p[u.off]
-	if flags&^(packedAmbiguous|packedNotAttempted) != 0 {
+	if flags&^u.flags != 0 {
 		return u.failed("flags", fmt.Sprintf("unknown flags %#x", flags))
 	}
 	u.off++
 	v.Ambiguous, v.NotAttempted = flags&packedAmbiguous != 0, flags&packedNotAttempted != 0
+	v.CRMRetryAfter = flags&packedCRMRetryAfter != 0
 	d, ok := u.uvarint("retry after")
 	if !ok {
 		return false
