@@ -17,11 +17,14 @@ stop_all() {
 start() {
 	local name=$1 dir=$2
 	shift 2
+	# The old file goes first: the redirect below truncates it only once the
+	# background job runs, and the loop could read a dead process's address.
+	rm -f "$dir/$name.out"
 	"$@" >"$dir/$name.out" 2>"$dir/$name.log" &
 	PIDS+=($!)
 	local i
 	for i in $(seq 1 100); do
-		ADDR=$(sed -n 's/^listening on //p' "$dir/$name.out" | head -1)
+		ADDR=$(sed -n 's/^listening on //p' "$dir/$name.out" 2>/dev/null | head -1)
 		[ -n "$ADDR" ] && return 0
 		kill -0 "${PIDS[-1]}" 2>/dev/null || break
 		sleep 0.1
