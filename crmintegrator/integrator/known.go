@@ -86,34 +86,31 @@ func keyHashes(seed maphash.Seed, recs []crmrpc.Record) []uint64 {
 // then by text: should two keys share a hash it starts over with a map of
 // the keys themselves.
 func firstOfEach(keys []string, hashes []uint64, todo []int) (uniq []int, repeats [][2]int) {
-	first := make(map[uint64]int, len(todo))
-	uniq = todo[:0:0]
-	for _, i := range todo {
-		if j, ok := first[hashes[i]]; ok {
-			if keys[j] != keys[i] {
-				return firstOfEachByText(keys, todo)
-			}
-			repeats = append(repeats, [2]int{i, j})
-			continue
-		}
-		first[hashes[i]] = i
-		uniq = append(uniq, i)
+	uniq, repeats, ok := firstBy(todo, hashes, keys)
+	if !ok {
+		uniq, repeats, _ = firstBy(todo, keys, nil)
 	}
 	return uniq, repeats
 }
 
-func firstOfEachByText(keys []string, todo []int) (uniq []int, repeats [][2]int) {
-	first := make(map[string]int, len(todo))
+// firstBy is firstOfEach by by[i]. When texts is not nil, two indexes with
+// one by are a repeat only if their texts are equal too; ok is false when
+// they were not.
+func firstBy[K comparable](todo []int, by []K, texts []string) (uniq []int, repeats [][2]int, ok bool) {
+	first := make(map[K]int, len(todo))
 	uniq = todo[:0:0]
 	for _, i := range todo {
-		if j, ok := first[keys[i]]; ok {
+		if j, seen := first[by[i]]; seen {
+			if texts != nil && texts[i] != texts[j] {
+				return nil, nil, false
+			}
 			repeats = append(repeats, [2]int{i, j})
 			continue
 		}
-		first[keys[i]] = i
+		first[by[i]] = i
 		uniq = append(uniq, i)
 	}
-	return uniq, repeats
+	return uniq, repeats, true
 }
 
 // fates remembers, for the last external ids this process saw the CRM hold
