@@ -261,7 +261,7 @@ func (s *Server) deliverCall(ctx context.Context, recs []crmrpc.Record, checked 
 		s.met.overlapping.Add(int64(len(busy)))
 		s.log.Warn("records arrived while another call of this daemon still holds them; answering retry", "records", len(busy))
 		for i, until := range busy {
-			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: max(time.Until(until), 100*time.Millisecond),
+			d.verdicts[i] = crmrpc.Verdict{Outcome: crmrpc.Retry, RetryAfter: max(time.Until(until), minRetryWait),
 				Ambiguous: true, NotAttempted: true, Code: CodeInFlight, Message: "another call of this daemon is still working on this record"}
 		}
 	}
@@ -410,11 +410,15 @@ func (d *delivery) pause(attempts *int, wait time.Duration, reason string) bool 
 	return backoff.Sleep(d.ctx, nil, wait) == nil
 }
 
+// minRetryWait is the shortest wait a Retry verdict of this daemon asks
+// for: sooner would only spin a reader against a CRM not ready yet.
+const minRetryWait = 100 * time.Millisecond
+
 // retryLater answers Retry for the records; those that may be in the CRM
 // already are marked Ambiguous, and those no create reached the CRM for in
 // this call NotAttempted.
 func (d *delivery) retryLater(idx []int, wait time.Duration, code, msg string) {
-	wait = max(wait, 100*time.Millisecond)
+	wait = max(wait, minRetryWait)
 	if d.s.closing.Load() && code != CodeCircuitOpen {
 		code, msg = CodeShuttingDown, "the daemon is shutting down"
 	}
@@ -620,7 +624,7 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 		}
 		if !d.pause(attempts, wait, reason) {
 			d.retryLater(idx, wait, code, ce.Error())
-			if crmSaid && wait >= 100*time.Millisecond { // retryLater's floor did not change it
+			if crmSaid && wait >= minRetryWait { // retryLater's floor did not change it
 				for _, i := range idx {
 					d.verdicts[i].CRMRetryAfter = true
 				}
@@ -739,7 +743,7 @@ func rateLimitWait(ce *crmapi.Error) time.Duration {
 	if ce.RetryAfter <= 0 {
 		return time.Second
 	}
-	return max(ce.RetryAfter, 100*time.Millisecond)
+	return max(ce.RetryAfter, minRetryWait)
 }
 
 // lookupFailure turns a failed lookup into a wait, a code and a message.
