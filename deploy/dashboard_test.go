@@ -151,10 +151,11 @@ func integratorMetrics(t *testing.T, crmCfg fakecrm.Config, cfg integrator.Confi
 func exported(t *testing.T) (integ, reader exposition) {
 	integ, reader = exposition{}, exposition{}
 	// The generic CRM: a calm moment, then down (503: retries inside the
-	// daemon), then 429s (the pace cut; silent, so that the daemon learns
-	// the rate from 429s rather than pacing under it from the RateLimit
-	// fields).
-	parseExposition(t, integ, integratorMetrics(t, fakecrm.Config{Token: "crm", Seed: 1}, integrator.Config{},
+	// daemon, which by default answers them Retry at once: MaxCallWait -1
+	// sleeps through every wait), then 429s (the pace cut; silent, so that
+	// the daemon learns the rate from 429s rather than pacing under it
+	// from the RateLimit fields).
+	parseExposition(t, integ, integratorMetrics(t, fakecrm.Config{Token: "crm", Seed: 1}, integrator.Config{MaxCallWait: -1},
 		fakecrm.Faults{}, fakecrm.Faults{FailRate: 1}, fakecrm.Faults{Rate: 1, Burst: 1, SilentRate: true}))
 	// HubSpot says how much of its daily allocation is left.
 	parseExposition(t, integ, integratorMetrics(t, fakecrm.Config{Token: "crm", API: fakecrm.APIHubSpot, HubSpot: fakecrm.HubSpotConfig{Daily: 1000}},

@@ -233,6 +233,13 @@ func TestAmbiguousNeverDuplicates(t *testing.T) {
 			cfg.Idempotency = tc.idempotency
 			cfg.MaxBatch = 20
 			cfg.BreakerThreshold = 1000 // this test is about resolution, not the breaker
+			if tc.idempotency {
+				// The same body under the same key is resent only by a
+				// round inside the call, which waits after an ambiguous
+				// answer: by default that wait is the reader's, and its
+				// resend (MaybeSent) is looked up, as in the other case.
+				cfg.MaxCallWait = -1
+			}
 			_, addr := startDaemon(t, cfg)
 			c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
 			ids := deliverAll(t, c, makeRecords("amb", 400), 200, 40*time.Second)
@@ -483,17 +490,22 @@ func TestIdleConnectionsClosed(t *testing.T) {
 	}
 }
 
-// A wait longer than MaxCallWait is the caller's: the call answers Retry
-// with the CRM's Retry-After at once instead of sleeping through it.
+// A wait after a failure is the caller's, however short, and so is a 429's
+// pause longer than MaxCallWait: the call answers Retry with the CRM's
+// Retry-After at once instead of sleeping through it.
 func TestMaxCallWait(t *testing.T) {
 	tests := []struct {
 		name      string
+		status    int // what the CRM answers every POST, with Retry-After: 1
 		maxWait   time.Duration
 		wantPosts int
 		wantSlept int64 // rounds the call slept before
 	}{
-		{"default: answered at once", 0, 1, 0},
-		{"no limit: retried inside the call", -1, 3, 2},
+		{"a 503, default: answered at once", http.StatusServiceUnavailable, 0, 1, 0},
+		{"a 503 within MaxCallWait: answered at once too", http.StatusServiceUnavailable, 5 * time.Second, 1, 0},
+		{"a 503, no limit: retried inside the call", http.StatusServiceUnavailable, -1, 3, 2},
+		{"a 429, default: answered at once", http.StatusTooManyRequests, 0, 1, 0},
+		{"a 429 within MaxCallWait: retried inside the call", http.StatusTooManyRequests, 5 * time.Second, 3, 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -504,7 +516,7 @@ func TestMaxCallWait(t *testing.T) {
 				}
 				w.Header().Set("Retry-After", "1")
 				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusServiceUnavailable)
+				w.WriteHeader(tc.status)
 				w.Write([]byte(`{"error":{"code":"unavailable","message":"busy"}}`))
 			}))
 			defer srv.Close()
@@ -518,16 +530,23 @@ func TestMaxCallWait(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// A 503's Retry-After is the CRM's word on when it is ready
+			// (CRMRetryAfter); a 429's is a pace, which the daemon keeps.
+			unavailable := tc.status == http.StatusServiceUnavailable
 			for _, v := range vs {
-				if v.Outcome != crmrpc.Retry || v.RetryAfter != time.Second || v.Ambiguous || !v.CRMRetryAfter {
+				if v.Outcome != crmrpc.Retry || v.RetryAfter != time.Second || v.Ambiguous || v.CRMRetryAfter != unavailable {
 					t.Fatalf("verdict %+v, want Retry after the CRM's 1s, not ambiguous", v)
 				}
 			}
 			if n := int(posts.Load()); n != tc.wantPosts {
 				t.Errorf("%d POSTs, want %d", n, tc.wantPosts)
 			}
+			reason := reasonRateLimited
+			if unavailable {
+				reason = "unavailable"
+			}
 			s.met.mu.Lock()
-			slept := s.met.retries["unavailable"]
+			slept := s.met.retries[reason]
 			s.met.mu.Unlock()
 			if slept != tc.wantSlept {
 				t.Errorf("the call slept before %d rounds, want %d", slept, tc.wantSlept)

@@ -74,7 +74,7 @@ func (d *delivery) runUpdate(idx []int) {
 			}
 			// Inputs the answer left unsettled: resend just those.
 			wait := bo.Next()
-			if !d.pause(&attempts, wait, "update_unsettled") {
+			if !d.pause(&attempts, wait, "update_unsettled", false) {
 				d.retryLater(rest, wait, CodeUnexpected, "the CRM's answer left these updates unsettled")
 				return
 			}
@@ -135,7 +135,7 @@ func (d *delivery) runUpdate(idx []int) {
 			d.failCall(&crmrpc.Error{Code: crmrpc.CodeCRMUnauthorized, Message: unauthorized(ce)})
 			return
 		case crmapi.ClassRateLimited:
-			wait, reason, code = rateLimitWait(ce), "rate_limited", CodeRateLimited
+			wait, reason, code = rateLimitWait(ce), reasonRateLimited, CodeRateLimited
 		case crmapi.ClassUnavailable:
 			wait, reason, code = cmp.Or(ce.RetryAfter, bo.Next()), "unavailable", CodeUnavailable
 		case crmapi.ClassInProgress:
@@ -148,7 +148,7 @@ func (d *delivery) runUpdate(idx []int) {
 			s.log.Warn("unexpected crm answer; check -crm-url", "status", ce.Status, "code", ce.Code)
 			wait, reason, code = bo.Next(), "unexpected", CodeUnexpected
 		}
-		if !d.pause(&attempts, wait, reason) {
+		if !d.pause(&attempts, wait, reason, reason == reasonRateLimited) {
 			d.retryLater(idx, wait, code, ce.Error())
 			return
 		}
