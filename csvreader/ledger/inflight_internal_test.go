@@ -26,7 +26,9 @@ func TestHeldKeys(t *testing.T) {
 		return cs
 	}
 	held := func(keys []string) (found []string) {
-		h.each(keys, func(i int, c claim) { found = append(found, fmt.Sprintf("%s@%s:%d/%d", keys[i], c.file, c.line, c.block)) })
+		h.each(keys, func(i int, c claim) {
+			found = append(found, fmt.Sprintf("%s@%s:%d/%d", keys[i], c.file, c.line, c.block))
+		})
 		return found
 	}
 
