@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -552,5 +554,69 @@ func TestMaxCallWait(t *testing.T) {
 				t.Errorf("the call slept before %d rounds, want %d", slept, tc.wantSlept)
 			}
 		})
+	}
+}
+
+// A batch answered 503 goes back to the caller at once, however short the
+// wait the daemon would make: the call's other batches are delivered, and
+// the call does not hold them for a resend, against a CRM with latency.
+func TestFailedBatchAnsweredAtOnce(t *testing.T) {
+	crm, url := startCRM(t, fakecrm.Config{Faults: fakecrm.Faults{Latency: 80 * time.Millisecond}})
+	target, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var posts, refused atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && posts.Add(1) == 1 {
+			// The first batch: 503 without Retry-After, so the wait is
+			// the daemon's own backoff (140–260 ms), under MaxCallWait.
+			refused.Add(1)
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":{"code":"unavailable","message":"busy"}}`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	cfg := testConfig(srv.URL)
+	cfg.MaxBatch = 10
+	cfg.MaxCallWait = time.Second // a 429's pause would be slept; a failure's is not
+	s, addr := startDaemon(t, cfg)
+	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
+	vs, err := c.Deliver(context.Background(), makeRecords("f", 50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	retry := 0
+	for i, v := range vs {
+		switch v.Outcome {
+		case crmrpc.Delivered:
+		case crmrpc.Retry:
+			retry++
+			if v.Code != CodeUnavailable || v.Ambiguous || v.NotAttempted || v.CRMRetryAfter || v.RetryAfter < minRetryWait || v.RetryAfter > 5*time.Second {
+				t.Errorf("record %d: %+v, want Retry after the daemon's backoff, not ambiguous, attempted", i, v)
+			}
+		default:
+			t.Errorf("record %d: %+v", i, v)
+		}
+	}
+	if retry != 10 || refused.Load() != 1 {
+		t.Fatalf("%d records answered Retry after %d refused batches, want the refused batch's 10", retry, refused.Load())
+	}
+	if n := posts.Load(); n != 5 {
+		t.Errorf("%d POSTs for 5 batches, want 5: the refused one is the caller's to resend", n)
+	}
+	if a := crm.Audit(); a.Contacts != 40 {
+		t.Errorf("the CRM holds %d contacts, want the 40 of the other batches", a.Contacts)
+	}
+	s.met.mu.Lock()
+	slept := s.met.retries["unavailable"]
+	s.met.mu.Unlock()
+	if slept != 0 {
+		t.Errorf("the call slept before %d rounds, want none", slept)
 	}
 }
