@@ -68,7 +68,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	f.Int(&c.MaxFieldBytes, "max-field-bytes", "INTEGRATOR_MAX_FIELD_BYTES", 4096, "longest field, in bytes, a record may carry")
 	f.Duration(&c.CallBudget, "call-budget", "INTEGRATOR_CALL_BUDGET", 20*time.Second, "time one call may spend on internal retries before answering Retry")
 	f.Int(&c.MaxAttempts, "max-attempts", "INTEGRATOR_MAX_ATTEMPTS", 4, "rounds (resends, lookups) per batch within one call")
-	f.Duration(&c.MaxCallWait, "max-call-wait", "INTEGRATOR_MAX_CALL_WAIT", 300*time.Millisecond, "longest 429 pause a call sleeps before another round; longer ones, and every wait after a failure, are answered Retry at once (negative: every wait is slept, as -call-budget allows)")
+	f.Duration(&c.MaxCallWait, "max-call-wait", "INTEGRATOR_MAX_CALL_WAIT", 300*time.Millisecond, "longest 429 pause (or wait before resending a body under its Idempotency-Key) a call sleeps before another round; longer ones, and every other wait after a failure, are answered Retry at once (negative: every wait is slept, as -call-budget allows)")
 	f.Int(&c.BreakerThreshold, "breaker-threshold", "INTEGRATOR_BREAKER_THRESHOLD", 20, "consecutive CRM failures (5xx, timeouts) that open the circuit breaker")
 	f.Duration(&c.BreakerCooldown, "breaker-cooldown", "INTEGRATOR_BREAKER_COOLDOWN", 10*time.Second, "how long the open breaker refuses requests before a probe")
 	f.Secret(&o.rpcToken, "rpc-token", "INTEGRATOR_RPC_TOKEN", "shared `token` readers must present; empty: none")

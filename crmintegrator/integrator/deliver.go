@@ -395,11 +395,12 @@ func (s *Server) roundFits(done int, wait time.Duration, cutoff time.Time) bool 
 	return done < s.cfg.MaxAttempts && !time.Now().Add(wait).After(cutoff) && !s.closing.Load()
 }
 
-// pause decides whether one more round fits into the call: a wait for the
-// CRM's pace (pace: a 429's pause) no longer than MaxCallWait, and no wait
-// after a failure, unless MaxCallWait is negative; the attempt budget, the
-// time budget, and the daemon not shutting down. If so it waits and
-// returns true.
+// pause decides whether one more round fits into the call: a wait the
+// call may sleep through (inCall: a 429's pause, or the wait before the
+// same body's resend under its Idempotency-Key) no longer than
+// MaxCallWait, and no other wait, unless MaxCallWait is negative; the
+// attempt budget, the time budget, and the daemon not shutting down. If
+// so it waits and returns true.
 //
 // A failed batch's wait (a 503's backoff or Retry-After, an ambiguous or
 // unexpected answer, a failed lookup) is always the caller's: its other
@@ -408,9 +409,11 @@ func (s *Server) roundFits(done int, wait time.Duration, cutoff time.Time) bool 
 // (up to 300 ms, as before), it held the whole block: make bench's flaky
 // phase (10% 503s, 2% ambiguous, 5M rows) ran at 72–76% of the clean run
 // against 83–89%. A 429's pause slows every call of the daemon anyway, so
-// sleeping through a short one in the call costs the reader nothing.
-func (d *delivery) pause(attempts *int, wait time.Duration, reason string, pace bool) bool {
-	if mw := d.s.cfg.MaxCallWait; mw >= 0 && (!pace || wait > mw) {
+// sleeping through a short one in the call costs the reader nothing; and
+// only this call has the body whose resend settles an ambiguous answer
+// without a lookup.
+func (d *delivery) pause(attempts *int, wait time.Duration, reason string, inCall bool) bool {
+	if mw := d.s.cfg.MaxCallWait; mw >= 0 && (!inCall || wait > mw) {
 		return false // the caller waits, not the call
 	}
 	if !d.s.roundFits(*attempts+1, wait, d.cutoff) {
@@ -637,7 +640,12 @@ func (d *delivery) create(idx []int, attempts *int, bo *backoff.Backoff) (again,
 			s.log.Warn("unexpected crm answer; check -crm-url", "status", ce.Status, "code", ce.Code)
 			wait, reason, code = bo.Next(), "unexpected", CodeUnexpected
 		}
-		if !d.pause(attempts, wait, reason, reason == reasonRateLimited) {
+		// With a CRM that honours Idempotency-Key (not an upsert, which
+		// any later call resends as safely), resending this very body
+		// settles an ambiguous answer without a lookup; a later call's
+		// batch is another body.
+		sameBody := s.resendSafe && !s.upsert && (ce.Class == crmapi.ClassAmbiguous || ce.Class == crmapi.ClassInProgress)
+		if !d.pause(attempts, wait, reason, reason == reasonRateLimited || sameBody) {
 			d.retryLater(idx, wait, code, ce.Error())
 			if crmSaid && wait >= minRetryWait { // retryLater's floor did not change it
 				for _, i := range idx {

@@ -235,13 +235,6 @@ func TestAmbiguousNeverDuplicates(t *testing.T) {
 			cfg.Idempotency = tc.idempotency
 			cfg.MaxBatch = 20
 			cfg.BreakerThreshold = 1000 // this test is about resolution, not the breaker
-			if tc.idempotency {
-				// The same body under the same key is resent only by a
-				// round inside the call, which waits after an ambiguous
-				// answer: by default that wait is the reader's, and its
-				// resend (MaybeSent) is looked up, as in the other case.
-				cfg.MaxCallWait = -1
-			}
 			_, addr := startDaemon(t, cfg)
 			c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
 			ids := deliverAll(t, c, makeRecords("amb", 400), 200, 40*time.Second)

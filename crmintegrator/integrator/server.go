@@ -86,8 +86,10 @@ type Config struct {
 	// one call. Default 4.
 	MaxAttempts int
 	// MaxCallWait is the longest a Deliver call sleeps for the CRM's pace
-	// (a 429's pause) before another round of a batch. A longer wait, and
-	// any wait after a failure (a 503's Retry-After, a backoff), is
+	// (a 429's pause), or before resending a body under its
+	// Idempotency-Key after an ambiguous answer, before another round of a
+	// batch. A longer wait, and any other wait after a failure (a 503's
+	// Retry-After, a backoff), is
 	// answered Retry with that RetryAfter at once: the caller's worker then
 	// sends other blocks meanwhile instead of holding a whole block for one
 	// batch's wait. Default 300ms; negative: every wait is slept in the
