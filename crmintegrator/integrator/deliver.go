@@ -403,15 +403,16 @@ func (s *Server) roundFits(done int, wait time.Duration, cutoff time.Time) bool 
 // so it waits and returns true.
 //
 // A failed batch's wait (a 503's backoff or Retry-After, an ambiguous or
-// unexpected answer, a failed lookup) is always the caller's: its other
+// unexpected answer, a failed lookup) is the caller's: its other
 // batches are answered meanwhile, the worker sends the next block, and
 // only the failed batch's records wait, in the reader. Slept in the call
 // (up to 300 ms, as before), it held the whole block: make bench's flaky
 // phase (10% 503s, 2% ambiguous, 5M rows) ran at 72–76% of the clean run
 // against 83–89%. A 429's pause slows every call of the daemon anyway, so
-// sleeping through a short one in the call costs the reader nothing; and
-// only this call has the body whose resend settles an ambiguous answer
-// without a lookup.
+// sleeping through a short one in the call costs the reader nothing. The
+// one failure whose wait a call may sleep through is an ambiguous answer
+// from a CRM that honours Idempotency-Key: only this call has the body
+// whose resend settles it without a lookup.
 func (d *delivery) pause(attempts *int, wait time.Duration, reason string, inCall bool) bool {
 	if mw := d.s.cfg.MaxCallWait; mw >= 0 && (!inCall || wait > mw) {
 		return false // the caller waits, not the call
@@ -424,8 +425,8 @@ func (d *delivery) pause(attempts *int, wait time.Duration, reason string, inCal
 	return backoff.Sleep(d.ctx, nil, wait) == nil
 }
 
-// reasonRateLimited is the retry reason of a 429's pause: the one wait a
-// call may sleep through (pause).
+// reasonRateLimited is the retry reason of a 429's pause, which a call may
+// sleep through (pause).
 const reasonRateLimited = "rate_limited"
 
 // minRetryWait is the shortest wait a Retry verdict of this daemon asks
