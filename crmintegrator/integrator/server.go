@@ -85,15 +85,14 @@ type Config struct {
 	// MaxAttempts bounds the rounds (resends, lookups) per batch inside
 	// one call. Default 4.
 	MaxAttempts int
-	// MaxCallWait is the longest a Deliver call sleeps for the CRM's pace
-	// (a 429's pause), or before resending a body under its
-	// Idempotency-Key after an ambiguous answer, before another round of a
-	// batch. A longer wait, and any other wait after a failure (a 503's
-	// Retry-After, a backoff), is
-	// answered Retry with that RetryAfter at once: the caller's worker then
-	// sends other blocks meanwhile instead of holding a whole block for one
-	// batch's wait. Default 300ms; negative: every wait is slept in the
-	// call as long as CallBudget allows.
+	// MaxCallWait is the longest a Deliver call sleeps before another round
+	// of a batch for the CRM's pace (a 429's pause), or before resending a
+	// body under its Idempotency-Key after an ambiguous answer. A longer
+	// wait, and any other wait after a failure (a 503's Retry-After, a
+	// backoff), is answered Retry with that RetryAfter at once: the
+	// caller's worker then sends other blocks meanwhile instead of holding
+	// a whole block for one batch's wait. Default 300ms; negative: every
+	// wait is slept in the call as long as CallBudget allows.
 	MaxCallWait time.Duration
 
 	BreakerThreshold int           // consecutive failures that open the breaker; default 20

@@ -285,7 +285,9 @@ func (p *pipeline) reclaimLost(it *item, lost []int) {
 // 200 ms, not higher: the daemon answers a failed batch Retry at once
 // rather than sleeping in the call (its -max-call-wait), so the first
 // resend's wait is spent here, where only that batch's records wait and
-// hold room in flight, and a floor of 500 ms held 2.5 times as many.
+// hold room in flight; a floor of 500 ms kept them 2.5 times the daemon's
+// 200 ms backoff (make bench's flaky phase: 80–81% of clean with it, 83–89%
+// from 200 ms, BENCHMARKS.md round 9).
 func retryWait(attempts int, retryAfter time.Duration, crmSaid bool) time.Duration {
 	if crmSaid && retryAfter > 0 {
 		return retryAfter
