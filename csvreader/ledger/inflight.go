@@ -20,7 +20,7 @@ type claim struct {
 // keys, so what it remembers is exact. Safe for concurrent use.
 type heldKeys struct {
 	mu       sync.Mutex
-	keys     map[string]claim
+	keys     *keyTable
 	ownRows  int           // keys held by a claims row (block 0)
 	open     map[int64]int // claim_blocks id → keys of it not settled
 	finished []int64
@@ -28,7 +28,7 @@ type heldKeys struct {
 }
 
 func newHeldKeys() *heldKeys {
-	return &heldKeys{keys: map[string]claim{}, open: map[int64]int{}, lost: map[string]bool{}}
+	return &heldKeys{keys: newKeyTable(), open: map[int64]int{}, lost: map[string]bool{}}
 }
 
 // each calls fn for each of keys this run holds, under the lock.
@@ -36,7 +36,7 @@ func (h *heldKeys) each(keys []string, fn func(i int, c claim)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for i, k := range keys {
-		if c, ok := h.keys[k]; ok {
+		if c, ok := h.keys.get(k); ok {
 			fn(i, c)
 		}
 	}
@@ -50,7 +50,7 @@ func (h *heldKeys) hold(keys []string, cs []claim) {
 	run := blockRun{flush: h.addOpen}
 	for i, k := range keys {
 		c := cs[i]
-		h.keys[k] = c
+		h.keys.put(k, c)
 		if c.block == 0 {
 			h.ownRows++
 			continue
@@ -99,11 +99,10 @@ func (h *heldKeys) settle(keys []string) {
 	defer h.mu.Unlock()
 	run := blockRun{flush: h.settleOpen}
 	for _, k := range keys {
-		c, ok := h.keys[k]
+		c, ok := h.keys.del(k)
 		if !ok {
 			continue
 		}
-		delete(h.keys, k)
 		if c.block == 0 {
 			h.ownRows--
 			continue
@@ -115,11 +114,10 @@ func (h *heldKeys) settle(keys []string) {
 
 // forget drops k. mu held.
 func (h *heldKeys) forget(k string) {
-	c, ok := h.keys[k]
+	c, ok := h.keys.del(k)
 	if !ok {
 		return
 	}
-	delete(h.keys, k)
 	if c.block == 0 {
 		h.ownRows--
 		return
@@ -161,7 +159,7 @@ func (h *heldKeys) ownKeys(keys []string) []string {
 	}
 	var own []string
 	for _, k := range keys {
-		if c, ok := h.keys[k]; ok && c.block == 0 {
+		if c, ok := h.keys.get(k); ok && c.block == 0 {
 			own = append(own, k)
 		}
 	}
@@ -183,12 +181,11 @@ func (h *heldKeys) openBlocks() []int64 {
 func (h *heldKeys) snapshot() (keys []string, blocks []int64, updates []bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	keys = make([]string, 0, len(h.keys))
-	blocks = make([]int64, 0, len(h.keys))
-	updates = make([]bool, 0, len(h.keys))
-	for k, c := range h.keys {
+	n := h.keys.len()
+	keys, blocks, updates = make([]string, 0, n), make([]int64, 0, n), make([]bool, 0, n)
+	h.keys.all(func(k string, c claim) {
 		keys, blocks, updates = append(keys, k), append(blocks, c.block), append(updates, c.update != nil)
-	}
+	})
 	return keys, blocks, updates
 }
 
@@ -198,7 +195,7 @@ func (h *heldKeys) loseKeys(lost []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, k := range lost {
-		if _, ok := h.keys[k]; ok {
+		if _, ok := h.keys.get(k); ok {
 			h.forget(k)
 			h.lost[k] = true
 		}

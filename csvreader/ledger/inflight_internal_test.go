@@ -75,7 +75,7 @@ func TestHeldKeys(t *testing.T) {
 	if ids, _ := h.takeFinished(); !slices.Equal(ids, []int64{2}) {
 		t.Fatalf("finished %v, want [2]", ids)
 	}
-	if len(h.keys) != 0 || h.ownRows != 0 || len(h.open) != 0 {
-		t.Fatalf("left %d keys, %d own rows, %d open blocks; want none", len(h.keys), h.ownRows, len(h.open))
+	if h.keys.len() != 0 || h.ownRows != 0 || len(h.open) != 0 {
+		t.Fatalf("left %d keys, %d own rows, %d open blocks; want none", h.keys.len(), h.ownRows, len(h.open))
 	}
 }
