@@ -323,6 +323,7 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keyArray driver.Value, ke
 	}
 	defer rows.Close()
 	out := map[string]holding{}
+	var refs []asOfRef
 	for rows.Next() {
 		h := &holder{}
 		var key string
@@ -336,6 +337,9 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keyArray driver.Value, ke
 		switch h.src {
 		case inCustomers:
 			k.cust = h
+			if h.asOf == noAsOf {
+				refs = append(refs, asOfRef{&h.asOf, h.run})
+			}
 		case inClaims:
 			k.claim = h
 		default:
@@ -345,7 +349,16 @@ func (r *Run) holders(ctx context.Context, tx *sql.Tx, keyArray driver.Value, ke
 		}
 		out[key] = k
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	if len(refs) > 0 {
+		if err := r.resolveAsOf(ctx, tx, refs); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // lookupStmt prepares the look-up the first time it is needed (again after

@@ -29,13 +29,17 @@ type Delivery struct {
 
 // customerColumns are the columns COPY writes, in copyRows' order: the
 // contact's own fields (contact.Fields, whose names are the columns'),
-// then the rest.
+// then the rest. as_of is not among them: a created row leaves it NULL,
+// which stands for its run's as-of time (runs.as_of, the same for every
+// row a run creates; resolved by resolveAsOf). Parsing the same timestamp
+// on every row was 6% of PostgreSQL's CPU in a 1M-row run (BENCHMARKS.md,
+// round 10).
 var customerColumns = func() []string {
 	var cols []string
 	for _, f := range contact.Fields {
 		cols = append(cols, f.Name)
 	}
-	return append(cols, "attributes", "crm_id", "fingerprint", "run_id", "source_file", "source_line", "as_of")
+	return append(cols, "attributes", "crm_id", "fingerprint", "run_id", "source_file", "source_line")
 }()
 
 // Confirm records deliveries in customers, in one transaction that also
@@ -86,7 +90,7 @@ func (r *Run) Confirm(ctx context.Context, ds []Delivery) (already []int, err er
 	// COPY that met a key recorded meanwhile.
 	if len(updates) == 0 {
 		err = r.rawTx(ctx, func(c *rawConn) error {
-			if err := c.copyIn("customers", customerColumns, copyRows(r.id, r.sync.AsOf, cds)); err != nil {
+			if err := c.copyIn("customers", customerColumns, copyRows(r.id, cds)); err != nil {
 				return err
 			}
 			return cleanup(c.exec)

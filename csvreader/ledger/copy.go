@@ -5,7 +5,6 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"strconv"
-	"time"
 	"unsafe"
 
 	"github.com/lib/pq"
@@ -110,19 +109,12 @@ func (c *rawConn) copyIn(table string, columns []string, rows func(emit func(chu
 
 // copyRows writes the customers rows of ds in COPY's text format, in the
 // order of customerColumns, a chunk at a time.
-func copyRows(run int64, asOf time.Time, ds []Delivery) func(emit func([]byte) error) error {
+func copyRows(run int64, ds []Delivery) func(emit func([]byte) error) error {
 	return func(emit func([]byte) error) error {
 		b := make([]byte, 0, copyChunk+4<<10)
 		var scratch []byte
-		// The run's as-of time, the same for every row (updated_at is
-		// the column's default, the transaction's time).
-		tail := []byte(`\N`)
-		if !asOf.IsZero() {
-			tail = asOf.UTC().AppendFormat(nil, "2006-01-02 15:04:05.999999Z07:00")
-		}
-		tail = append(tail, '\n')
 		for i := range ds {
-			b, scratch = appendCopyRow(b, scratch, run, tail, &ds[i])
+			b, scratch = appendCopyRow(b, scratch, run, &ds[i])
 			if len(b) >= copyChunk {
 				if err := emit(b); err != nil {
 					return err
@@ -136,7 +128,7 @@ func copyRows(run int64, asOf time.Time, ds []Delivery) func(emit func([]byte) e
 
 // appendCopyRow appends one customers row; scratch is a buffer for the
 // attributes' JSON, handed back for reuse.
-func appendCopyRow(b, scratch []byte, run int64, tail []byte, d *Delivery) ([]byte, []byte) {
+func appendCopyRow(b, scratch []byte, run int64, d *Delivery) ([]byte, []byte) {
 	c := &d.Contact
 	for _, f := range contact.Fields {
 		b = append(appendCopyText(b, f.Get(c)), '\t')
@@ -152,8 +144,7 @@ func appendCopyRow(b, scratch []byte, run int64, tail []byte, d *Delivery) ([]by
 	b = append(appendCopyText(b, d.Fingerprint), '\t')
 	b = append(strconv.AppendInt(b, run, 10), '\t')
 	b = append(appendCopyText(b, d.File), '\t')
-	b = append(strconv.AppendInt(b, d.Line, 10), '\t')
-	return append(b, tail...), scratch
+	return append(strconv.AppendInt(b, d.Line, 10), '\n'), scratch
 }
 
 // appendCopyText appends s escaped for a COPY text-format field.

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"strings"
 	"testing"
 
 	"crmsync/shared/contact"
@@ -38,12 +39,15 @@ func TestCopyRowWithCopyAttributes(t *testing.T) {
 	} {
 		d := Delivery{Contact: contact.Contact{ExternalID: "C-1", Email: "a@example.com", Attributes: attrs},
 			CRMID: "ct_1", Fingerprint: "fp", File: "f.csv", Line: 2}
-		want, _ := appendCopyRow(nil, nil, 7, []byte("\\N\n"), &d)
+		want, _ := appendCopyRow(nil, nil, 7, &d)
 		var stack [8]contact.Attr
 		d.CopyAttributes = CopyAttributes(contact.SortedAttributes(attrs, stack[:0]))
-		got, _ := appendCopyRow(nil, nil, 7, []byte("\\N\n"), &d)
+		got, _ := appendCopyRow(nil, nil, 7, &d)
 		if string(got) != string(want) {
 			t.Errorf("attributes %v: row\n%q\nwant\n%q", attrs, got, want)
+		}
+		if n := strings.Count(string(got), "\t") + 1; n != len(customerColumns) || !strings.HasSuffix(string(got), "\n") {
+			t.Errorf("row %q: %d fields, want one a column (%d) and a newline", got, n, len(customerColumns))
 		}
 	}
 }

@@ -13,9 +13,10 @@ import (
 // Keys met earlier are tracked in a temporary table on one connection, so
 // memory stays bounded however large the files are.
 type DryRun struct {
-	d    *sql.DB
 	conn *sql.Conn
-	sync Sync
+	// look decides with Claim's look-up, claiming nothing (preview); it
+	// keeps the look-up prepared and the runs' as-of times it read.
+	look *Run
 }
 
 // StartDryRun prepares a dry run.
@@ -28,13 +29,17 @@ func StartDryRun(ctx context.Context, d *sql.DB, s Sync) (*DryRun, error) {
 		conn.Close()
 		return nil, fmt.Errorf("dry run: %w", err)
 	}
-	return &DryRun{d: d, conn: conn, sync: s}, nil
+	s.AsOf = s.AsOf.Truncate(time.Microsecond) // as SetSync: what PostgreSQL keeps
+	return &DryRun{conn: conn, look: &Run{db: d, sync: s, asOfs: map[int64]int64{}}}, nil
 }
 
 // Close drops what the dry run kept.
 func (r *DryRun) Close(ctx context.Context) error {
 	_, err := r.conn.ExecContext(context.WithoutCancel(ctx), `DROP TABLE IF EXISTS dry_run_seen`)
 	r.conn.Close()
+	if r.look.lookup != nil {
+		r.look.lookup.Close()
+	}
 	return err
 }
 
@@ -69,7 +74,7 @@ func (r *DryRun) Decide(ctx context.Context, items []Item) ([]Decision, error) {
 	if len(ask) == 0 {
 		return out, nil
 	}
-	ds, err := Preview(ctx, r.d, r.sync, ask)
+	ds, err := r.look.preview(ctx, ask)
 	if err != nil {
 		return nil, err
 	}
@@ -79,14 +84,13 @@ func (r *DryRun) Decide(ctx context.Context, items []Item) ([]Decision, error) {
 	return out, nil
 }
 
-// Preview decides for items what Claim would, against what customers
+// preview decides for items what Claim would, against what customers
 // holds, claiming nothing (for dry runs): Claimed for a new key,
 // Unchanged, Updating (ChangesUpdate) or Changed, Stale. Items must have
 // distinct keys. Claims other runs hold are not looked at: those keys are
 // decided as if their runs had finished.
-func Preview(ctx context.Context, d *sql.DB, s Sync, items []Item) ([]Decision, error) {
-	s.AsOf = s.AsOf.Truncate(time.Microsecond) // as SetSync: what PostgreSQL keeps
-	r := &Run{db: d, sync: s}
+func (r *Run) preview(ctx context.Context, items []Item) ([]Decision, error) {
+	s := r.sync
 	out := make([]Decision, len(items))
 	err := r.inTx(ctx, func(tx *sql.Tx) error {
 		keys := make([]string, len(items))
@@ -116,7 +120,7 @@ func Preview(ctx context.Context, d *sql.DB, s Sync, items []Item) ([]Decision, 
 		for j, i := range pend {
 			pk[j] = items[i].Key
 		}
-		stored, err := readContacts(ctx, tx, pk)
+		stored, err := r.readContacts(ctx, tx, pk)
 		if err != nil {
 			return err
 		}

@@ -56,6 +56,10 @@ type Run struct {
 	wg         sync.WaitGroup
 
 	sync Sync // how changed records are handled (SetSync)
+	// asOfs caches runs' as-of times (unix µs; noAsOf: none), for the
+	// customers rows that leave theirs NULL (resolveAsOf).
+	asOfMu sync.Mutex
+	asOfs  map[int64]int64
 
 	// The keys this run claimed and has not settled yet.
 	inflight *heldKeys
@@ -70,7 +74,7 @@ type Run struct {
 // Start registers a run for files and takes its liveness lock.
 func Start(ctx context.Context, d *sql.DB, files []string) (*Run, error) {
 	host, _ := os.Hostname()
-	r := &Run{db: d, inflight: newHeldKeys(), noted: map[string]bool{}}
+	r := &Run{db: d, inflight: newHeldKeys(), noted: map[string]bool{}, asOfs: map[int64]int64{}}
 	if err := d.QueryRowContext(ctx,
 		`INSERT INTO runs (host, pid, files) VALUES ($1, $2, $3) RETURNING id`,
 		host, os.Getpid(), pq.Array(append([]string{}, files...))).Scan(&r.id); err != nil {

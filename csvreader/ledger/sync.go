@@ -2,10 +2,13 @@ package ledger
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/lib/pq"
 )
 
 // ChangeMode is what a run does with a key customers holds with other
@@ -77,6 +80,70 @@ func (r *Run) SetSync(ctx context.Context, s Sync) error {
 	}
 	if _, err := r.db.ExecContext(ctx, `UPDATE runs SET as_of = $2 WHERE id = $1`, r.id, asOf); err != nil {
 		return fmt.Errorf("record the run's as-of time: %w", err)
+	}
+	r.asOfMu.Lock()
+	r.asOfs[r.id] = s.asOfMicros()
+	r.asOfMu.Unlock()
+	return nil
+}
+
+// querier is a *sql.DB or a *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// asOfRef is a customers row's as-of time as read, and its run.
+type asOfRef struct {
+	at  *int64
+	run int64
+}
+
+// resolveAsOf gives customers rows read with no as-of time of their own
+// (noAsOf) their run's: a row the confirming COPY created leaves as_of
+// NULL for runs.as_of, which a run records before its first claim and
+// never changes. A row older than migration 0005 has NULL in both, and
+// stays unknown, as does a row whose run is gone. One query for the runs
+// not seen before; a process meets few.
+func (r *Run) resolveAsOf(ctx context.Context, q querier, refs []asOfRef) error {
+	r.asOfMu.Lock()
+	defer r.asOfMu.Unlock()
+	var missing []int64
+	for _, ref := range refs {
+		if _, ok := r.asOfs[ref.run]; !ok && *ref.at == noAsOf && !slices.Contains(missing, ref.run) {
+			missing = append(missing, ref.run)
+		}
+	}
+	if len(missing) > 0 {
+		rows, err := q.QueryContext(ctx, `
+			SELECT id, COALESCE((EXTRACT(EPOCH FROM as_of) * 1000000)::bigint, $2)
+			FROM runs WHERE id = ANY($1::bigint[])`, pq.Array(missing), int64(noAsOf))
+		if err != nil {
+			return fmt.Errorf("read runs' as-of times: %w", err)
+		}
+		defer rows.Close()
+		got := make(map[int64]int64, len(missing))
+		for rows.Next() {
+			var id, at int64
+			if err := rows.Scan(&id, &at); err != nil {
+				return err
+			}
+			got[id] = at
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read runs' as-of times: %w", err)
+		}
+		for _, id := range missing {
+			at, ok := got[id]
+			if !ok {
+				at = noAsOf // the run is gone
+			}
+			r.asOfs[id] = at
+		}
+	}
+	for _, ref := range refs {
+		if *ref.at == noAsOf {
+			*ref.at = r.asOfs[ref.run]
+		}
 	}
 	return nil
 }

@@ -349,3 +349,47 @@ func TestSyncEdgeClaims(t *testing.T) {
 		t.Errorf("%d claims of A after the cut-off run's mark, want none", n)
 	}
 }
+
+// A row the confirming COPY creates leaves as_of NULL, for its run's
+// (runs.as_of): every decision that compares export times reads the
+// run's, in a process that never saw that run. An unchanged key's as-of
+// moves on in the row itself; a run with no as-of time leaves its rows
+// older than any export.
+func TestCreatedRowsTakeTheirRunsAsOf(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.New(t)
+	sunday := monday.Add(-24 * time.Hour)
+	mon := run(t, d, monday, ledger.ChangesUpdate)
+	deliver(t, mon, version("A", "a@x.io", "Oslo", 2), version("B", "b@x.io", "Rome", 3))
+	mon.Close(ctx, "done", nil)
+	if n := count(t, d, `SELECT count(*) FROM customers c JOIN runs r ON r.id = c.run_id
+		WHERE c.as_of IS NULL AND r.as_of = '2026-11-30T02:00:00Z'`); n != 2 {
+		t.Fatalf("%d of 2 created rows leave as_of NULL beside their run's monday", n)
+	}
+
+	late := run(t, d, sunday, ledger.ChangesUpdate)
+	ds := must(late.Claim(ctx, []ledger.Item{version("A", "a@x.io", "Bonn", 2)}))
+	if ds[0].Status != ledger.Stale || !strings.Contains(ds[0].Why, "as of 2026-11-30T02:00:00Z") {
+		t.Errorf("sunday's change of A after monday's export = %+v, want Stale as of monday", ds[0])
+	}
+	late.Close(ctx, "done", nil)
+
+	tue := run(t, d, tuesday, ledger.ChangesUpdate)
+	if ds := deliver(t, tue, version("B", "b@x.io", "Rome", 3)); ds[0].Status != ledger.Unchanged {
+		t.Fatalf("tuesday on B = %+v", ds[0])
+	}
+	tue.Close(ctx, "done", nil)
+	var asOf time.Time
+	if err := d.QueryRow(`SELECT as_of FROM customers WHERE external_id = 'B'`).Scan(&asOf); err != nil || !asOf.Equal(tuesday) {
+		t.Errorf("B's as_of after tuesday found it unchanged = %v (%v), want tuesday", asOf, err)
+	}
+
+	none := run(t, d, time.Time{}, ledger.ChangesUpdate)
+	deliver(t, none, version("C", "c@x.io", "Oslo", 4))
+	none.Close(ctx, "done", nil)
+	again := run(t, d, sunday, ledger.ChangesUpdate)
+	defer again.Close(ctx, "done", nil)
+	if ds := must(again.Claim(ctx, []ledger.Item{version("C", "c@x.io", "Rome", 4)})); ds[0].Status != ledger.Updating {
+		t.Errorf("a change of C, created by a run with no as-of time = %+v, want Updating", ds[0])
+	}
+}

@@ -101,7 +101,7 @@ func (r *Run) settleUpdates(ctx context.Context, tx *sql.Tx, items []Item, hs ma
 	for j, p := range pend {
 		keys[j] = items[p.item].Key
 	}
-	stored, err := readContacts(ctx, tx, keys)
+	stored, err := r.readContacts(ctx, tx, keys)
 	if err != nil {
 		return nil, err
 	}
@@ -244,29 +244,50 @@ type storedRow struct {
 }
 
 // readContacts reads what customers holds for keys.
-func readContacts(ctx context.Context, tx *sql.Tx, keys []string) (map[string]storedRow, error) {
+func (r *Run) readContacts(ctx context.Context, tx *sql.Tx, keys []string) (map[string]storedRow, error) {
 	rows, err := tx.QueryContext(ctx, `
 		SELECT c.external_id, c.email, c.first_name, c.last_name, c.phone, c.attributes,
-		       c.fingerprint, COALESCE((EXTRACT(EPOCH FROM c.as_of) * 1000000)::bigint, $2), c.version, c.crm_id
+		       c.fingerprint, COALESCE((EXTRACT(EPOCH FROM c.as_of) * 1000000)::bigint, $2), c.version, c.crm_id, c.run_id
 		FROM unnest($1::text[]) AS k(key) JOIN customers c ON c.external_id = k.key`, pq.Array(keys), int64(noAsOf))
 	if err != nil {
 		return nil, fmt.Errorf("read delivered contacts: %w", err)
 	}
 	defer rows.Close()
-	out := make(map[string]storedRow, len(keys))
+	read := make([]storedRow, 0, len(keys))
+	runs := make([]int64, 0, len(keys))
 	for rows.Next() {
 		var s storedRow
+		var run int64
 		c := &s.c
 		var attrs []byte
-		if err := rows.Scan(&c.ExternalID, &c.Email, &c.FirstName, &c.LastName, &c.Phone, &attrs, &s.fp, &s.asOf, &s.version, &s.crmID); err != nil {
+		if err := rows.Scan(&c.ExternalID, &c.Email, &c.FirstName, &c.LastName, &c.Phone, &attrs, &s.fp, &s.asOf, &s.version, &s.crmID, &run); err != nil {
 			return nil, err
 		}
 		if c.Attributes, err = parseAttributes(attrs); err != nil {
 			return nil, fmt.Errorf("attributes of %q: %w", c.ExternalID, err)
 		}
-		out[c.ExternalID] = s
+		read, runs = append(read, s), append(runs, run)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	var refs []asOfRef
+	for i := range read {
+		if read[i].asOf == noAsOf {
+			refs = append(refs, asOfRef{&read[i].asOf, runs[i]})
+		}
+	}
+	if len(refs) > 0 {
+		if err := r.resolveAsOf(ctx, tx, refs); err != nil {
+			return nil, err
+		}
+	}
+	out := make(map[string]storedRow, len(read))
+	for _, s := range read {
+		out[s.c.ExternalID] = s
+	}
+	return out, nil
 }
 
 // holder is the look-up's holder with this read's values.
