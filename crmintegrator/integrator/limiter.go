@@ -36,18 +36,17 @@ type Limiter struct {
 	win         bool
 	winMax      int
 	winPer      time.Duration
-	winUsed     int           // requests the window held then
-	winLevel    float64       // requests left then, less this daemon's in flight
-	winAt       time.Time     // when it was stated
-	winBooked   int           // slots this daemon booked since
-	winProbeIn  time.Duration // gate's wait before a probe, from winProbe up to winProbeMax; 0: winProbe
-	own         []time.Time   // this daemon's slots within the last window
-	shared      bool          // paced by SetShared: the CRM states its bucket
-	pending     int           // requests booked by WaitUntil and not yet Done
-	shareRate   float64       // under SetShared: the bucket's refill rate,
-	scale       float64       // this daemon's share of it (see SetShared),
-	lastShare   time.Time     // and when the last statement came
-	lastSlot    time.Time     // the last slot booked
+	winUsed     int         // requests the window held then
+	winLevel    float64     // requests left then, less this daemon's in flight
+	winAt       time.Time   // when it was stated
+	winBooked   int         // slots this daemon booked since
+	own         []time.Time // this daemon's slots within the last window
+	shared      bool        // paced by SetShared: the CRM states its bucket
+	pending     int         // requests booked by WaitUntil and not yet Done
+	shareRate   float64     // under SetShared: the bucket's refill rate,
+	scale       float64     // this daemon's share of it (see SetShared),
+	lastShare   time.Time   // and when the last statement came
+	lastSlot    time.Time   // the last slot booked
 	pausedUntil time.Time
 	lastCut     time.Time
 	lastRaise   time.Time
@@ -98,7 +97,6 @@ const (
 	winMargin   = 12.0
 	winMinShare = 0.1
 	winProbe    = 500 * time.Millisecond
-	winProbeMax = time.Second
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -237,9 +235,15 @@ func (l *Limiter) gate(now time.Time) time.Time {
 	for len(l.own) > 0 && now.Sub(l.own[0]) >= per {
 		l.own = l.own[1:]
 	}
-	refill, need := l.winShare()
+	refill := float64(l.winMax) / per.Seconds()
+	share := 1.0
+	if l.winUsed > 0 {
+		share = max(winMinShare, min(1, float64(len(l.own))/float64(l.winUsed)))
+	}
+	refill *= share
 	level := l.winLevel - float64(l.winBooked) + refill*now.Sub(l.winAt).Seconds()
-	if level < need {
+	// Alone (share 1) nothing need be kept free.
+	if need := 1 + winMargin*(1-share); level < need {
 		at := now.Add(time.Duration((need - level) / refill * float64(time.Second)))
 		// A daemon waiting with nothing in flight hears nothing more of
 		// the window, and its estimate counts on its own share of the
@@ -247,31 +251,13 @@ func (l *Limiter) gate(now time.Time) time.Time {
 		// the window empties while the estimate creeps, which idled the
 		// CRM for seconds at an import's tail. After winProbe without an
 		// answer one request goes to ask; its answer states the window
-		// as it is. While the answers say the others keep the window
-		// full, each probe waits twice as long as the last, up to
-		// winProbeMax: a probe every winProbe took the room the busy
-		// daemon kept at the window's edge, and its next request drew a
-		// 429 (most of the 429s of two daemons on one window,
-		// BENCHMARKS.md round 10).
-		if probe := l.winAt.Add(max(l.winProbeIn, winProbe)); l.pending == 0 && probe.Before(at) {
+		// as it is (a 429, if the others still fill it, pauses briefly).
+		if probe := l.winAt.Add(winProbe); l.pending == 0 && probe.Before(at) {
 			at = probe
 		}
 		return at
 	}
 	return now
-}
-
-// winShare is this daemon's share of the window's refill, in requests a
-// second — its requests among those the window holds (other daemons take
-// the rest) — and the room gate needs before a request: one, and up to
-// winMargin kept free for the others' requests not yet seen, the more the
-// larger their share (alone, nothing). mu held.
-func (l *Limiter) winShare() (refill, need float64) {
-	share := 1.0
-	if l.winUsed > 0 {
-		share = max(winMinShare, min(1, float64(len(l.own))/float64(l.winUsed)))
-	}
-	return share * float64(l.winMax) / l.winPer.Seconds(), 1 + winMargin*(1-share)
 }
 
 // perSecond counts events in the current one-second window and the one
@@ -435,14 +421,6 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 		l.winLevel -= float64(l.pending - 1)
 	}
 	l.winAt, l.winBooked = now, 0
-	if _, need := l.winShare(); l.winLevel >= need {
-		l.winProbeIn = 0 // the next full answer's probe waits winProbe
-	} else {
-		l.winProbeIn = min(2*l.winProbeIn, winProbeMax) // max is the window's here
-		if l.winProbeIn < winProbe {
-			l.winProbeIn = winProbe
-		}
-	}
 }
 
 // SetShared paces all requests by a CRM's token bucket that other clients

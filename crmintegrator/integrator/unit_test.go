@@ -318,39 +318,3 @@ func TestWindowGateProbesWhenSilent(t *testing.T) {
 		})
 	}
 }
-
-// While the answers say the others keep the window full, a daemon with
-// nothing in flight probes after winProbe, then after twice that, up to
-// winProbeMax; an answer that leaves it room starts again at winProbe.
-func TestWindowGateProbesBackOffWhileFull(t *testing.T) {
-	clk := newFakeClock()
-	l := NewLimiter(0, clk)
-	l.SetWindow(400, 1, 10*time.Second)
-	clk.Advance(11 * time.Second) // past the first window's booking
-	probe := func(used int) time.Duration {
-		t.Helper()
-		l.SetWindow(400, used, 10*time.Second) // the last answer
-		before := clk.Now()
-		if err := l.Wait(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		l.Done()
-		return clk.Now().Sub(before)
-	}
-	near := func(got, want time.Duration) bool { return got >= want-shareHorizon && got <= want+shareHorizon }
-	for i, tc := range []struct {
-		used int
-		want time.Duration
-	}{
-		{400, winProbe},     // the window filled: the first probe as before
-		{400, 2 * winProbe}, // its answer: still full
-		{400, winProbeMax},
-		{400, winProbeMax},
-		{1, 0},          // room: the request goes at once
-		{400, winProbe}, // full again: from the start
-	} {
-		if got := probe(tc.used); !near(got, tc.want) {
-			t.Fatalf("answer %d (used %d of 400): waited %v, want about %v", i, tc.used, got, tc.want)
-		}
-	}
-}
