@@ -106,13 +106,13 @@ type asOfRef struct {
 // not seen before; a process meets few.
 func (r *Run) resolveAsOf(ctx context.Context, q querier, refs []asOfRef) error {
 	r.asOfMu.Lock()
-	defer r.asOfMu.Unlock()
 	var missing []int64
 	for _, ref := range refs {
 		if _, ok := r.asOfs[ref.run]; !ok && *ref.at == noAsOf && !slices.Contains(missing, ref.run) {
 			missing = append(missing, ref.run)
 		}
 	}
+	r.asOfMu.Unlock()
 	if len(missing) > 0 {
 		rows, err := q.QueryContext(ctx, `
 			SELECT id, COALESCE((EXTRACT(EPOCH FROM as_of) * 1000000)::bigint, $2)
@@ -132,6 +132,7 @@ func (r *Run) resolveAsOf(ctx context.Context, q querier, refs []asOfRef) error 
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read runs' as-of times: %w", err)
 		}
+		r.asOfMu.Lock()
 		for _, id := range missing {
 			at, ok := got[id]
 			if !ok {
@@ -139,7 +140,10 @@ func (r *Run) resolveAsOf(ctx context.Context, q querier, refs []asOfRef) error 
 			}
 			r.asOfs[id] = at
 		}
+		r.asOfMu.Unlock()
 	}
+	r.asOfMu.Lock()
+	defer r.asOfMu.Unlock()
 	for _, ref := range refs {
 		if *ref.at == noAsOf {
 			*ref.at = r.asOfs[ref.run]

@@ -176,6 +176,9 @@ func (r *Run) confirmUnchanged(ctx context.Context, tx *sql.Tx, items []Item, hs
 	if len(keys) == 0 {
 		return nil
 	}
+	// A row whose as_of is NULL holds its run's (resolveAsOf), which the
+	// filter above compared: only the keys older than this run's are
+	// here, so writing this run's over a NULL never moves a row back.
 	if _, err := tx.ExecContext(ctx, `
 		UPDATE customers c SET as_of = $2 FROM unnest($1::text[]) AS k(key)
 		WHERE c.external_id = k.key AND (c.as_of IS NULL OR c.as_of < $2)`, pq.Array(keys), r.sync.AsOf); err != nil {
@@ -238,7 +241,8 @@ func union(a, b []string) []string {
 type storedRow struct {
 	c       contact.Contact
 	fp      string
-	asOf    int64
+	asOf    int64 // its run's when the row holds none (resolveAsOf)
+	run     int64
 	version int64
 	crmID   string
 }
@@ -254,19 +258,17 @@ func (r *Run) readContacts(ctx context.Context, tx *sql.Tx, keys []string) (map[
 	}
 	defer rows.Close()
 	read := make([]storedRow, 0, len(keys))
-	runs := make([]int64, 0, len(keys))
 	for rows.Next() {
 		var s storedRow
-		var run int64
 		c := &s.c
 		var attrs []byte
-		if err := rows.Scan(&c.ExternalID, &c.Email, &c.FirstName, &c.LastName, &c.Phone, &attrs, &s.fp, &s.asOf, &s.version, &s.crmID, &run); err != nil {
+		if err := rows.Scan(&c.ExternalID, &c.Email, &c.FirstName, &c.LastName, &c.Phone, &attrs, &s.fp, &s.asOf, &s.version, &s.crmID, &s.run); err != nil {
 			return nil, err
 		}
 		if c.Attributes, err = parseAttributes(attrs); err != nil {
 			return nil, fmt.Errorf("attributes of %q: %w", c.ExternalID, err)
 		}
-		read, runs = append(read, s), append(runs, run)
+		read = append(read, s)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -275,7 +277,7 @@ func (r *Run) readContacts(ctx context.Context, tx *sql.Tx, keys []string) (map[
 	var refs []asOfRef
 	for i := range read {
 		if read[i].asOf == noAsOf {
-			refs = append(refs, asOfRef{&read[i].asOf, runs[i]})
+			refs = append(refs, asOfRef{&read[i].asOf, read[i].run})
 		}
 	}
 	if len(refs) > 0 {
