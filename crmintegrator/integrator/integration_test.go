@@ -219,14 +219,19 @@ func TestAmbiguousNeverDuplicates(t *testing.T) {
 	tests := []struct {
 		name        string
 		idempotency bool // the daemon's -crm-idempotency, and the CRM honouring keys
+		latency     time.Duration
 	}{
-		{"lookup, CRM ignores keys", false},
-		{"same key, CRM honours keys", true},
+		{"lookup, CRM ignores keys", false, 5 * time.Millisecond},
+		{"same key, CRM honours keys", true, 5 * time.Millisecond},
+		// A remote CRM: the lookups are slow, and the same-key resend
+		// waits in the call (MaxCallWait) while the others' batches answer.
+		{"lookup, 120 ms CRM", false, 120 * time.Millisecond},
+		{"same key, 120 ms CRM", true, 120 * time.Millisecond},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			crm, url := startCRM(t, fakecrm.Config{
-				Faults:             fakecrm.Faults{AmbiguousRate: 0.3, Hang: 400 * time.Millisecond, Latency: 5 * time.Millisecond},
+				Faults:             fakecrm.Faults{AmbiguousRate: 0.3, Hang: 400 * time.Millisecond, Latency: tc.latency},
 				DisableIdempotency: !tc.idempotency,
 				Seed:               11,
 			})

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/lib/pq"
 
@@ -29,7 +28,8 @@ type Delivery struct {
 
 // customerColumns are the columns COPY writes, in copyRows' order: the
 // contact's own fields (contact.Fields, whose names are the columns'),
-// then the rest. as_of is not among them: a created row leaves it NULL,
+// then the rest. as_of is not among them: a created row leaves it NULL
+// (insertCustomers too),
 // which stands for its run's as-of time (runs.as_of, the same for every
 // row a run creates; resolved by resolveAsOf). Parsing the same timestamp
 // on every row was 6% of PostgreSQL's CPU in a 1M-row run (BENCHMARKS.md,
@@ -142,7 +142,7 @@ func pick(ds []Delivery, idx []int) []Delivery {
 // insertCreates inserts the created records ds, keeping rows that exist,
 // and returns the indexes of those another run recorded first.
 func (r *Run) insertCreates(ctx context.Context, tx *sql.Tx, ds []Delivery) ([]int, error) {
-	inserted, err := insertCustomers(ctx, tx, r.id, r.sync.AsOf, ds)
+	inserted, err := insertCustomers(ctx, tx, r.id, ds)
 	if err != nil {
 		return nil, err
 	}
@@ -290,8 +290,8 @@ func keySet(rows *sql.Rows) (map[string]bool, error) {
 }
 
 // insertCustomers inserts ds, keeping rows that exist, and returns the keys
-// it inserted.
-func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, asOf time.Time, ds []Delivery) (map[string]bool, error) {
+// it inserted. Like the COPY, it leaves as_of NULL: the run's.
+func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, ds []Delivery) (map[string]bool, error) {
 	n := len(ds)
 	cols := make([][]string, len(contact.Fields)+4)
 	for i := range cols {
@@ -307,20 +307,16 @@ func insertCustomers(ctx context.Context, tx *sql.Tx, run int64, asOf time.Time,
 		cols[k][i], cols[k+1][i], cols[k+2][i], cols[k+3][i] = attributesText(c.Attributes), d.CRMID, d.Fingerprint, d.File
 		lines[i] = d.Line
 	}
-	var at any
-	if !asOf.IsZero() {
-		at = asOf
-	}
 	rows, err := tx.QueryContext(ctx, `
 		INSERT INTO customers (external_id, email, first_name, last_name, phone, attributes,
-		                       crm_id, fingerprint, source_file, source_line, run_id, as_of, updated_at)
-		SELECT a, b, c, d, e, f, g, h, i, j, $11, $12, now()
+		                       crm_id, fingerprint, source_file, source_line, run_id, updated_at)
+		SELECT a, b, c, d, e, f, g, h, i, j, $11, now()
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
 		            $7::text[], $8::text[], $9::text[], $10::bigint[]) AS u(a, b, c, d, e, f, g, h, i, j)
 		ON CONFLICT (external_id) DO NOTHING
 		RETURNING external_id`,
 		pq.Array(cols[0]), pq.Array(cols[1]), pq.Array(cols[2]), pq.Array(cols[3]), pq.Array(cols[4]),
-		pq.Array(cols[5]), pq.Array(cols[6]), pq.Array(cols[7]), pq.Array(cols[8]), pq.Array(lines), run, at)
+		pq.Array(cols[5]), pq.Array(cols[6]), pq.Array(cols[7]), pq.Array(cols[8]), pq.Array(lines), run)
 	if err != nil {
 		return nil, err
 	}

@@ -92,14 +92,15 @@ type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// asOfRef is a customers row's as-of time as read, and its run.
+// asOfRef is a customers row read with no as-of time of its own (noAsOf
+// where its as-of goes), and its run.
 type asOfRef struct {
 	at  *int64
 	run int64
 }
 
 // resolveAsOf gives customers rows read with no as-of time of their own
-// (noAsOf) their run's: a row the confirming COPY created leaves as_of
+// (noAsOf) their run's: a row created by a confirmation leaves as_of
 // NULL for runs.as_of, which a run records before its first claim and
 // never changes. A row older than migration 0005 has NULL in both, and
 // stays unknown, as does a row whose run is gone. One query for the runs
@@ -108,7 +109,7 @@ func (r *Run) resolveAsOf(ctx context.Context, q querier, refs []asOfRef) error 
 	r.asOfMu.Lock()
 	var missing []int64
 	for _, ref := range refs {
-		if _, ok := r.asOfs[ref.run]; !ok && *ref.at == noAsOf && !slices.Contains(missing, ref.run) {
+		if _, ok := r.asOfs[ref.run]; !ok && !slices.Contains(missing, ref.run) {
 			missing = append(missing, ref.run)
 		}
 	}
@@ -145,9 +146,7 @@ func (r *Run) resolveAsOf(ctx context.Context, q querier, refs []asOfRef) error 
 	r.asOfMu.Lock()
 	defer r.asOfMu.Unlock()
 	for _, ref := range refs {
-		if *ref.at == noAsOf {
-			*ref.at = r.asOfs[ref.run]
-		}
+		*ref.at = r.asOfs[ref.run]
 	}
 	return nil
 }

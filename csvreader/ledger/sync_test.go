@@ -384,6 +384,22 @@ func TestCreatedRowsTakeTheirRunsAsOf(t *testing.T) {
 		t.Errorf("B's as_of after tuesday found it unchanged = %v (%v), want tuesday", asOf, err)
 	}
 
+	// A block holding an update goes in through an INSERT, not the
+	// COPY: its created rows leave as_of NULL too.
+	mixed := run(t, d, tuesday, ledger.ChangesUpdate)
+	if ds := deliver(t, mixed, version("A", "a@x.io", "Rome", 2), version("D", "d@x.io", "Oslo", 5)); ds[0].Status != ledger.Updating || ds[1].Status != ledger.Claimed {
+		t.Fatalf("tuesday on A and D = %v, want [Updating Claimed]", statuses(ds))
+	}
+	mixed.Close(ctx, "done", nil)
+	if n := count(t, d, `SELECT count(*) FROM customers WHERE external_id = 'D' AND as_of IS NULL`); n != 1 {
+		t.Errorf("D, created beside an update, holds an as_of of its own")
+	}
+	lateD := run(t, d, monday, ledger.ChangesUpdate)
+	if ds := must(lateD.Claim(ctx, []ledger.Item{version("D", "d@x.io", "Bonn", 5)})); ds[0].Status != ledger.Stale {
+		t.Errorf("monday's change of D after tuesday's export = %+v, want Stale", ds[0])
+	}
+	lateD.Close(ctx, "done", nil)
+
 	none := run(t, d, time.Time{}, ledger.ChangesUpdate)
 	deliver(t, none, version("C", "c@x.io", "Oslo", 4))
 	none.Close(ctx, "done", nil)
