@@ -347,8 +347,8 @@ func hugeMapCall(t *testing.T) []byte {
 	if err := enc.Encode(&rpc.Request{ServiceMethod: crmrpc.MethodDeliver}); err != nil {
 		t.Fatal(err)
 	}
-	args := &crmrpc.DeliverArgs{Token: "guess", Records: []crmrpc.Record{{Contact: contact.Contact{
-		ExternalID: "m", Email: "m@example.com", Attributes: map[string]string{"KEYMARK": "V"}}}}}
+	args := &crmrpc.DeliverArgs{Token: "guess", Records: crmrpc.GobRecords([]crmrpc.Record{{Contact: contact.Contact{
+		ExternalID: "m", Email: "m@example.com", Attributes: contact.AttrsOf(map[string]string{"KEYMARK": "V"})}}})}
 	if err := enc.Encode(args); err != nil {
 		t.Fatal(err)
 	}

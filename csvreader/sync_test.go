@@ -57,7 +57,7 @@ func syncSeries(n int) (monday, tuesday syncExport, want map[string]contact.Cont
 			"email": fmt.Sprintf("s%d@example.com", i), "phone": fmt.Sprintf("+4420794600%02d", i%100),
 			"company": fmt.Sprint("Acme ", i%5), "city": fmt.Sprint("City ", i%3)}
 		c := contact.Contact{ExternalID: id, Email: r["email"], FirstName: r["first_name"], LastName: r["last_name"], Phone: r["phone"],
-			Attributes: map[string]string{"company": r["company"], "city": r["city"]}}
+			Attributes: contact.AttrsOf(map[string]string{"company": r["company"], "city": r["city"]})}
 		t := maps.Clone(r)
 		if i < n {
 			monday.rows = append(monday.rows, r)
@@ -72,13 +72,13 @@ func syncSeries(n int) (monday, tuesday syncExport, want map[string]contact.Cont
 				changed++
 			case 2:
 				t["company"] = "Globex"
-				c.Attributes["company"] = "Globex"
+				c.Attributes.Set("company", "Globex")
 				changed++
 			case 3:
 				t["company"] = "" // keeps the CRM's company
 			}
 		} else {
-			delete(c.Attributes, "city") // a new customer of Tuesday's: no city column
+			c.Attributes.Delete("city") // a new customer of Tuesday's: no city column
 		}
 		tuesday.rows = append(tuesday.rows, t)
 		want[id] = c
@@ -104,7 +104,7 @@ func (s *stack) assertCRMHolds(want map[string]contact.Contact) {
 			s.t.Fatalf("customers row of %s: %v", k, err)
 		}
 		g := got[k]
-		same := g.Email == w.Email && g.FirstName == w.FirstName && g.LastName == w.LastName && g.Phone == w.Phone && maps.Equal(g.Attributes, w.Attributes) &&
+		same := g.Email == w.Email && g.FirstName == w.FirstName && g.LastName == w.LastName && g.Phone == w.Phone && slices.Equal(g.Attributes, w.Attributes) &&
 			email == w.Email && first == w.FirstName && last == w.LastName && phone == w.Phone
 		if !same {
 			if bad++; bad <= 5 {

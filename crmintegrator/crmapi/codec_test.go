@@ -45,8 +45,8 @@ func sampleContacts() [][]contact.Contact {
 	sets = append(sets, nil, []contact.Contact{}, []contact.Contact{{}})
 	for _, s := range nasty {
 		sets = append(sets, []contact.Contact{
-			{ExternalID: s, Email: s, FirstName: s, LastName: s, Phone: s, Attributes: map[string]string{s: s, "k" + s: "v"}},
-			{ExternalID: "x", Email: "e@example.com", Attributes: map[string]string{}},
+			{ExternalID: s, Email: s, FirstName: s, LastName: s, Phone: s, Attributes: contact.AttrsOf(map[string]string{s: s, "k" + s: "v"})},
+			{ExternalID: "x", Email: "e@example.com", Attributes: contact.AttrsOf(map[string]string{})},
 			{ExternalID: s, Email: "", LastName: s},
 		})
 	}
@@ -56,8 +56,8 @@ func sampleContacts() [][]contact.Contact {
 	}
 	// Keys that sort differently bytewise than by rune or case.
 	sets = append(sets, []contact.Contact{
-		{ExternalID: "m", Email: "m@example.com", Attributes: many},
-		{ExternalID: "s", Email: "s@example.com", Attributes: map[string]string{"b": "1", "B": "2", "a": "3", "é": "4", "\xff": "5", "\ufffd": "6", "": "7", "a\x00": "8"}},
+		{ExternalID: "m", Email: "m@example.com", Attributes: contact.AttrsOf(many)},
+		{ExternalID: "s", Email: "s@example.com", Attributes: contact.AttrsOf(map[string]string{"b": "1", "B": "2", "a": "3", "é": "4", "\xff": "5", "\ufffd": "6", "": "7", "a\x00": "8"})},
 	})
 	return sets
 }
@@ -356,9 +356,8 @@ func FuzzAppendBatchRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ext, email, first, last, phone, key, value string, n uint8) {
 		c := contact.Contact{ExternalID: ext, Email: email, FirstName: first, LastName: last, Phone: phone}
 		if n > 0 {
-			c.Attributes = make(map[string]string)
-			for i := range int(n % 20) { // up to 19 keys: past the stack array
-				c.Attributes[key+strings.Repeat(value[:min(len(value), i%3)], i)] = value + last[:min(len(last), i)]
+			for i := range int(n % 20) { // up to 19 keys: past the scan, into the binary search
+				c.Attributes.Set(key+strings.Repeat(value[:min(len(value), i%3)], i), value+last[:min(len(last), i)])
 			}
 		}
 		cs := []contact.Contact{c, {ExternalID: value, Email: key}}
@@ -442,7 +441,7 @@ func benchContacts() []contact.Contact {
 	for i := range cs {
 		id := fmt.Sprintf("B%09d", i)
 		cs[i] = contact.Contact{ExternalID: id, Email: id + "@example.com", FirstName: "Ada", LastName: "Lovelace",
-			Phone: "+44 20 7946 0000", Attributes: map[string]string{"company": "Acme & Sons Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"}}
+			Phone: "+44 20 7946 0000", Attributes: contact.AttrsOf(map[string]string{"company": "Acme & Sons Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"})}
 	}
 	return cs
 }
@@ -557,7 +556,7 @@ func TestAppendUpdateRequestCarriesEveryField(t *testing.T) {
 		f.Set(&c, "v"+strings.Repeat("x", i))
 		names = append(names, f.Name)
 	}
-	c.Attributes = map[string]string{"company": "Acme", "unlisted": "x"}
+	c.Attributes = contact.AttrsOf(map[string]string{"company": "Acme", "unlisted": "x"})
 	body := AppendUpdateRequest(nil, []Update{
 		{CRMID: "ct_1", Fields: append(names, contact.AttributePrefix+"company", contact.AttributePrefix+"city"), Contact: c},
 		{CRMID: "ct_2", Fields: names[1:], Contact: contact.Contact{ExternalID: "K2"}},

@@ -144,6 +144,9 @@ type parser struct {
 	// attrs holds the current contact's attributes as spans of buf: key,
 	// value, key, value...
 	attrs []span
+	// arena is where contacts' Attrs are carved from, so that a batch's
+	// attributes take a few allocations rather than one per contact.
+	arena []contact.Attr
 }
 
 // span is a decoded string: buf[start:end].
@@ -396,11 +399,17 @@ func (p *parser) contact(c *contact.Contact) bool {
 	c.ExternalID, c.Email = s[ext.start:ext.end], s[email.start:email.end]
 	c.FirstName, c.LastName, c.Phone = s[first.start:first.end], s[last.start:last.end], s[phone.start:phone.end]
 	if hasAttrs {
-		c.Attributes = make(map[string]string, len(p.attrs)/2)
+		n := len(p.attrs) / 2
+		if n > len(p.arena) {
+			p.arena = make([]contact.Attr, max(n, 256))
+		}
+		a := p.arena[:0:n] // full slice expression: a later Set must not reach into the next contact's
+		p.arena = p.arena[n:]
 		for i := 0; i < len(p.attrs); i += 2 {
 			k, v := p.attrs[i], p.attrs[i+1]
-			c.Attributes[s[k.start:k.end]] = s[v.start:v.end] // a repeated key: the last wins, as in encoding/json
+			a = append(a, contact.Attr{Name: s[k.start:k.end], Value: s[v.start:v.end]})
 		}
+		c.Attributes = contact.SortAttrs(a) // a repeated key: the last wins, as in encoding/json
 	}
 	return true
 }

@@ -11,11 +11,12 @@ type FieldNames struct{ Email, FirstName, LastName, Phone string }
 // over an attribute of the same name. Empty fields are left out, so an
 // upsert keeps what the CRM holds for them.
 func PutFields(ct *contact.Contact, names FieldNames, keyField string, rename func(string) string, put func(name, value string)) {
-	for k, v := range ct.Attributes {
+	for _, a := range ct.Attributes {
+		k := a.Name
 		if rename != nil {
 			k = rename(k)
 		}
-		put(k, v)
+		put(k, a.Value)
 	}
 	for _, f := range [...]struct{ name, v string }{
 		{names.Email, ct.Email}, {names.FirstName, ct.FirstName}, {names.LastName, ct.LastName}, {names.Phone, ct.Phone},
@@ -56,7 +57,8 @@ func PutUpdate(u *Update, names FieldNames, rename func(string) string, put func
 		if rename != nil {
 			k = rename(a)
 		}
-		put(k, u.Contact.Attributes[a])
+		v, _ := u.Contact.Attributes.Get(a)
+		put(k, v)
 	}
 	for _, f := range own {
 		if n := names.Of(f.Name); n != "" {

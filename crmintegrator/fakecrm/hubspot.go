@@ -909,14 +909,13 @@ func (h *hubspot) contacts() []crmapi.StoredContact {
 		sc := crmapi.StoredContact{ID: strconv.FormatUint(c.id, 10), CreatedAt: formatHSTime(c.created)}
 		sc.Contact = contact.Contact{ExternalID: c.props[h.idProp], Email: c.props["email"], FirstName: c.props["firstname"],
 			LastName: c.props["lastname"], Phone: c.props["phone"]}
+		var attrs []contact.Attr
 		for k, v := range c.props {
 			if k != h.idProp && !slices.Contains(hsContactFields, k) {
-				if sc.Attributes == nil {
-					sc.Attributes = map[string]string{}
-				}
-				sc.Attributes[k] = v
+				attrs = append(attrs, contact.Attr{Name: k, Value: v})
 			}
 		}
+		sc.Attributes = contact.SortAttrs(attrs)
 		out[i] = sc
 	}
 	return out

@@ -562,14 +562,13 @@ func (sf *salesforce) contacts() []crmapi.StoredContact {
 		sc := crmapi.StoredContact{ID: r.id, CreatedAt: formatSFTime(r.created)}
 		sc.Contact = contact.Contact{ExternalID: r.fields[sf.idField], Email: r.fields["Email"], FirstName: r.fields["FirstName"],
 			LastName: r.fields["LastName"], Phone: r.fields["Phone"]}
+		var attrs []contact.Attr
 		for k, v := range r.fields {
 			if k != sf.idField && !salesforceContactFields[k] {
-				if sc.Attributes == nil {
-					sc.Attributes = map[string]string{}
-				}
-				sc.Attributes[k] = v
+				attrs = append(attrs, contact.Attr{Name: k, Value: v})
 			}
 		}
+		sc.Attributes = contact.SortAttrs(attrs)
 		out[i] = sc
 	}
 	return out

@@ -189,7 +189,7 @@ func TestSalesforceUpsertThenUpdate(t *testing.T) {
 		t.Errorf("audit %+v: want 1 create, 1 contact, 1 distinct, no duplicate, 3 requests", a)
 	}
 	cs := srv.Contacts()
-	if len(cs) != 1 || cs[0].ExternalID != "K-1" || cs[0].LastName != "L2" || cs[0].Attributes["company"] != "Acme" || cs[0].ID != ids[0] {
+	if len(cs) != 1 || cs[0].ExternalID != "K-1" || cs[0].LastName != "L2" || cs[0].Attributes.Map()["company"] != "Acme" || cs[0].ID != ids[0] {
 		t.Errorf("contacts %+v", cs)
 	}
 }
@@ -634,7 +634,7 @@ func TestSalesforceManyFields(t *testing.T) {
 	if !strings.Contains(string(a.body), `"success":true`) {
 		t.Fatalf("upsert: %s", a.body)
 	}
-	if cs := srv.Contacts(); len(cs) != 1 || cs[0].Attributes["Attr_39"] != "last" || cs[0].Attributes["Attr_0"] != "first" || len(cs[0].Attributes) != 2 {
+	if cs := srv.Contacts(); len(cs) != 1 || cs[0].Attributes.Map()["Attr_39"] != "last" || cs[0].Attributes.Map()["Attr_0"] != "first" || len(cs[0].Attributes) != 2 {
 		t.Errorf("contacts %+v", cs)
 	}
 	if a := mustSend(t, "PATCH", base+sfUpsert, records(false, rec("External_Id__c", "M-1", "company", "x")), sfAuth...); a.status != 400 {

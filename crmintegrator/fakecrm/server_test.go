@@ -94,7 +94,7 @@ func errCode(t testing.TB, a answer) string {
 
 func ada(id string) contact.Contact {
 	return contact.Contact{ExternalID: id, Email: id + "@example.com", FirstName: "Ada", LastName: "Lovelace",
-		Phone: "+44 20 7946 0000", Attributes: map[string]string{"company": "Analytical Engines"}}
+		Phone: "+44 20 7946 0000", Attributes: contact.AttrsOf(map[string]string{"company": "Analytical Engines"})}
 }
 
 func batchOf(ids ...string) crmapi.BatchRequest {
@@ -378,7 +378,7 @@ func TestLookup(t *testing.T) {
 	if got[0].ID != first.ID || got[1].ID != second.ID || first.ID == second.ID {
 		t.Errorf("got ids %s, %s; want %s then %s, oldest first", got[0].ID, got[1].ID, first.ID, second.ID)
 	}
-	if got[0].FirstName != "Ada" || got[1].FirstName != "Augusta" || got[0].Attributes["company"] == "" || got[0].CreatedAt == "" {
+	if got[0].FirstName != "Ada" || got[1].FirstName != "Augusta" || got[0].Attributes.Map()["company"] == "" || got[0].CreatedAt == "" {
 		t.Errorf("stored contacts lost fields: %+v", got)
 	}
 	if _, err := time.Parse(time.RFC3339Nano, got[0].CreatedAt); err != nil {

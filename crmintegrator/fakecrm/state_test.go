@@ -53,7 +53,7 @@ func TestStateFileRoundTrip(t *testing.T) {
 	}
 	for i := range want {
 		if got[i].ID != want[i].ID || got[i].Email != want[i].Email || got[i].CreatedAt != want[i].CreatedAt ||
-			got[i].Attributes["company"] != want[i].Attributes["company"] {
+			got[i].Attributes.Map()["company"] != want[i].Attributes.Map()["company"] {
 			t.Errorf("contact %d: got %+v, want %+v", i, got[i], want[i])
 		}
 	}

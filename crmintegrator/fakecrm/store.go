@@ -170,9 +170,9 @@ func (st *store) push(c *contact.Contact, id string, code uint64, createdAt stri
 		b = append(b, 0)
 	} else {
 		b = binary.AppendUvarint(b, uint64(len(c.Attributes))+1)
-		for k, v := range c.Attributes {
-			b = appendString(b, k)
-			b = appendString(b, v)
+		for _, a := range c.Attributes {
+			b = appendString(b, a.Name)
+			b = appendString(b, a.Value)
 		}
 	}
 	ch.recs = b
@@ -214,8 +214,8 @@ func (st *store) update(id string, fn func(*crmapi.StoredContact) bool) (found b
 		return false
 	}
 	c := st.at(p)
-	// A new map: snapshots taken outside the lock share the old one.
-	c.Attributes = maps.Clone(c.Attributes)
+	// A copy: snapshots taken outside the lock share the old one.
+	c.Attributes = c.Attributes.Clone()
 	if fn(&c) {
 		st.updated[p] = c
 		st.version++
@@ -399,11 +399,12 @@ func decodeContact(s string, at int, stampAt func(int) string) crmapi.StoredCont
 	c.FirstName = r.string()
 	c.LastName = r.string()
 	c.Phone = r.string()
-	if n := r.uvarint(); n > 0 {
-		c.Attributes = make(map[string]string, n-1)
-		for range n - 1 {
-			k := r.string()
-			c.Attributes[k] = r.string()
+	if n := r.uvarint(); n > 1 { // 1: none (Attrs are nil when empty)
+		c.Attributes = make(contact.Attrs, n-1) // written in order, from Attrs
+		for i := range c.Attributes {
+			a := &c.Attributes[i]
+			a.Name = r.string()
+			a.Value = r.string()
 		}
 	}
 	return c
@@ -452,7 +453,7 @@ func cloneContacts(in []crmapi.StoredContact) []crmapi.StoredContact {
 	out := make([]crmapi.StoredContact, len(in))
 	for i, c := range in {
 		out[i] = c
-		out[i].Attributes = maps.Clone(c.Attributes)
+		out[i].Attributes = c.Attributes.Clone()
 	}
 	return out
 }

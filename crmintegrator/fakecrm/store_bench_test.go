@@ -137,7 +137,7 @@ func benchContact(k int) contact.Contact {
 		return v
 	}
 	c := contact.Contact{ExternalID: cut(id), Email: cut(email), FirstName: cut(first), LastName: cut(last), Phone: cut(phone)}
-	c.Attributes = map[string]string{"company": cut(company), "city": cut(city), "country": cut(country), "created_at": cut(created)}
+	c.Attributes = contact.AttrsOf(map[string]string{"company": cut(company), "city": cut(city), "country": cut(country), "created_at": cut(created)})
 	return c
 }
 

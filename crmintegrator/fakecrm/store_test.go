@@ -62,9 +62,9 @@ func oddContact(i int, ext string) contact.Contact {
 	switch i % 4 {
 	case 0: // nil attributes
 	case 1:
-		c.Attributes = map[string]string{}
+		c.Attributes = contact.AttrsOf(map[string]string{})
 	default:
-		c.Attributes = map[string]string{"company": pick(4), pick(5) + "k": pick(6), "": pick(7)}
+		c.Attributes = contact.AttrsOf(map[string]string{"company": pick(4), pick(5) + "k": pick(6), "": pick(7)})
 	}
 	return c
 }
@@ -213,7 +213,7 @@ func TestStoreLikeModel(t *testing.T) {
 func TestStoreDuplicatesOldestFirst(t *testing.T) {
 	st := newStore()
 	mk := func(ext, email, company string) *contact.Contact {
-		return &contact.Contact{ExternalID: ext, Email: email, FirstName: "F-" + email, Attributes: map[string]string{"company": company}}
+		return &contact.Contact{ExternalID: ext, Email: email, FirstName: "F-" + email, Attributes: contact.AttrsOf(map[string]string{"company": company})}
 	}
 	ids := make([]string, 3)
 	st.create([]*contact.Contact{mk("dup", "one@x.co", "A"), mk("other", "o@x.co", "O"), mk("dup", "two@x.co", "B")}, "t1", ids)
@@ -246,7 +246,7 @@ func TestStoreDuplicatesOldestFirst(t *testing.T) {
 func TestStateRoundTripOddContacts(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "crm.json")
 	legacy := []crmapi.StoredContact{
-		{ID: "legacy-1", Contact: contact.Contact{ExternalID: "dup", Email: "l@x.co", Attributes: map[string]string{"k": "v"}}, CreatedAt: "2020-01-01T00:00:00Z"},
+		{ID: "legacy-1", Contact: contact.Contact{ExternalID: "dup", Email: "l@x.co", Attributes: contact.AttrsOf(map[string]string{"k": "v"})}, CreatedAt: "2020-01-01T00:00:00Z"},
 		{ID: "ct_7", Contact: contact.Contact{ExternalID: "dup", Email: "m@x.co"}, CreatedAt: "2020-01-01T00:00:00Z"},
 	}
 	b, err := json.Marshal(stateFile{Version: stateVersion, NextID: 5, Contacts: legacy})
@@ -266,7 +266,7 @@ func TestStateRoundTripOddContacts(t *testing.T) {
 	for i := range 20 {
 		c := oddContact(i, []string{"dup", "ünï\x00", `"q"`, "dup"}[i%4])
 		c.Email, c.FirstName, c.LastName, c.Phone = valid(c.Email), valid(c.FirstName), valid(c.LastName), valid(c.Phone)
-		c.Attributes = map[string]string{"odd \" \\ \u2028 \x00 🎉 <&>": valid(oddContact(i+1, "").FirstName), "created_at": "x"}
+		c.Attributes = contact.AttrsOf(map[string]string{"odd \" \\ \u2028 \x00 🎉 <&>": valid(oddContact(i+1, "").FirstName), "created_at": "x"})
 		batch = append(batch, c)
 	}
 	cs := make([]*contact.Contact, len(batch))
@@ -366,7 +366,7 @@ func TestStoreCreateAllocs(t *testing.T) {
 				if !dup {
 					ext = "N" + strconv.Itoa(i*size+j)
 				}
-				batches[i][j] = &contact.Contact{ExternalID: ext, Email: "e@x.co", Attributes: map[string]string{"a": "b"}}
+				batches[i][j] = &contact.Contact{ExternalID: ext, Email: "e@x.co", Attributes: contact.AttrsOf(map[string]string{"a": "b"})}
 			}
 		}
 		ids := make([]string, size)

@@ -114,16 +114,10 @@ func (s *Server) updateOne(e *updateEntry, f *faultState) crmapi.BatchResult {
 		}
 		for k, v := range e.attrs {
 			if v == "" {
-				delete(next.Attributes, k)
-				continue
+				next.Attributes.Delete(k)
+			} else {
+				next.Attributes.Set(k, v)
 			}
-			if next.Attributes == nil {
-				next.Attributes = map[string]string{}
-			}
-			next.Attributes[k] = v
-		}
-		if len(next.Attributes) == 0 {
-			next.Attributes = nil
 		}
 		p := next.Validate()
 		if p == nil {

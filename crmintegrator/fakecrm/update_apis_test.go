@@ -46,7 +46,7 @@ func TestHubSpotBatchUpdatePartial(t *testing.T) {
 		t.Fatalf("update answer %s", a.body)
 	}
 	h := byKey(srv)["C-1"]
-	if h.FirstName != "Augusta" || h.Phone != "" || h.Attributes["company"] != "" || h.Email != "ada@example.com" || h.LastName != "Lovelace" {
+	if h.FirstName != "Augusta" || h.Phone != "" || h.Attributes.Map()["company"] != "" || h.Email != "ada@example.com" || h.LastName != "Lovelace" {
 		t.Fatalf("C-1 holds %+v", h)
 	}
 	srv.SetFaults(fakecrm.Faults{FailRate: 1})

@@ -76,13 +76,13 @@ func TestBatchUpdate(t *testing.T) {
 		byKey[c.ExternalID] = c.Contact
 	}
 	c2 := ada("C-2")
-	c2.Email, c2.Phone, c2.Attributes = "new@example.com", "", map[string]string{"city": "Paris"}
+	c2.Email, c2.Phone, c2.Attributes = "new@example.com", "", contact.AttrsOf(map[string]string{"city": "Paris"})
 	c1 := ada("C-1")
 	c1.FirstName = "Augusta"
 	for _, w := range []contact.Contact{c1, c2, ada("C-3")} {
 		h := byKey[w.ExternalID]
 		if h.Email != w.Email || h.FirstName != w.FirstName || h.LastName != w.LastName || h.Phone != w.Phone ||
-			len(h.Attributes) != len(w.Attributes) || h.Attributes["city"] != w.Attributes["city"] || h.Attributes["company"] != w.Attributes["company"] {
+			len(h.Attributes) != len(w.Attributes) || h.Attributes.Map()["city"] != w.Attributes.Map()["city"] || h.Attributes.Map()["company"] != w.Attributes.Map()["company"] {
 			t.Errorf("%s: holds %+v, want %+v", w.ExternalID, h, w)
 		}
 	}

@@ -23,7 +23,7 @@ func contacts(keys ...string) []contact.Contact {
 	out := make([]contact.Contact, len(keys))
 	for i, k := range keys {
 		out[i] = contact.Contact{ExternalID: k, Email: strings.ToLower(k) + "@example.com", FirstName: "Ada",
-			Attributes: map[string]string{"company": "Acme"}}
+			Attributes: contact.AttrsOf(map[string]string{"company": "Acme"})}
 	}
 	return out
 }

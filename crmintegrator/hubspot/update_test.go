@@ -67,7 +67,7 @@ func TestEncodersCarryEveryField(t *testing.T) {
 func TestEncodeUpdate(t *testing.T) {
 	c, _ := New(Config{BaseURL: "http://x", IDProperty: "ext"})
 	u := crmapi.Update{CRMID: "501", Fields: []string{"email", "phone", "attributes.company", "attributes.city"},
-		Contact: contact.Contact{ExternalID: "K1", Email: "new@example.com", FirstName: "not listed", Attributes: map[string]string{"company": "Acme"}}}
+		Contact: contact.Contact{ExternalID: "K1", Email: "new@example.com", FirstName: "not listed", Attributes: contact.AttrsOf(map[string]string{"company": "Acme"})}}
 	req := c.EncodeUpdate([]crmapi.Update{u})
 	want := `{"inputs":[{"id":"501","properties":{"city":"","company":"Acme","email":"new@example.com","ext":"K1","phone":""},"objectWriteTraceId":"0"}]}`
 	if string(req.Body) != want {

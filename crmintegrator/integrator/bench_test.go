@@ -88,7 +88,7 @@ func freshBlocks() func() []crmrpc.Record {
 			id := fmt.Sprintf("B%09d", next)
 			next++
 			recs[i].Contact = contact.Contact{ExternalID: id, Email: id + "@example.com", FirstName: "Ada", LastName: "Lovelace",
-				Phone: "+44 20 7946 0000", Attributes: map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"}}
+				Phone: "+44 20 7946 0000", Attributes: contact.AttrsOf(map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"})}
 		}
 		return recs
 	}

@@ -2,6 +2,7 @@ package integrator
 
 import (
 	"context"
+	"crmsync/shared/contact"
 	"crypto/tls"
 	"errors"
 	"log/slog"
@@ -167,7 +168,7 @@ func TestDeliverOverMessageLimit(t *testing.T) {
 	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
 	big := makeRecords("big", 200)
 	for i := range big {
-		big[i].Contact.Attributes = map[string]string{"note": strings.Repeat("n", 200)}
+		big[i].Contact.Attributes = contact.AttrsOf(map[string]string{"note": strings.Repeat("n", 200)})
 	}
 	_, err := c.Deliver(context.Background(), big)
 	var ce *crmrpc.ConnError

@@ -340,8 +340,8 @@ func (d *delivery) clearBacklog() {
 // names included. It runs on every record, so it allocates nothing.
 func longestFieldLen(c *contact.Contact) int {
 	n := max(len(c.ExternalID), len(c.Email), len(c.FirstName), len(c.LastName), len(c.Phone))
-	for k, v := range c.Attributes {
-		n = max(n, len(k), len(v))
+	for _, a := range c.Attributes {
+		n = max(n, len(a.Name), len(a.Value))
 	}
 	return n
 }
@@ -369,12 +369,12 @@ func longestField(c *contact.Contact) (string, int) {
 			name, n = f.name, len(f.v)
 		}
 	}
-	for k, v := range c.Attributes {
-		if len(k) > n {
-			name, n = "attribute name", len(k)
+	for _, a := range c.Attributes {
+		if len(a.Name) > n {
+			name, n = "attribute name", len(a.Name)
 		}
-		if len(v) > n {
-			name, n = "attribute "+k, len(v)
+		if len(a.Value) > n {
+			name, n = "attribute "+a.Name, len(a.Value)
 		}
 	}
 	return name, n

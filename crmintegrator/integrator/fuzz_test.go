@@ -7,11 +7,11 @@ import (
 	"encoding/gob"
 	"errors"
 	"io"
-	"maps"
 	"net"
 	"net/rpc"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -127,10 +127,9 @@ func parseFuzzRecords(data []byte) []crmrpc.Record {
 		f = append(f, make([]string, 6-len(f))...)
 		r.Contact = contact.Contact{ExternalID: f[0], Email: f[1], FirstName: f[2], LastName: f[3], Phone: f[4]}
 		if f[5] != "" {
-			r.Contact.Attributes = map[string]string{}
 			for kv := range strings.SplitSeq(f[5], ";") {
 				k, v, _ := strings.Cut(kv, "=")
-				r.Contact.Attributes[k] = v
+				r.Contact.Attributes.Set(k, v)
 			}
 		}
 		recs = append(recs, r)
@@ -265,7 +264,7 @@ func checkVerdicts(t *testing.T, crm *fakecrm.Server, recs []crmrpc.Record, vs [
 		// A key repeated in a call is sent once: the repeats get the first
 		// record's contact.
 		if !r.MaybeSent && !repeat && (got.Email != r.Contact.Email || got.FirstName != r.Contact.FirstName || got.LastName != r.Contact.LastName ||
-			got.Phone != r.Contact.Phone || !maps.Equal(got.Attributes, r.Contact.Attributes)) {
+			got.Phone != r.Contact.Phone || !slices.Equal(got.Attributes, r.Contact.Attributes)) {
 			t.Fatalf("record %d: the CRM holds %+v, sent %+v", i, got, r.Contact)
 		}
 	}
@@ -398,15 +397,15 @@ func wireSeeds(tb testing.TB) [][]byte {
 	recs[1].Contact.Email = "bad"
 	recs[2].MaybeSent = true
 	hello := call{crmrpc.MethodHello, &crmrpc.HelloArgs{}}
-	deliver := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: recs}}
+	deliver := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: crmrpc.GobRecords(recs)}}
 	lookup := call{crmrpc.MethodLookup, &crmrpc.LookupArgs{ExternalIDs: []string{"wire-00000", "nobody"}}}
 	unknown := call{"IntegratorV1.Explode", &crmrpc.HelloArgs{}}
 	noDot := call{"Hello", &crmrpc.HelloArgs{}}
 	wrongBody := call{crmrpc.MethodDeliver, &crmrpc.LookupArgs{ExternalIDs: []string{"x"}}}
-	tooMany := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: makeRecords("many", fuzzMaxRecords+1)}}
+	tooMany := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: crmrpc.GobRecords(makeRecords("many", fuzzMaxRecords+1))}}
 	packed := string(crmrpc.AppendPackedRecords(nil, recs))
 	deliverPacked := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Packed: packed}}
-	both := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: recs, Packed: packed}}
+	both := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Records: crmrpc.GobRecords(recs), Packed: packed}}
 	packedBad := call{crmrpc.MethodDeliver, &crmrpc.DeliverArgs{Packed: packed[:len(packed)/2]}}
 
 	d := stream(deliver)

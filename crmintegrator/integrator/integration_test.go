@@ -93,7 +93,7 @@ func TestCallLimits(t *testing.T) {
 	_, addr := startDaemon(t, cfg)
 	c := dial(t, crmrpc.ClientConfig{Addrs: []string{addr}})
 	big := makeRecords("big", 1)
-	big[0].Contact.Attributes = map[string]string{"note": strings.Repeat("x", 65)}
+	big[0].Contact.Attributes = contact.AttrsOf(map[string]string{"note": strings.Repeat("x", 65)})
 	tests := []struct {
 		name string
 		call func() error

@@ -31,7 +31,7 @@ type v1HelloReply struct {
 
 type v1DeliverArgs struct {
 	Token   string
-	Records []crmrpc.Record
+	Records []crmrpc.GobRecord // the attributes a map, as then
 }
 
 // rawDial connects and shakes hands as a reader does, and returns a bare
@@ -59,7 +59,7 @@ func rawDialToken(t *testing.T, addr, token string) *rpc.Client {
 func recordsWithAttributes(prefix string, n int) []crmrpc.Record {
 	recs := makeRecords(prefix, n)
 	for i := range recs {
-		recs[i].Contact.Attributes = map[string]string{"company": "Acme Ltd", "city": "London", "i": strings.Repeat("x", i)}
+		recs[i].Contact.Attributes = contact.AttrsOf(map[string]string{"company": "Acme Ltd", "city": "London", "i": strings.Repeat("x", i)})
 	}
 	recs[1].Contact.Email = "not an address"
 	return recs
@@ -87,7 +87,7 @@ func TestDeliverOldReader(t *testing.T) {
 
 	rc = rawDial(t, addr)
 	var reply crmrpc.DeliverReply
-	err = rc.Call(crmrpc.MethodDeliver, &v1DeliverArgs{Records: recordsWithAttributes("old", 5)}, &reply)
+	err = rc.Call(crmrpc.MethodDeliver, &v1DeliverArgs{Records: crmrpc.GobRecords(recordsWithAttributes("old", 5))}, &reply)
 	if !errors.As(err, &se) || !strings.Contains(err.Error(), "packed") {
 		t.Fatalf("Records: got %v, %+v; want refused", err, reply.Err)
 	}
@@ -143,7 +143,7 @@ func TestDeliverPackedRefused(t *testing.T) {
 	}
 	pack := func(recs []crmrpc.Record) string { return string(crmrpc.AppendPackedRecords(nil, recs)) }
 	long := makeRecords("long", 3)
-	long[2].Contact.Attributes = map[string]string{"note": strings.Repeat("n", 33)}
+	long[2].Contact.Attributes = contact.AttrsOf(map[string]string{"note": strings.Repeat("n", 33)})
 
 	for _, tc := range []struct {
 		name     string

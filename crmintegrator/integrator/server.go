@@ -458,7 +458,11 @@ func (v *service) Deliver(args *crmrpc.DeliverArgs, reply *crmrpc.DeliverReply) 
 func (s *Server) records(args *crmrpc.DeliverArgs) (recs []crmrpc.Record, checked bool, err *crmrpc.Error) {
 	if args.Packed == "" {
 		s.met.recordsReceived.Add(int64(len(args.Records)))
-		return args.Records, false, nil
+		recs = make([]crmrpc.Record, len(args.Records))
+		for i := range args.Records {
+			recs[i] = args.Records[i].Record()
+		}
+		return recs, false, nil
 	}
 	if len(args.Records) > 0 {
 		err = &crmrpc.Error{Code: crmrpc.CodeMalformedCall,

@@ -234,8 +234,8 @@ func TestLongestField(t *testing.T) {
 		n    int
 	}{
 		{contact.Contact{ExternalID: "C1", Email: "ada@example.com"}, "email", 15},
-		{contact.Contact{ExternalID: "C1", Email: "a@b.c", Attributes: map[string]string{"company": "Initech Ltd"}}, "attribute company", 11},
-		{contact.Contact{ExternalID: "C1", Email: "a@b.c", Attributes: map[string]string{"a-very-long-key": "x"}}, "attribute name", 15},
+		{contact.Contact{ExternalID: "C1", Email: "a@b.c", Attributes: contact.AttrsOf(map[string]string{"company": "Initech Ltd"})}, "attribute company", 11},
+		{contact.Contact{ExternalID: "C1", Email: "a@b.c", Attributes: contact.AttrsOf(map[string]string{"a-very-long-key": "x"})}, "attribute name", 15},
 	}
 	for _, tc := range tests {
 		name, n := longestField(&tc.c)

@@ -51,7 +51,7 @@ func updateRecords(recs []crmrpc.Record, ids map[string]string, attrs bool) []cr
 		if attrs {
 			fields = append(fields, contact.AttributePrefix+"company")
 			if i%2 == 0 {
-				c.Attributes = map[string]string{"company": "Acme " + c.ExternalID}
+				c.Attributes = contact.AttrsOf(map[string]string{"company": "Acme " + c.ExternalID})
 			}
 		}
 		out[i] = crmrpc.Record{Contact: c, CRMID: ids[c.ExternalID], Fields: fields}
@@ -63,7 +63,7 @@ func createRecords(prefix string, n int) []crmrpc.Record {
 	recs := makeRecords(prefix, n)
 	for i := range recs {
 		recs[i].Contact.LastName = "Lovelace" // Salesforce requires it
-		recs[i].Contact.Attributes = map[string]string{}
+		recs[i].Contact.Attributes = contact.AttrsOf(map[string]string{})
 	}
 	return recs
 }
@@ -86,7 +86,7 @@ func TestUpdatesUnderFaultsNeverCreate(t *testing.T) {
 			recs := createRecords("U", n)
 			for i := range recs {
 				if tc.attrs && i%2 == 1 {
-					recs[i].Contact.Attributes = map[string]string{"company": "Old"}
+					recs[i].Contact.Attributes = contact.AttrsOf(map[string]string{"company": "Old"})
 				}
 			}
 			ids := deliverAll(t, c, recs, 25, 20*time.Second)
@@ -120,8 +120,8 @@ func TestUpdatesUnderFaultsNeverCreate(t *testing.T) {
 				}
 				if tc.attrs {
 					want := map[bool]string{true: "Acme " + u.Contact.ExternalID, false: ""}[i%2 == 0]
-					if have.Attributes["company"] != want {
-						t.Fatalf("%s company %q, want %q", u.Contact.ExternalID, have.Attributes["company"], want)
+					if have.Attributes.Map()["company"] != want {
+						t.Fatalf("%s company %q, want %q", u.Contact.ExternalID, have.Attributes.Map()["company"], want)
 					}
 				}
 			}

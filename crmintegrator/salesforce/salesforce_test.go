@@ -33,7 +33,7 @@ func contacts(keys ...string) []contact.Contact {
 	out := make([]contact.Contact, len(keys))
 	for i, k := range keys {
 		out[i] = contact.Contact{ExternalID: k, Email: strings.ToLower(k) + "@example.com", LastName: "Lovelace",
-			Attributes: map[string]string{"company": "Acme"}}
+			Attributes: contact.AttrsOf(map[string]string{"company": "Acme"})}
 	}
 	return out
 }
@@ -441,7 +441,7 @@ func TestEncodeUsesDescribeNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs := contacts("K1")
-	cs[0].Attributes = map[string]string{"company__c": "Acme"}
+	cs[0].Attributes = contact.AttrsOf(map[string]string{"company__c": "Acme"})
 	if body := string(c.Encode(cs).Body); !strings.Contains(body, `"Company__c":"Acme"`) {
 		t.Errorf("body %s: want the column company__c written to Company__c", body)
 	}

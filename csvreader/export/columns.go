@@ -395,6 +395,7 @@ func mapColumns(header []string, key string, o *Options, delim rune) (columns, s
 		return cols, "", nil, fmt.Errorf("%w: -drop-columns names %s, which the header lacks or which is not an attribute column (the header: %s)",
 			ErrBadHeader, strings.Join(missing, ", "), strings.Join(header, ", "))
 	}
+	cols.attrsByName = slices.SortedFunc(slices.Values(cols.attrs), func(a, b attrColumn) int { return strings.Compare(a.name, b.name) })
 	cols.rules = buildRules(trimmed, &cols, entry, o.PhoneRegion)
 	cols.desc = describe(trimmed, &cols, entry, source)
 	return cols, keyName, notices, nil

@@ -312,7 +312,7 @@ func TestClearsFeedsMerge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stored := contact.Contact{ExternalID: "1", Email: "a@example.com", FirstName: "Ann", Phone: "+441", Attributes: map[string]string{"plan": "gold", "tier": "1"}}
+	stored := contact.Contact{ExternalID: "1", Email: "a@example.com", FirstName: "Ann", Phone: "+441", Attributes: contact.AttrsOf(map[string]string{"plan": "gold", "tier": "1"})}
 	for _, tc := range []struct {
 		name    string
 		mapping *Mapping
@@ -331,7 +331,7 @@ func TestClearsFeedsMerge(t *testing.T) {
 				t.Fatalf("row: %v %v", err, row.Problem)
 			}
 			out, changed := contact.Merge(&stored, &row.Contact, r.Clears)
-			if got := fmt.Sprint(out.FirstName, " ", out.Phone, " ", out.Attributes, " ", changed); got != tc.want {
+			if got := fmt.Sprint(out.FirstName, " ", out.Phone, " ", out.Attributes.Map(), " ", changed); got != tc.want {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})

@@ -260,8 +260,9 @@ type Reader struct {
 	keyName  string // the key column as named in the header, for messages
 	clears   map[string]bool
 
-	arena []string // see copyFields
-	stats Stats
+	arena     []string       // see copyFields
+	attrArena []contact.Attr // see fill
+	stats     Stats
 
 	line int   // line of the last record returned
 	err  error // sticky: io.EOF or the fatal *Error
@@ -270,7 +271,8 @@ type Reader struct {
 // columns maps header positions to contact fields; -1 when absent.
 type columns struct {
 	key, email, first, last, phone int
-	attrs                          []attrColumn
+	attrs                          []attrColumn // in the header's order
+	attrsByName                    []attrColumn // attrs sorted by name: the order of contact.Attrs
 	rules                          []*fieldRule // nil unless a value needs more than fill's fast path
 	desc                           []ColumnMapping
 }
@@ -768,12 +770,19 @@ func (r *Reader) fill(row *Row, quoted []bool) {
 	if n == 0 {
 		return
 	}
-	c.Attributes = make(map[string]string, n) // sized by the values, never by the header
-	for _, a := range cols.attrs {
+	// Carved from an arena shared by arenaRows rows, as copyFields does,
+	// and sized by the values, never by the header.
+	if n > len(r.attrArena) {
+		r.attrArena = make([]contact.Attr, arenaRows*n)
+	}
+	attrs := r.attrArena[:0:n] // full slice expression: a Set must not reach into the next row
+	r.attrArena = r.attrArena[n:]
+	for _, a := range cols.attrsByName {
 		if v := f[a.index]; v != "" || quoted[a.index] {
-			c.Attributes[a.name] = v
+			attrs = append(attrs, contact.Attr{Name: a.name, Value: v})
 		}
 	}
+	c.Attributes = attrs
 }
 
 // applyRules applies the rules of the columns that have some (a mapping's
@@ -829,15 +838,9 @@ func (r *Reader) applyRules(row *Row, quoted []bool) *contact.Problem {
 			// Present as fill has it (a value, or a quoted ""), and always
 			// when an empty one clears: Merge needs the "" to clear.
 			if v != "" || quoted[ru.index] || ru.clear {
-				if c.Attributes == nil {
-					c.Attributes = map[string]string{}
-				}
-				c.Attributes[ru.attr] = v
+				c.Attributes.Set(ru.attr, v)
 			} else {
-				delete(c.Attributes, ru.attr)
-				if len(c.Attributes) == 0 {
-					c.Attributes = nil
-				}
+				c.Attributes.Delete(ru.attr)
 			}
 		}
 	}

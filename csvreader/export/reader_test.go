@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -52,8 +51,8 @@ func transcript(t *testing.T, opts Options, open func(Options) (*Reader, error))
 		fmt.Fprintf(&b, "%d %q", row.Line, row.Fields)
 		if c := row.Contact; c.ExternalID != "" || c.Email != "" || c.Attributes != nil {
 			fmt.Fprintf(&b, " key=%q contact={id=%q email=%q first=%q last=%q phone=%q", row.Key, c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone)
-			for _, k := range slices.Sorted(maps.Keys(c.Attributes)) {
-				fmt.Fprintf(&b, " %q=%q", k, c.Attributes[k])
+			for _, a := range c.Attributes {
+				fmt.Fprintf(&b, " %q=%q", a.Name, a.Value)
 			}
 			b.WriteString("}")
 		} else if row.Key != "" {
@@ -497,7 +496,7 @@ func TestKeyOption(t *testing.T) {
 			if row.Problem != nil {
 				t.Fatalf("unexpected problem %v", row.Problem)
 			}
-			got := fmt.Sprint(row.Key, " ", row.Contact.Email, " ", row.Contact.Attributes)
+			got := fmt.Sprint(row.Key, " ", row.Contact.Email, " ", row.Contact.Attributes.Map())
 			if got != tc.want {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
@@ -522,7 +521,7 @@ func TestDropColumns(t *testing.T) {
 	if err != nil || row.Problem != nil {
 		t.Fatalf("row: %v %+v", err, row.Problem)
 	}
-	if _, ok := row.Contact.Attributes["Plan"]; ok || row.Contact.Attributes["Company"] != "Acme" {
+	if _, ok := row.Contact.Attributes.Map()["Plan"]; ok || row.Contact.Attributes.Map()["Company"] != "Acme" {
 		t.Errorf("attributes %v, want Company only", row.Contact.Attributes)
 	}
 	if _, err := Open(path, Options{Drop: []string{"Nope"}}); err == nil || !strings.Contains(err.Error(), "nope") {

@@ -7,7 +7,6 @@ import (
 
 	"crmsync/csvreader/export"
 	"crmsync/csvreader/ledger"
-	"crmsync/shared/contact"
 )
 
 // read streams every file into blocks. It returns a fatal read error.
@@ -72,7 +71,6 @@ func (p *pipeline) readFile(r *export.Reader) error {
 		return true
 	}
 	name := r.Name()
-	var attrs [8]contact.Attr
 	for p.readCtx.Err() == nil {
 		row, err := r.Next()
 		if err == io.EOF {
@@ -100,10 +98,7 @@ func (p *pipeline) readFile(r *export.Reader) error {
 			continue
 		}
 		p.n.valid.Add(1)
-		// The attributes sorted once, for the fingerprint and for the
-		// COPY that records the delivery.
-		sorted := contact.SortedAttributes(row.Contact.Attributes, attrs[:0])
-		blk = append(blk, &rec{c: row.Contact, fp: row.Contact.FingerprintSorted(sorted), copyAttrs: ledger.CopyAttributes(sorted),
+		blk = append(blk, &rec{c: row.Contact, fp: row.Contact.Fingerprint(), copyAttrs: ledger.CopyAttributes(row.Contact.Attributes),
 			file: name, line: int64(row.Line), fields: row.Fields})
 		for _, f := range row.Fields {
 			bytes += len(f)

@@ -24,7 +24,7 @@ func benchBlockOf(n int) ([]ledger.Item, []ledger.Delivery) {
 	for i := range its {
 		key := fmt.Sprintf("C%09d", n*benchBlock+i)
 		c := contact.Contact{ExternalID: key, Email: key + ".lovelace@example.com", FirstName: "Ada", LastName: "Lovelace",
-			Phone: "+44 20 7946 0000", Attributes: map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"}}
+			Phone: "+44 20 7946 0000", Attributes: contact.AttrsOf(map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"})}
 		fp := c.Fingerprint()
 		its[i] = ledger.Item{Key: key, Fingerprint: fp, File: ".bench/export-1000000.csv", Line: int64(n*benchBlock + i + 2)}
 		ds[i] = ledger.Delivery{Contact: c, CRMID: "crm_" + key, Fingerprint: fp, File: its[i].File, Line: its[i].Line}

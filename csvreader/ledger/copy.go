@@ -10,7 +10,6 @@ import (
 	"github.com/lib/pq"
 
 	"crmsync/shared/contact"
-	"crmsync/shared/jsontext"
 )
 
 // rawConn is one connection inside a driver-level transaction. It exists for
@@ -136,8 +135,7 @@ func appendCopyRow(b, scratch []byte, run int64, d *Delivery) ([]byte, []byte) {
 	if d.CopyAttributes != "" {
 		b = append(append(b, d.CopyAttributes...), '\t')
 	} else {
-		var stack [8]contact.Attr
-		scratch = appendAttributes(scratch[:0], contact.SortedAttributes(c.Attributes, stack[:0]))
+		scratch = c.Attributes.AppendJSON(scratch[:0])
 		b = append(appendCopyText(b, scratch), '\t')
 	}
 	b = append(appendCopyText(b, d.CRMID), '\t')
@@ -167,32 +165,16 @@ func appendCopyText[T string | []byte](b []byte, s T) []byte {
 // the backslash; 0 for the others.
 var copyEscape = [256]byte{'\\': '\\', '\t': 't', '\n': 'n', '\r': 'r'}
 
-// CopyAttributes is the attributes column's field in COPY's text format
-// for a contact whose attributes, sorted, are sorted: Delivery's
-// CopyAttributes, computed by a caller that sorted them already.
-func CopyAttributes(sorted []contact.Attr) string {
+// CopyAttributes is the attributes column's field in COPY's text format:
+// Delivery's CopyAttributes, computed by a caller that has a use for it
+// before the confirmation.
+func CopyAttributes(attrs contact.Attrs) string {
 	var js, text [256]byte // on the stack: the string is the one allocation
-	return string(appendCopyText(text[:0], appendAttributes(js[:0], sorted)))
+	return string(appendCopyText(text[:0], attrs.AppendJSON(js[:0])))
 }
 
-// attributesText is the attributes column's text for attrs.
-func attributesText(attrs map[string]string) string {
-	var stack [8]contact.Attr
-	return string(appendAttributes(nil, contact.SortedAttributes(attrs, stack[:0])))
-}
-
-// appendAttributes appends the sorted attributes as a JSON object: the
-// attributes column's text (migration 0007), the same for equal
-// attributes.
-func appendAttributes(b []byte, sorted []contact.Attr) []byte {
-	b = append(b, '{')
-	for i, a := range sorted {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = jsontext.AppendString(b, a.Name)
-		b = append(b, ':')
-		b = jsontext.AppendString(b, a.Value)
-	}
-	return append(b, '}')
+// attributesText is the attributes column's text for attrs: a JSON object,
+// names sorted (migration 0007), the same for equal attributes.
+func attributesText(attrs contact.Attrs) string {
+	return string(attrs.AppendJSON(nil))
 }

@@ -29,7 +29,7 @@ func statuses(ds []ledger.Decision) []ledger.Status {
 
 func delivery(key string) ledger.Delivery {
 	return ledger.Delivery{Contact: contact.Contact{ExternalID: key, Email: key + "@example.com",
-		Attributes: map[string]string{"company": "Acme"}}, CRMID: "crm-" + key, Fingerprint: "fp", File: "f.csv", Line: 2}
+		Attributes: contact.AttrsOf(map[string]string{"company": "Acme"})}, CRMID: "crm-" + key, Fingerprint: "fp", File: "f.csv", Line: 2}
 }
 
 func TestClaimDecisions(t *testing.T) {
@@ -229,7 +229,7 @@ func TestConfirmKeepsFieldsExact(t *testing.T) {
 		its = append(its, ledger.Item{Key: key, File: "f.csv", Line: int64(i + 2)})
 		ds = append(ds, ledger.Delivery{
 			Contact: contact.Contact{ExternalID: key, Email: key + "@example.com", FirstName: c.value, LastName: c.value,
-				Phone: c.value, Attributes: map[string]string{"note": c.value, c.value + "k": "v"}},
+				Phone: c.value, Attributes: contact.AttrsOf(map[string]string{"note": c.value, c.value + "k": "v"})},
 			CRMID: "crm-" + key, Fingerprint: "fp", File: "dir\twith tab/f.csv", Line: int64(i + 2)})
 	}
 	must(r.Claim(ctx, its))
@@ -442,7 +442,7 @@ func TestConfirmManyChunks(t *testing.T) {
 		long := fmt.Sprintf("%s\t%0200d\\", key, i)
 		its = append(its, ledger.Item{Key: key, File: "f.csv", Line: int64(i + 2)})
 		ds = append(ds, ledger.Delivery{Contact: contact.Contact{ExternalID: key, Email: key + "@example.com", FirstName: long,
-			Attributes: map[string]string{"n": long}}, CRMID: "crm-" + key, Fingerprint: "fp", File: "f.csv", Line: int64(i + 2)})
+			Attributes: contact.AttrsOf(map[string]string{"n": long})}, CRMID: "crm-" + key, Fingerprint: "fp", File: "f.csv", Line: int64(i + 2)})
 	}
 	must(r.Claim(ctx, its))
 	if _, err := r.Confirm(ctx, ds); err != nil {

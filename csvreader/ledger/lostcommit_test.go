@@ -10,7 +10,7 @@ import (
 )
 
 func rvItem(key, city string) Item {
-	c := &contact.Contact{ExternalID: key, Email: key + "@x.io", Attributes: map[string]string{"city": city}}
+	c := &contact.Contact{ExternalID: key, Email: key + "@x.io", Attributes: contact.AttrsOf(map[string]string{"city": city})}
 	return Item{Key: key, Fingerprint: c.Fingerprint(), File: "f.csv", Line: 2, Contact: c}
 }
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"time"
 
+	"crmsync/shared/contact"
+
 	"github.com/lib/pq"
 )
 
@@ -168,13 +170,10 @@ func fmtMicros(us int64) string {
 }
 
 // parseAttributes reads the attributes column.
-func parseAttributes(b []byte) (map[string]string, error) {
-	var m map[string]string
-	if err := json.Unmarshal(b, &m); err != nil {
+func parseAttributes(b []byte) (contact.Attrs, error) {
+	var a contact.Attrs
+	if err := json.Unmarshal(b, &a); err != nil {
 		return nil, err
 	}
-	if len(m) == 0 {
-		return nil, nil
-	}
-	return m, nil
+	return a, nil
 }

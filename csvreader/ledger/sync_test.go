@@ -32,7 +32,7 @@ func run(t *testing.T, d *sql.DB, asOf time.Time, mode ledger.ChangeMode) *ledge
 
 // version is a record of the export: the key with this email and city.
 func version(key, email, city string, line int64) ledger.Item {
-	c := &contact.Contact{ExternalID: key, Email: email, Attributes: map[string]string{"city": city}}
+	c := &contact.Contact{ExternalID: key, Email: email, Attributes: contact.AttrsOf(map[string]string{"city": city})}
 	return ledger.Item{Key: key, Fingerprint: c.Fingerprint(), File: "f.csv", Line: line, Contact: c}
 }
 

@@ -10,7 +10,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -18,12 +17,12 @@ import (
 
 // Contact is one customer as the CRM's JSON API carries it.
 type Contact struct {
-	ExternalID string            `json:"external_id"`
-	Email      string            `json:"email"`
-	FirstName  string            `json:"first_name,omitempty"`
-	LastName   string            `json:"last_name,omitempty"`
-	Phone      string            `json:"phone,omitempty"`
-	Attributes map[string]string `json:"attributes,omitempty"`
+	ExternalID string `json:"external_id"`
+	Email      string `json:"email"`
+	FirstName  string `json:"first_name,omitempty"`
+	LastName   string `json:"last_name,omitempty"`
+	Phone      string `json:"phone,omitempty"`
+	Attributes Attrs  `json:"attributes,omitempty"`
 }
 
 // MaxExternalIDLen is the longest external_id the CRM accepts, in characters.
@@ -83,8 +82,8 @@ func (c *Contact) validUTF8() bool {
 			return false
 		}
 	}
-	for k, v := range c.Attributes {
-		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+	for _, a := range c.Attributes {
+		if !utf8.ValidString(a.Name) || !utf8.ValidString(a.Value) {
 			return false
 		}
 	}
@@ -134,49 +133,19 @@ func ValidEmail(s string) bool {
 // the same fingerprint would be stored identically by the CRM.
 //
 // It hashes "len:value" for each field, then each attribute's name and
-// value, names sorted. It runs once per row, so it builds that text in one
-// buffer instead of going through fmt.
+// value, in their order (by name). It runs once per row, so it builds that
+// text in one buffer instead of going through fmt.
 func (c *Contact) Fingerprint() string {
-	var attrs [8]Attr
-	return c.FingerprintSorted(SortedAttributes(c.Attributes, attrs[:0]))
-}
-
-// FingerprintSorted is Fingerprint for a caller that has the attributes
-// sorted already (SortedAttributes of c.Attributes) and needs them for
-// more than the fingerprint.
-func (c *Contact) FingerprintSorted(sorted []Attr) string {
 	var stack [256]byte
 	b := stack[:0]
 	for _, s := range [...]string{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone} {
 		b = appendField(b, s)
 	}
-	for _, a := range sorted {
+	for _, a := range c.Attributes {
 		b = appendField(appendField(b, a.Name), a.Value)
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
-}
-
-// Attr is one attribute: its name and value.
-type Attr struct{ Name, Value string }
-
-// SortedAttributes returns the attributes sorted by name, in buf's array
-// when they fit: one pass over the map, no look-ups by name.
-func SortedAttributes(attrs map[string]string, buf []Attr) []Attr {
-	out := buf[:0]
-	for k, v := range attrs {
-		out = append(out, Attr{k, v})
-	}
-	if len(out) > 12 {
-		slices.SortFunc(out, func(a, b Attr) int { return strings.Compare(a.Name, b.Name) })
-		return out
-	}
-	for i := 1; i < len(out); i++ { // a handful: insertion sort
-		for j := i; j > 0 && out[j].Name < out[j-1].Name; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
-	return out
 }
 
 func appendField(b []byte, s string) []byte {

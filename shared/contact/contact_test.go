@@ -1,7 +1,6 @@
 package contact
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 )
@@ -48,7 +47,7 @@ func TestValidate(t *testing.T) {
 		{"missing email", Contact{ExternalID: "C-1"}, CodeMissingEmail},
 		{"invalid email", Contact{ExternalID: "C-1", Email: "nope"}, CodeInvalidEmail},
 		{"invalid utf-8 name", Contact{ExternalID: "C-1", Email: "a@b.c", FirstName: "\xff"}, CodeInvalidUTF8},
-		{"invalid utf-8 attribute", Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"k": "\xc3"}}, CodeInvalidUTF8},
+		{"invalid utf-8 attribute", Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: AttrsOf(map[string]string{"k": "\xc3"})}, CodeInvalidUTF8},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,8 +77,8 @@ func TestValidate(t *testing.T) {
 }
 
 func TestFingerprint(t *testing.T) {
-	a := Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"x": "1", "y": "2"}}
-	b := Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"y": "2", "x": "1"}}
+	a := Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: AttrsOf(map[string]string{"x": "1", "y": "2"})}
+	b := Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: AttrsOf(map[string]string{"y": "2", "x": "1"})}
 	if a.Fingerprint() != b.Fingerprint() {
 		t.Error("fingerprint depends on map order")
 	}
@@ -99,7 +98,7 @@ func TestFingerprintStable(t *testing.T) {
 		want string
 	}{
 		{Contact{ExternalID: "C42", Email: "ada@example.com", FirstName: "Ada", LastName: "Lovelace", Phone: "+44 1",
-			Attributes: map[string]string{"company": "Acme, Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01"}},
+			Attributes: AttrsOf(map[string]string{"company": "Acme, Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01"})},
 			"559da5aaa32294f8e1726d56b843ecca"},
 		{Contact{ExternalID: "é", Email: "x@y.z"}, "40d0f793331957d9eadb82c2e6a3e0db"},
 	} {
@@ -111,42 +110,10 @@ func TestFingerprintStable(t *testing.T) {
 
 func BenchmarkFingerprint(b *testing.B) {
 	c := Contact{ExternalID: "C0000042", Email: "ada.lovelace42@example.com", FirstName: "Ada", LastName: "Lovelace", Phone: "+44 20 7946 0042",
-		Attributes: map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"}}
+		Attributes: AttrsOf(map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"})}
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Fingerprint()
-	}
-}
-
-func TestSortedAttributes(t *testing.T) {
-	many := map[string]string{}
-	for i := range 20 {
-		many[fmt.Sprintf("k%02d", 19-i)] = fmt.Sprint(i)
-	}
-	for _, tc := range []struct {
-		name  string
-		attrs map[string]string
-	}{
-		{"none", nil},
-		{"one", map[string]string{"city": "Oslo"}},
-		{"a handful", map[string]string{"zeta": "1", "alpha": "2", "mu": "3", "beta": "", "Alpha": "5"}},
-		{"more than a handful", many},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var buf [8]Attr
-			got := SortedAttributes(tc.attrs, buf[:0])
-			if len(got) != len(tc.attrs) {
-				t.Fatalf("%d attributes, want %d", len(got), len(tc.attrs))
-			}
-			for i, a := range got {
-				if v, ok := tc.attrs[a.Name]; !ok || v != a.Value {
-					t.Errorf("%s=%q not in the map", a.Name, a.Value)
-				}
-				if i > 0 && got[i-1].Name >= a.Name {
-					t.Errorf("%q before %q", got[i-1].Name, a.Name)
-				}
-			}
-		})
 	}
 }
 

@@ -1,10 +1,6 @@
 package contact
 
-import (
-	"maps"
-	"slices"
-	"strings"
-)
+import "strings"
 
 // Field is one of a contact's own fields (the attributes aside).
 type Field struct {
@@ -54,7 +50,7 @@ const AttributePrefix = "attributes."
 // The key is never changed. Merge never modifies its arguments.
 func Merge(stored, in *Contact, clear func(name string) bool) (Contact, []string) {
 	out := *stored
-	out.Attributes = maps.Clone(stored.Attributes)
+	out.Attributes = stored.Attributes.Clone()
 	var changed []string
 	for _, f := range Fields[1:] {
 		old, v := f.Get(stored), f.Get(in)
@@ -64,37 +60,30 @@ func Merge(stored, in *Contact, clear func(name string) bool) (Contact, []string
 		f.Set(&out, v)
 		changed = append(changed, f.Name)
 	}
-	var attrs []string
-	for k, v := range in.Attributes {
-		old, had := stored.Attributes[k]
+	for _, a := range in.Attributes { // sorted: so are the names appended
+		old, had := stored.Attributes.Get(a.Name)
 		switch {
-		case v != "":
-			if had && old == v {
+		case a.Value != "":
+			if had && old == a.Value {
 				continue
 			}
-			if out.Attributes == nil {
-				out.Attributes = map[string]string{}
-			}
-			out.Attributes[k] = v
-		case had && clear != nil && clear(AttributePrefix+k):
-			delete(out.Attributes, k)
+			out.Attributes.Set(a.Name, a.Value)
+		case had && clear != nil && clear(AttributePrefix+a.Name):
+			out.Attributes.Delete(a.Name)
 		default:
 			continue
 		}
-		attrs = append(attrs, AttributePrefix+k)
+		changed = append(changed, AttributePrefix+a.Name)
 	}
-	if len(out.Attributes) == 0 {
-		out.Attributes = nil
-	}
-	slices.Sort(attrs)
-	return out, append(changed, attrs...)
+	return out, changed
 }
 
 // Value returns the value of the named field of c: an own field, or an
 // attribute named AttributePrefix+name ("" when c lacks it).
 func (c *Contact) Value(name string) string {
 	if a, ok := strings.CutPrefix(name, AttributePrefix); ok {
-		return c.Attributes[a]
+		v, _ := c.Attributes.Get(a)
+		return v
 	}
 	if f, ok := FieldByName(name); ok {
 		return f.Get(c)

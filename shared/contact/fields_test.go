@@ -52,7 +52,7 @@ func TestFieldsCoverContact(t *testing.T) {
 
 func TestMerge(t *testing.T) {
 	stored := Contact{ExternalID: "C-1", Email: "a@b.c", FirstName: "Ada", LastName: "L", Phone: "+1",
-		Attributes: map[string]string{"city": "London", "tier": "gold"}}
+		Attributes: AttrsOf(map[string]string{"city": "London", "tier": "gold"})}
 	clearPhone := func(n string) bool { return n == "phone" || n == "attributes.tier" }
 	tests := []struct {
 		name    string
@@ -62,12 +62,12 @@ func TestMerge(t *testing.T) {
 		changed []string
 	}{
 		{"same", stored, nil, stored, nil},
-		{"new email and attribute", Contact{ExternalID: "C-1", Email: "x@b.c", FirstName: "Ada", Attributes: map[string]string{"city": "Paris", "vip": "y"}}, nil,
-			Contact{ExternalID: "C-1", Email: "x@b.c", FirstName: "Ada", LastName: "L", Phone: "+1", Attributes: map[string]string{"city": "Paris", "tier": "gold", "vip": "y"}},
+		{"new email and attribute", Contact{ExternalID: "C-1", Email: "x@b.c", FirstName: "Ada", Attributes: AttrsOf(map[string]string{"city": "Paris", "vip": "y"})}, nil,
+			Contact{ExternalID: "C-1", Email: "x@b.c", FirstName: "Ada", LastName: "L", Phone: "+1", Attributes: AttrsOf(map[string]string{"city": "Paris", "tier": "gold", "vip": "y"})},
 			[]string{"email", "attributes.city", "attributes.vip"}},
-		{"empty keeps", Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"tier": ""}}, nil, stored, nil},
-		{"empty clears where asked", Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: map[string]string{"tier": "", "city": ""}}, clearPhone,
-			Contact{ExternalID: "C-1", Email: "a@b.c", FirstName: "Ada", LastName: "L", Attributes: map[string]string{"city": "London"}},
+		{"empty keeps", Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: AttrsOf(map[string]string{"tier": ""})}, nil, stored, nil},
+		{"empty clears where asked", Contact{ExternalID: "C-1", Email: "a@b.c", Attributes: AttrsOf(map[string]string{"tier": "", "city": ""})}, clearPhone,
+			Contact{ExternalID: "C-1", Email: "a@b.c", FirstName: "Ada", LastName: "L", Attributes: AttrsOf(map[string]string{"city": "London"})},
 			[]string{"phone", "attributes.tier"}},
 	}
 	for _, tc := range tests {

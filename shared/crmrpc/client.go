@@ -751,7 +751,7 @@ func (c *Client) Deliver(ctx context.Context, records []Record) ([]Verdict, erro
 				Message: fmt.Sprintf("daemon %s predates updates: it would create the contacts this block updates; upgrade crmintegrator", cn.addr)}
 		}
 		if cn.packed.Load() < version {
-			return &DeliverArgs{Token: c.cfg.Token, Records: records, PackedVerdicts: true, VerdictsVersion: PackedVerdictsVersion}
+			return &DeliverArgs{Token: c.cfg.Token, Records: GobRecords(records), PackedVerdicts: true, VerdictsVersion: PackedVerdictsVersion}
 		}
 		if packed == "" {
 			if buf == nil {

@@ -16,7 +16,7 @@ func benchBlock(n int) []Record {
 	for i := range recs {
 		id := fmt.Sprintf("B%09d", i)
 		recs[i].Contact = contact.Contact{ExternalID: id, Email: id + "@example.com", FirstName: "Ada", LastName: "Lovelace",
-			Phone: "+44 20 7946 0000", Attributes: map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"}}
+			Phone: "+44 20 7946 0000", Attributes: contact.AttrsOf(map[string]string{"company": "Acme Ltd", "city": "London", "country": "GB", "created_at": "2024-01-01T10:00:00Z"})}
 	}
 	return recs
 }
@@ -65,7 +65,7 @@ func BenchmarkCodecRecords(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			var got DeliverArgs
-			p.roundTrip(b, &DeliverArgs{Records: recs}, &got)
+			p.roundTrip(b, &DeliverArgs{Records: GobRecords(recs)}, &got)
 		}
 	})
 	b.Run("packed", func(b *testing.B) {

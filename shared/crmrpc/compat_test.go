@@ -28,7 +28,20 @@ type OldHelloReply struct {
 
 type OldDeliverArgs struct {
 	Token   string
-	Records []Record
+	Records []OldRecord
+}
+
+// OldRecord and OldContact are Record and contact.Contact as such a
+// daemon has them: the attributes a map. Frozen here so that a change of
+// GobRecord's wire shape fails the tests that talk to an old daemon.
+type OldRecord struct {
+	Contact   OldContact
+	MaybeSent bool
+}
+
+type OldContact struct {
+	ExternalID, Email, FirstName, LastName, Phone string
+	Attributes                                    map[string]string
 }
 
 // oldDaemon is a daemon that predates packed records.
@@ -44,7 +57,13 @@ func (d *oldDaemon) Hello(a *HelloArgs, r *OldHelloReply) error {
 
 func (d *oldDaemon) Deliver(a *OldDeliverArgs, r *DeliverReply) error {
 	d.mu.Lock()
-	d.received = append(d.received, a.Records)
+	recs := make([]Record, len(a.Records))
+	for i, o := range a.Records {
+		c := o.Contact
+		recs[i] = Record{Contact: contact.Contact{ExternalID: c.ExternalID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName,
+			Phone: c.Phone, Attributes: contact.AttrsOf(c.Attributes)}, MaybeSent: o.MaybeSent}
+	}
+	d.received = append(d.received, recs)
 	d.mu.Unlock()
 	r.Verdicts = make([]Verdict, len(a.Records))
 	for i := range r.Verdicts {
@@ -84,7 +103,10 @@ func (d *newDaemon) Deliver(a *DeliverArgs, r *DeliverReply) error {
 		r.Err = &Error{Code: CodeShuttingDown}
 		return nil
 	}
-	recs := a.Records
+	var recs []Record
+	for i := range a.Records {
+		recs = append(recs, a.Records[i].Record())
+	}
 	if a.Packed != "" {
 		if recs, r.Err = UnpackRecords(a.Packed, DefaultMaxRecords); r.Err != nil {
 			return nil

@@ -89,12 +89,47 @@ type Record struct {
 // IsUpdate reports whether the record updates a contact the CRM holds.
 func (r *Record) IsUpdate() bool { return r.CRMID != "" }
 
+// GobRecord is a Record as gob carries it in DeliverArgs.Records, to a
+// daemon that predates packed records: its attributes a map, as
+// contact.Contact held them then. gob matches a struct by its fields'
+// names and kinds, and a map does not decode into a slice.
+type GobRecord struct {
+	Contact   GobContact
+	MaybeSent bool
+	CRMID     string
+	Fields    []string
+}
+
+// GobContact is a contact.Contact as GobRecord carries it.
+type GobContact struct {
+	ExternalID, Email, FirstName, LastName, Phone string
+	Attributes                                    map[string]string
+}
+
+// GobRecords returns recs as DeliverArgs.Records carries them.
+func GobRecords(recs []Record) []GobRecord {
+	out := make([]GobRecord, len(recs))
+	for i := range recs {
+		r, c := &recs[i], &recs[i].Contact
+		out[i] = GobRecord{Contact: GobContact{c.ExternalID, c.Email, c.FirstName, c.LastName, c.Phone, c.Attributes.Map()},
+			MaybeSent: r.MaybeSent, CRMID: r.CRMID, Fields: r.Fields}
+	}
+	return out
+}
+
+// Record returns the Record g carries.
+func (g *GobRecord) Record() Record {
+	c := &g.Contact
+	return Record{Contact: contact.Contact{ExternalID: c.ExternalID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName,
+		Phone: c.Phone, Attributes: contact.AttrsOf(c.Attributes)}, MaybeSent: g.MaybeSent, CRMID: g.CRMID, Fields: g.Fields}
+}
+
 // DeliverArgs carries a block of records, either as Records or, to a
 // daemon whose Hello reported PackedRecords, as Packed. A call with both is
 // refused (CodeMalformedCall).
 type DeliverArgs struct {
 	Token   string
-	Records []Record
+	Records []GobRecord
 	// Packed is the records in the packed encoding (packed.go,
 	// AppendPackedRecords), which costs a fraction of gob's to encode and
 	// to decode. A daemon that predates it would ignore it and see an

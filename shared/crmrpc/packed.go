@@ -32,12 +32,12 @@ func PackedVersionOf(recs []Record) int {
 //	packed  = version count record*          version = 0x01 or 0x02; count = uvarint
 //	record  = flags string{5} attrs [update] flags = one byte: 0x01 MaybeSent, 0x02 update (version 2), other bits 0
 //	string  = len bytes                      len = uvarint; any bytes (UTF-8 is checked later, per record)
-//	attrs   = n (name value){n}              n = uvarint; names distinct
+//	attrs   = n (name value){n}              n = uvarint; names distinct, in order since attributes are sorted (read in any)
 //	update  = crmid n name{n}                present with flag 0x02: Record.CRMID (not empty) and Record.Fields
 //
 // The five strings are the contact's own fields in contact.Fields order
 // (ExternalID, Email, FirstName, LastName, Phone). No attributes decode as
-// a nil map, and no field names as a nil slice, as gob gives. Nothing may
+// nil Attrs, and no field names as a nil slice, as gob gives. Nothing may
 // follow the last record. A uvarint is encoding/binary's (little-endian
 // groups of 7 bits, at most 10 bytes). Version 2 is version 1 plus the
 // update flag.
@@ -86,8 +86,8 @@ func AppendPackedRecords(dst []byte, recs []Record) []byte {
 			dst = appendPackedString(dst, f.Get(c))
 		}
 		dst = binary.AppendUvarint(dst, uint64(len(c.Attributes)))
-		for k, v := range c.Attributes {
-			dst = appendPackedString(appendPackedString(dst, k), v)
+		for _, a := range c.Attributes {
+			dst = appendPackedString(appendPackedString(dst, a.Name), a.Value)
 		}
 		if r.IsUpdate() {
 			dst = appendPackedString(dst, r.CRMID)
@@ -160,6 +160,9 @@ type unpacker struct {
 	// offset where the item being read starts.
 	rec, at int
 	err     *Error
+	// arena is where records' Attrs are carved from: a block's attributes
+	// take a few allocations, not one per record.
+	arena []contact.Attr
 }
 
 func (u *unpacker) record(r *Record) bool {
@@ -237,9 +240,15 @@ func (u *unpacker) attributes(c *contact.Contact) bool {
 	if left := uint64(len(u.p) - u.off); n > left/2 {
 		return u.failed("attribute count", fmt.Sprintf("%d attributes cannot fit in the %d bytes left", n, left))
 	}
-	// The count is a claim: size the map for a few, and let real
+	// The count is a claim: the arena is sized for a few, and real
 	// entries, which cost bytes, grow it.
-	m := make(map[string]string, min(n, 64))
+	if int(n) > len(u.arena) {
+		u.arena = make([]contact.Attr, max(min(n, 64), 256))
+	}
+	var a []contact.Attr
+	if int(n) <= len(u.arena) {
+		a, u.arena = u.arena[:0:n], u.arena[n:] // full slice expression: a later Set must not reach the next record's
+	}
 	for range n {
 		k, ok := u.string("attribute name")
 		if !ok {
@@ -249,13 +258,15 @@ func (u *unpacker) attributes(c *contact.Contact) bool {
 		if !ok {
 			return false
 		}
-		m[k] = v
+		a = append(a, contact.Attr{Name: k, Value: v})
 	}
-	if uint64(len(m)) != n {
+	// This package writes them in order; readers before it wrote a map's.
+	attrs := contact.SortAttrs(a)
+	if uint64(len(attrs)) != n {
 		u.at = u.off
-		return u.failed("attributes", fmt.Sprintf("%d attributes with only %d distinct names", n, len(m)))
+		return u.failed("attributes", fmt.Sprintf("%d attributes with only %d distinct names", n, len(attrs)))
 	}
-	c.Attributes = m
+	c.Attributes = attrs
 	return true
 }
 

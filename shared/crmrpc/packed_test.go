@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/gob"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -16,11 +15,11 @@ import (
 func packedRecordsForTest() []Record {
 	return []Record{
 		{Contact: contact.Contact{ExternalID: "C-1", Email: "ada@example.com", FirstName: "Ada", LastName: "Lovelace", Phone: "+44 20",
-			Attributes: map[string]string{"company": "Analytical Engines", "city": "London", "": "empty name", "empty value": ""}}},
+			Attributes: contact.AttrsOf(map[string]string{"company": "Analytical Engines", "city": "London", "": "empty name", "empty value": ""})}},
 		{MaybeSent: true, Contact: contact.Contact{ExternalID: "C-2", Email: "bad"}},
 		{},
 		{Contact: contact.Contact{ExternalID: "C-\xff\x00", Email: strings.Repeat("é", 300), Phone: strings.Repeat("9", 128),
-			Attributes: map[string]string{strings.Repeat("k", 200): strings.Repeat("v", 20000)}}},
+			Attributes: contact.AttrsOf(map[string]string{strings.Repeat("k", 200): strings.Repeat("v", 20000)})}},
 	}
 }
 
@@ -31,7 +30,7 @@ func TestPackedRoundTrip(t *testing.T) {
 	}{
 		{"none", nil},
 		{"one empty", []Record{{}}},
-		{"empty attributes", []Record{{Contact: contact.Contact{ExternalID: "x", Attributes: map[string]string{}}}}},
+		{"empty attributes", []Record{{Contact: contact.Contact{ExternalID: "x", Attributes: contact.AttrsOf(map[string]string{})}}}},
 		{"mixed", packedRecordsForTest()},
 		{"updates", append(packedRecordsForTest(),
 			Record{CRMID: "ct_00000007", Fields: []string{"email", "attributes.company"}, Contact: contact.Contact{ExternalID: "C-7", Email: "new@example.com"}},
@@ -56,7 +55,7 @@ func TestPackedRoundTrip(t *testing.T) {
 // The layout is the contract: pin it, byte by byte.
 func TestPackedLayout(t *testing.T) {
 	recs := []Record{
-		{MaybeSent: true, Contact: contact.Contact{ExternalID: "id", Email: "a@b.c", Attributes: map[string]string{"k": "vv"}}},
+		{MaybeSent: true, Contact: contact.Contact{ExternalID: "id", Email: "a@b.c", Attributes: contact.AttrsOf(map[string]string{"k": "vv"})}},
 		{Contact: contact.Contact{Phone: strings.Repeat("9", 130)}},
 	}
 	want := []byte{1, 2, // version, count
@@ -98,7 +97,7 @@ func TestPackedCarriesEveryField(t *testing.T) {
 		f.Set(&rec.Contact, "value of "+f.Name+strings.Repeat("x", i))
 		names = append(names, f.Name)
 	}
-	rec.Contact.Attributes = map[string]string{"company": "Acme"}
+	rec.Contact.Attributes = contact.AttrsOf(map[string]string{"company": "Acme"})
 	rec.CRMID, rec.Fields = "ct_00000001", append(names, contact.AttributePrefix+"company")
 	for _, tc := range []struct {
 		name string
@@ -120,7 +119,7 @@ func TestPackedCarriesEveryField(t *testing.T) {
 					t.Errorf("%s: got %q, want %q", f.Name, g, w)
 				}
 			}
-			if got.CRMID != rec.CRMID || !slices.Equal(got.Fields, rec.Fields) || !maps.Equal(got.Contact.Attributes, rec.Contact.Attributes) {
+			if got.CRMID != rec.CRMID || !slices.Equal(got.Fields, rec.Fields) || !slices.Equal(got.Contact.Attributes, rec.Contact.Attributes) {
 				t.Errorf("got %+v, want %+v", got, rec)
 			}
 		})
@@ -128,7 +127,7 @@ func TestPackedCarriesEveryField(t *testing.T) {
 }
 
 func TestUnpackRecordsRefuses(t *testing.T) {
-	valid := AppendPackedRecords(nil, []Record{{Contact: contact.Contact{ExternalID: "id", Email: "e", Attributes: map[string]string{"k": "v"}}}})
+	valid := AppendPackedRecords(nil, []Record{{Contact: contact.Contact{ExternalID: "id", Email: "e", Attributes: contact.AttrsOf(map[string]string{"k": "v"})}}})
 	// valid is 01 01 | 00 02 'i' 'd' 01 'e' 00 00 00 01 01 'k' 01 'v'
 	cat := func(parts ...[]byte) string { return string(bytes.Join(parts, nil)) }
 	for _, tc := range []struct {
@@ -175,7 +174,7 @@ func TestUnpackRecordsAllocations(t *testing.T) {
 	recs := make([]Record, 100)
 	for i := range recs {
 		recs[i].Contact = contact.Contact{ExternalID: "id", Email: "a@b.c", FirstName: "F", LastName: "L", Phone: "P",
-			Attributes: map[string]string{"a": "1", "b": "2", "c": "3", "d": "4"}}
+			Attributes: contact.AttrsOf(map[string]string{"a": "1", "b": "2", "c": "3", "d": "4"})}
 	}
 	p := string(AppendPackedRecords(nil, recs))
 	allocs := testing.AllocsPerRun(20, func() {
@@ -245,10 +244,9 @@ func recordsFromLines(data []byte) []Record {
 		f = append(f, make([]string, 6-len(f))...)
 		r.Contact = contact.Contact{ExternalID: f[0], Email: f[1], FirstName: f[2], LastName: f[3], Phone: f[4]}
 		if f[5] != "" {
-			r.Contact.Attributes = map[string]string{}
 			for kv := range strings.SplitSeq(f[5], ";") {
 				k, v, _ := strings.Cut(kv, "=")
-				r.Contact.Attributes[k] = v
+				r.Contact.Attributes.Set(k, v)
 			}
 		}
 		recs = append(recs, r)
@@ -259,14 +257,18 @@ func recordsFromLines(data []byte) []Record {
 func gobRoundTrip(t *testing.T, recs []Record) []Record {
 	t.Helper()
 	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(&DeliverArgs{Records: recs}); err != nil {
+	if err := gob.NewEncoder(&b).Encode(&DeliverArgs{Records: GobRecords(recs)}); err != nil {
 		t.Fatal(err)
 	}
 	var got DeliverArgs
 	if err := gob.NewDecoder(&b).Decode(&got); err != nil {
 		t.Fatal(err)
 	}
-	return got.Records
+	out := make([]Record, len(got.Records))
+	for i := range got.Records {
+		out[i] = got.Records[i].Record()
+	}
+	return out
 }
 
 // equalRecords compares records as the daemon sees them: a nil and an
@@ -278,7 +280,7 @@ func equalRecords(a, b []Record) bool {
 	for i := range a {
 		x, y := &a[i].Contact, &b[i].Contact
 		if a[i].MaybeSent != b[i].MaybeSent || a[i].CRMID != b[i].CRMID || !slices.Equal(a[i].Fields, b[i].Fields) ||
-			!maps.Equal(x.Attributes, y.Attributes) {
+			!slices.Equal(x.Attributes, y.Attributes) {
 			return false
 		}
 		for _, f := range &contact.Fields {
@@ -303,7 +305,7 @@ func TestPackedASCII(t *testing.T) {
 		}
 		return out
 	}
-	plain := contact.Contact{Email: "a@example.com", FirstName: "Ada", Attributes: map[string]string{"city": "London"}}
+	plain := contact.Contact{Email: "a@example.com", FirstName: "Ada", Attributes: contact.AttrsOf(map[string]string{"city": "London"})}
 	for _, tc := range []struct {
 		name   string
 		packed string
@@ -314,7 +316,7 @@ func TestPackedASCII(t *testing.T) {
 		{"a non-ASCII name", string(AppendPackedRecords(nil, recs(3, contact.Contact{Email: "a@example.com", FirstName: "Zoë"}))), false},
 		{"invalid UTF-8", string(AppendPackedRecords(nil, recs(3, contact.Contact{Email: "a@example.com", LastName: "\xff"}))), false},
 		{"a 200-byte value", string(AppendPackedRecords(nil, recs(2, contact.Contact{Email: "a@example.com",
-			Attributes: map[string]string{"note": strings.Repeat("x", 200)}}))), false},
+			Attributes: contact.AttrsOf(map[string]string{"note": strings.Repeat("x", 200)})}))), false},
 		{"empty", "", false},
 		{"a count cut short", "\x01\x80", false},
 	} {
