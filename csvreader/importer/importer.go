@@ -209,7 +209,6 @@ const RejectRatioMinimum = 1000
 type rec struct {
 	c         contact.Contact
 	fp        string
-	copyAttrs string // c's attributes as the customers row holds them (ledger.CopyAttributes)
 	file      string
 	line      int64
 	fields    []string

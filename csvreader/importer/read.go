@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"crmsync/csvreader/export"
-	"crmsync/csvreader/ledger"
 )
 
 // read streams every file into blocks. It returns a fatal read error.
@@ -98,7 +97,7 @@ func (p *pipeline) readFile(r *export.Reader) error {
 			continue
 		}
 		p.n.valid.Add(1)
-		blk = append(blk, &rec{c: row.Contact, fp: row.Contact.Fingerprint(), copyAttrs: ledger.CopyAttributes(row.Contact.Attributes),
+		blk = append(blk, &rec{c: row.Contact, fp: row.Contact.Fingerprint(),
 			file: name, line: int64(row.Line), fields: row.Fields})
 		for _, f := range row.Fields {
 			bytes += len(f)

@@ -43,10 +43,9 @@ func (p *pipeline) deliver(it *item) {
 			if r.spare {
 				spare++
 			}
-			d := ledger.Delivery{Contact: r.c, CRMID: v.CRMID, Fingerprint: r.fp, File: r.file, Line: r.line, Update: r.update,
-				CopyAttributes: r.copyAttrs}
+			d := ledger.Delivery{Contact: r.c, CRMID: v.CRMID, Fingerprint: r.fp, File: r.file, Line: r.line, Update: r.update}
 			if r.update != nil {
-				d.Contact, d.CopyAttributes = r.update.Contact, ""
+				d.Contact = r.update.Contact
 			}
 			delivered = append(delivered, d)
 		case crmrpc.Rejected:

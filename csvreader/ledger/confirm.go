@@ -20,10 +20,6 @@ type Delivery struct {
 	File        string
 	Line        int64
 	Update      *Update // the update it was (Decision.Update); nil: a create
-	// CopyAttributes is CopyAttributes of the contact's attributes, when
-	// the caller has it (the reader computes it with the fingerprint,
-	// sorting them once); "" has COPY compute it.
-	CopyAttributes string
 }
 
 // customerColumns are the columns COPY writes, in copyRows' order: the

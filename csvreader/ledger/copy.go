@@ -132,12 +132,8 @@ func appendCopyRow(b, scratch []byte, run int64, d *Delivery) ([]byte, []byte) {
 	for _, f := range contact.Fields {
 		b = append(appendCopyText(b, f.Get(c)), '\t')
 	}
-	if d.CopyAttributes != "" {
-		b = append(append(b, d.CopyAttributes...), '\t')
-	} else {
-		scratch = c.Attributes.AppendJSON(scratch[:0])
-		b = append(appendCopyText(b, scratch), '\t')
-	}
+	scratch = c.Attributes.AppendJSON(scratch[:0])
+	b = append(appendCopyText(b, scratch), '\t')
 	b = append(appendCopyText(b, d.CRMID), '\t')
 	b = append(appendCopyText(b, d.Fingerprint), '\t')
 	b = append(strconv.AppendInt(b, run, 10), '\t')
@@ -164,14 +160,6 @@ func appendCopyText[T string | []byte](b []byte, s T) []byte {
 // copyEscape maps each byte COPY's text format escapes to the letter after
 // the backslash; 0 for the others.
 var copyEscape = [256]byte{'\\': '\\', '\t': 't', '\n': 'n', '\r': 'r'}
-
-// CopyAttributes is the attributes column's field in COPY's text format:
-// Delivery's CopyAttributes, computed by a caller that has a use for it
-// before the confirmation.
-func CopyAttributes(attrs contact.Attrs) string {
-	var js, text [256]byte // on the stack: the string is the one allocation
-	return string(appendCopyText(text[:0], attrs.AppendJSON(js[:0])))
-}
 
 // attributesText is the attributes column's text for attrs: a JSON object,
 // names sorted (migration 0007), the same for equal attributes.

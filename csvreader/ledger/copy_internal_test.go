@@ -28,35 +28,39 @@ func TestAppendCopyText(t *testing.T) {
 	}
 }
 
-// A row written with the reader's CopyAttributes is the row COPY would
-// write from the contact's own attributes, escapes included.
-func TestCopyRowWithCopyAttributes(t *testing.T) {
-	for _, attrs := range []map[string]string{
-		nil,
-		{},
-		{"city": "London"},
-		{"z": "last", "a": "first", "m": "tab\there", "q": `say "hi" \ back`, "n": "new\nline", "u": "Zoë 日本"},
+// A customers row holds each field escaped once, the attributes as their
+// JSON object escaped for COPY, and one field per column.
+func TestAppendCopyRow(t *testing.T) {
+	for _, tc := range []struct {
+		attrs map[string]string
+		want  string // the attributes field
+	}{
+		{nil, `{}`},
+		{map[string]string{"city": "London"}, `{"city":"London"}`},
+		{map[string]string{"z": "last", "a": "first", "m": "tab\there", "q": `say "hi" \ back`, "n": "new\nline", "u": "Zoë 日本"},
+			`{"a":"first","m":"tab\\there","n":"new\\nline","q":"say \\"hi\\" \\\\ back","u":"Zoë 日本","z":"last"}`},
 	} {
-		d := Delivery{Contact: contact.Contact{ExternalID: "C-1", Email: "a@example.com", Attributes: contact.AttrsOf(attrs)},
+		d := Delivery{Contact: contact.Contact{ExternalID: "C-1", Email: "a\tb@example.com", Attributes: contact.AttrsOf(tc.attrs)},
 			CRMID: "ct_1", Fingerprint: "fp", File: "f.csv", Line: 2}
-		want, _ := appendCopyRow(nil, nil, 7, &d)
-		d.CopyAttributes = CopyAttributes(d.Contact.Attributes)
 		got, _ := appendCopyRow(nil, nil, 7, &d)
-		if string(got) != string(want) {
-			t.Errorf("attributes %v: row\n%q\nwant\n%q", attrs, got, want)
+		want := "C-1\ta\\tb@example.com\t\t\t\t" + tc.want + "\tct_1\tfp\t7\tf.csv\t2\n"
+		if string(got) != want {
+			t.Errorf("attributes %v: row\n%q\nwant\n%q", tc.attrs, got, want)
 		}
-		if n := strings.Count(string(got), "\t") + 1; n != len(customerColumns) || !strings.HasSuffix(string(got), "\n") {
-			t.Errorf("row %q: %d fields, want one a column (%d) and a newline", got, n, len(customerColumns))
+		if n := strings.Count(string(got), "\t") + 1; n != len(customerColumns) {
+			t.Errorf("row %q: %d fields, want one a column (%d)", got, n, len(customerColumns))
 		}
 	}
 }
 
-// The reader computes CopyAttributes for every row: one allocation, the
-// string.
-func TestCopyAttributesAllocs(t *testing.T) {
-	sorted := []contact.Attr{{Name: "city", Value: "London"}, {Name: "company", Value: "Acme Ltd"},
-		{Name: "country", Value: "GB"}, {Name: "created_at", Value: "2020-01-01T00:00:00Z"}}
-	if n := testing.AllocsPerRun(100, func() { _ = CopyAttributes(sorted) }); n != 1 {
-		t.Errorf("CopyAttributes: %v allocations, want 1", n)
+// The COPY writes a row into its buffers: no allocation once they have
+// grown.
+func TestAppendCopyRowAllocs(t *testing.T) {
+	d := Delivery{Contact: contact.Contact{ExternalID: "C-1", Email: "a@example.com", Attributes: contact.Attrs{{Name: "city", Value: "London"},
+		{Name: "company", Value: "Acme Ltd"}, {Name: "country", Value: "GB"}, {Name: "created_at", Value: "2020-01-01T00:00:00Z"}}},
+		CRMID: "ct_1", Fingerprint: "fp", File: "f.csv", Line: 2}
+	b, scratch := appendCopyRow(nil, nil, 7, &d)
+	if n := testing.AllocsPerRun(100, func() { b, scratch = appendCopyRow(b[:0], scratch, 7, &d) }); n != 0 {
+		t.Errorf("appendCopyRow: %v allocations, want 0", n)
 	}
 }
