@@ -48,6 +48,9 @@ const (
 	// own fields empty and no attributes. A count is checked against it
 	// before anything is allocated.
 	minPackedRecord = 1 + len(contact.Fields) + 1
+	// packedAttrArena is how many attributes one allocation holds when a
+	// block is unpacked: 64 records of 4.
+	packedAttrArena = 256
 )
 
 // PackedASCII reports whether every byte of packed after its version and
@@ -240,10 +243,11 @@ func (u *unpacker) attributes(c *contact.Contact) bool {
 	if left := uint64(len(u.p) - u.off); n > left/2 {
 		return u.failed("attribute count", fmt.Sprintf("%d attributes cannot fit in the %d bytes left", n, left))
 	}
-	// The count is a claim: the arena is sized for a few, and real
-	// entries, which cost bytes, grow it.
+	// The count is a claim: the arena is never sized by it, and a record
+	// with more attributes than it holds grows its own slice with entries
+	// that cost bytes.
 	if int(n) > len(u.arena) {
-		u.arena = make([]contact.Attr, max(min(n, 64), 256))
+		u.arena = make([]contact.Attr, packedAttrArena)
 	}
 	var a []contact.Attr
 	if int(n) <= len(u.arena) {

@@ -153,6 +153,7 @@ func TestUnpackRecordsRefuses(t *testing.T) {
 		{"truncated record", string(valid[:len(valid)-1]), CodeMalformedCall, "record 0: attribute value at byte 14: length 1 exceeds the 0 bytes left"},
 		{"attribute count too big", cat(valid[:11], []byte{5, 0, 0, 0, 0}), CodeMalformedCall, "record 0: attribute count at byte 11: 5 attributes cannot fit in the 4 bytes left"},
 		{"duplicate attribute", cat(valid[:11], []byte{2, 1, 'k', 0, 1, 'k', 1, 'v'}), CodeMalformedCall, "record 0: attributes at byte 19: 2 attributes with only 1 distinct names"},
+		{"duplicate attribute, apart", cat(valid[:11], []byte{3, 1, 'k', 0, 1, 'a', 0, 1, 'k', 1, 'v'}), CodeMalformedCall, "record 0: attributes at byte 22: 3 attributes with only 2 distinct names"},
 		{"trailing bytes", cat(valid, []byte{0}), CodeMalformedCall, "at byte 16: 1 bytes after the last record"},
 		{"trailing bytes, no records", "\x01\x00\x00", CodeMalformedCall, "1 bytes after the last record"},
 	} {
@@ -169,7 +170,8 @@ func TestUnpackRecordsRefuses(t *testing.T) {
 }
 
 // Every field of a block shares the payload's bytes: decoding costs one
-// allocation for the records and one per attribute map, none per field.
+// allocation for the records and one per packedAttrArena attributes, none
+// per field or per record.
 func TestUnpackRecordsAllocations(t *testing.T) {
 	recs := make([]Record, 100)
 	for i := range recs {
@@ -182,9 +184,25 @@ func TestUnpackRecordsAllocations(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	// A map of up to 8 entries is two allocations: the map and its group.
-	if want := float64(1 + 2*len(recs)); allocs > want {
+	if want := float64(1 + (4*len(recs)+packedAttrArena-1)/packedAttrArena); allocs > want {
 		t.Errorf("got %v allocations, want at most %v", allocs, want)
+	}
+}
+
+// Readers before contact.Attrs wrote a map's attributes in its random
+// order: they decode sorted, the same as in order.
+func TestUnpackRecordsSortsAttributes(t *testing.T) {
+	p := string([]byte{1, 1, 0, 2, 'i', 'd', 1, 'e', 0, 0, 0, 3, 1, 'z', 1, '1', 1, 'b', 1, '2', 1, 'm', 1, '3'})
+	recs, err := UnpackRecords(p, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := contact.Attrs{{Name: "b", Value: "2"}, {Name: "m", Value: "3"}, {Name: "z", Value: "1"}}
+	if len(recs) != 1 || !slices.Equal(recs[0].Contact.Attributes, want) {
+		t.Fatalf("got %+v, want attributes %v", recs, want)
+	}
+	if again := AppendPackedRecords(nil, recs); string(again) != string([]byte{1, 1, 0, 2, 'i', 'd', 1, 'e', 0, 0, 0, 3, 1, 'b', 1, '2', 1, 'm', 1, '3', 1, 'z', 1, '1'}) {
+		t.Errorf("re-packed as %q, want the attributes in order", again)
 	}
 }
 
