@@ -98,10 +98,10 @@ func BenchmarkLedger(b *testing.B) {
 // with rows shaped like the export's, keys spread over the key space. The
 // ledger stays flat when the rate at 50M is close to the empty one's.
 //
-// This VM's speed drifts within minutes (one empty ledger measured 94k to
-// 151k records/s in six runs of one hour), so each full size is measured
-// in LEDGER_BENCH_PAIRS pairs (default 3): the empty ledger, in a
-// database of its own emptied first, then the full one right after it.
+// This VM's speed drifts within minutes (an empty ledger measured 94k to
+// 151k records/s in five runs within half an hour), so each full size is
+// measured in LEDGER_BENCH_PAIRS pairs (default 3): the empty ledger, in
+// a database of its own emptied first, then the full one right after it.
 // make bench takes the median of the pairs' ratios. (Size 0 is the
 // pairs' baseline; listed alone, it is measured once.)
 //
