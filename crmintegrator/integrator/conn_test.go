@@ -2,7 +2,6 @@ package integrator
 
 import (
 	"context"
-	"crmsync/shared/contact"
 	"crypto/tls"
 	"errors"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"crmsync/crmintegrator/fakecrm"
+	"crmsync/shared/contact"
 	"crmsync/shared/crmrpc"
 )
 

@@ -192,12 +192,20 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bo
 			at = earliest
 		}
 	}
+	gated := false
 	if l.win {
 		if g := l.gate(now); g.After(at) {
-			at = g
+			at, gated = g, true
 		}
 	}
 	if !deadline.IsZero() && at.After(deadline) {
+		// The gate's slot is a guess that the next answer of the window
+		// revises: a caller told to come back then (a Retry verdict) kept
+		// the window idle for seconds at a scale-out's tail, once the
+		// other daemon's requests had drained it. Ask again soon instead.
+		if gated {
+			return min(at.Sub(now), winProbe), false, false
+		}
 		return at.Sub(now), false, false
 	}
 	if (l.shared || l.win) && at.Sub(now) > shareHorizon {

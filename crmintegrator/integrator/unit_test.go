@@ -2,11 +2,13 @@ package integrator
 
 import (
 	"context"
-	"crmsync/shared/contact"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"crmsync/shared/contact"
 )
 
 // fakeClock advances only when a test or a timer wait says so.
@@ -316,5 +318,37 @@ func TestWindowGateProbesWhenSilent(t *testing.T) {
 				t.Fatalf("waited %v, want %v to %v", el, tc.min, tc.max)
 			}
 		})
+	}
+}
+
+// A request that must start before the gate's slot is refused with a
+// wait of at most winProbe, whatever the estimate: the estimate is revised
+// by the next answer, and the Retry verdict built from the wait must not
+// keep records away from a window that drains meanwhile.
+func TestWindowGateRefusesWithAShortWait(t *testing.T) {
+	clk := newFakeClock()
+	l := NewLimiter(0, clk)
+	l.SetWindow(400, 1, 10*time.Second)
+	clk.Advance(11 * time.Second)
+	l.SetWindow(400, 400, 10*time.Second) // another daemon filled it
+	l.mu.Lock()
+	l.pending = 1 // its slot seconds away (TestWindowGateProbesWhenSilent)
+	l.mu.Unlock()
+	err := l.WaitUntil(context.Background(), clk.Now().Add(50*time.Millisecond))
+	var we *WaitError
+	if !errors.As(err, &we) || we.Wait <= 50*time.Millisecond || we.Wait > winProbe {
+		t.Fatalf("got %v, want a WaitError of at most %v", err, winProbe)
+	}
+	// Not the gate: a paced slot past the deadline reports its full wait.
+	p := NewLimiter(1, clk)
+	if err := p.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range limiterBurst {
+		_ = p.WaitUntil(context.Background(), clk.Now().Add(time.Hour))
+	}
+	err = p.WaitUntil(context.Background(), clk.Now().Add(10*time.Millisecond))
+	if !errors.As(err, &we) || we.Wait <= winProbe {
+		t.Fatalf("paced: got %v, want a WaitError over %v", err, winProbe)
 	}
 }
