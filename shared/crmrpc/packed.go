@@ -110,7 +110,8 @@ func appendPackedString(dst []byte, s string) []byte {
 // UnpackRecords decodes the packed encoding of records. Every string of
 // the result is a substring of p: the fields of a block share the
 // allocation of p (which gob made), and decoding allocates only the
-// records and the attribute maps, each sized exactly.
+// records, sized exactly, and the attributes' arena (packedAttrArena a
+// piece).
 //
 // It never panics and allocates no more than p justifies: a count or a
 // length is checked against the bytes left before it is used. More than
