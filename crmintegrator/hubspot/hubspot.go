@@ -71,6 +71,10 @@ type Limits struct {
 	Interval       time.Duration
 	Daily          int
 	DailyRemaining int
+	// Sent is when the request went out, so a pacer knows when it leaves
+	// the window; zero when the answer was a 429, which HubSpot does not
+	// say it counts (taken as not: the guess that frees no room early).
+	Sent time.Time
 }
 
 // Connector speaks HubSpot's contacts API. Safe for concurrent use.
@@ -432,19 +436,23 @@ func (c *Connector) newRequest(ctx context.Context, method, path string, body []
 }
 
 func (c *Connector) do(req *http.Request, op string, out any) error {
+	sent := time.Now()
 	resp, done, err := crmapi.Exchange(c.hc, req, op, c.cfg.Timeout, c.cfg.Observe)
 	if err != nil {
 		return err
 	}
 	defer done()
-	c.limits(resp.Header)
+	if resp.StatusCode == http.StatusTooManyRequests {
+		sent = time.Time{}
+	}
+	c.limits(resp.Header, sent)
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		return c.statusError(resp, op)
 	}
 	return crmapi.DecodeJSON(resp, out)
 }
 
-func (c *Connector) limits(h http.Header) {
+func (c *Connector) limits(h http.Header, sent time.Time) {
 	if c.cfg.Limits == nil {
 		return
 	}
@@ -455,6 +463,7 @@ func (c *Connector) limits(h http.Header) {
 	l := Limits{Max: n("Max"), Remaining: n("Remaining"), Interval: time.Duration(n("Interval-Milliseconds")) * time.Millisecond,
 		Daily: n("Daily"), DailyRemaining: n("Daily-Remaining")}
 	if l != (Limits{}) {
+		l.Sent = sent
 		c.cfg.Limits(l)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -211,6 +212,7 @@ func TestCheckIDProperty(t *testing.T) {
 
 func TestRateLimitHeaders(t *testing.T) {
 	var got Limits
+	var status atomic.Int32 // 0: 200
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("X-HubSpot-RateLimit-Max", "190")
@@ -218,15 +220,32 @@ func TestRateLimitHeaders(t *testing.T) {
 		h.Set("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
 		h.Set("X-HubSpot-RateLimit-Daily", "650000")
 		h.Set("X-HubSpot-RateLimit-Daily-Remaining", "649000")
+		if s := int(status.Load()); s != 0 {
+			w.WriteHeader(s)
+			io.WriteString(w, `{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}`)
+			return
+		}
 		io.WriteString(w, `{"name":"external_id","hasUniqueValue":true}`)
 	}))
 	defer srv.Close()
 	c, _ := New(Config{BaseURL: srv.URL, Limits: func(l Limits) { got = l }})
+	before := time.Now()
 	if err := c.Ping(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{Max: 190, Remaining: 187, Interval: 10 * time.Second, Daily: 650000, DailyRemaining: 649000}
+	if got.Sent.Before(before) || got.Sent.After(time.Now()) {
+		t.Errorf("Sent %v, want the request's start, after %v", got.Sent, before)
+	}
+	want := Limits{Max: 190, Remaining: 187, Interval: 10 * time.Second, Daily: 650000, DailyRemaining: 649000, Sent: got.Sent}
 	if got != want {
 		t.Errorf("got %+v, want %+v", got, want)
+	}
+	// A 429 states the window too, but its request is not taken as counted.
+	status.Store(http.StatusTooManyRequests)
+	if err := c.Ping(context.Background()); err == nil {
+		t.Fatal("a 429 came back as no error")
+	}
+	if want.Sent = (time.Time{}); got != want {
+		t.Errorf("after a 429: got %+v, want %+v", got, want)
 	}
 }

@@ -3,6 +3,8 @@ package integrator
 import (
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,7 +42,7 @@ type Limiter struct {
 	winLevel    float64     // requests left then, less this daemon's in flight
 	winAt       time.Time   // when it was stated
 	winBooked   int         // slots this daemon booked since
-	own         []time.Time // this daemon's slots within the last window
+	own         []time.Time // when this daemon's requests in that window were sent, oldest first
 	shared      bool        // paced by SetShared: the CRM states its bucket
 	pending     int         // requests booked by WaitUntil and not yet Done
 	shareRate   float64     // under SetShared: the bucket's refill rate,
@@ -92,11 +94,15 @@ const (
 	// A rolling window's gate (SetWindow): requests kept free for other
 	// daemons' requests this one has not heard of yet (their sends between
 	// two answers), the least share of the window's refill a daemon
-	// counts on, and how long a daemon waiting with nothing in flight goes
-	// without an answer before one request goes to ask (see gate).
+	// counts on, how long a daemon waiting with nothing in flight goes
+	// without an answer before one request goes to ask, and how much later
+	// than an interval after it was sent a request is taken to leave the
+	// window (its way to the CRM, which may take longer than the next
+	// one's; see gate).
 	winMargin   = 12.0
 	winMinShare = 0.1
 	winProbe    = 500 * time.Millisecond
+	winSlack    = 25 * time.Millisecond
 )
 
 // NewLimiter returns a Limiter with an optional hard cap (0: none).
@@ -222,7 +228,6 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bo
 	l.pending++
 	if l.win {
 		l.winBooked++
-		l.own = append(l.own, at)
 	}
 	return at.Sub(now), true, true
 }
@@ -232,40 +237,53 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bo
 // alone keeps one daemon inside the window; beside others, each would
 // take the whole allowance. So a request also waits until the window
 // should hold room for it: what the last answer left (the others'
-// requests included), less this daemon's requests since, plus the
-// window's refill since — of which this daemon counts on its own share,
-// its requests among those the window holds (other daemons take the rest)
-// — keeping up to winMargin free for the others' requests not yet seen,
-// the more the larger their share. When
-// the level is off, a 429 pauses and the next answer corrects it.
+// requests included), less this daemon's requests since, plus this
+// daemon's own requests that left the window since — known to the
+// millisecond, since it sent them: a rolling window frees a request's
+// place exactly one interval after it came, so its refill is as uneven as
+// the traffic an interval ago, and an even refill guessed from a share
+// promised room that was not there (most of a scale-out's 429s). The
+// others' requests that leave are theirs to refill; a daemon that owns
+// less than winMinShare of the window counts on that share of its refill
+// instead. It keeps up to winMargin free for the others' requests not
+// seen yet, the more the larger their share. When the level is off, a 429
+// pauses and the next answer corrects it.
 func (l *Limiter) gate(now time.Time) time.Time {
-	per := l.winPer
-	for len(l.own) > 0 && now.Sub(l.own[0]) >= per {
-		l.own = l.own[1:]
-	}
-	refill := float64(l.winMax) / per.Seconds()
+	// Each own request leaves the window an interval after it came, and it
+	// came a little after it was sent: winSlack covers that way's jitter.
+	life := l.winPer + winSlack
 	share := 1.0
 	if l.winUsed > 0 {
 		share = max(winMinShare, min(1, float64(len(l.own))/float64(l.winUsed)))
 	}
-	refill *= share
-	level := l.winLevel - float64(l.winBooked) + refill*now.Sub(l.winAt).Seconds()
-	// Alone (share 1) nothing need be kept free.
-	if need := 1 + winMargin*(1-share); level < need {
-		at := now.Add(time.Duration((need - level) / refill * float64(time.Second)))
-		// A daemon waiting with nothing in flight hears nothing more of
-		// the window, and its estimate counts on its own share of the
-		// refill only: once the others fall silent (their work ended)
-		// the window empties while the estimate creeps, which idled the
-		// CRM for seconds at an import's tail. After winProbe without an
-		// answer one request goes to ask; its answer states the window
-		// as it is (a 429, if the others still fill it, pauses briefly).
-		if probe := l.winAt.Add(winProbe); l.pending == 0 && probe.Before(at) {
-			at = probe
-		}
-		return at
+	need := 1 + winMargin*(1-share) // alone (share 1) nothing is kept free
+	short := need - (l.winLevel - float64(l.winBooked))
+	if short <= 0 {
+		return now
 	}
-	return now
+	// The earliest of: enough own requests gone, or the least share of the
+	// refill (for a daemon that owns little of the window).
+	least := float64(l.winMax) / l.winPer.Seconds() * winMinShare
+	at := l.winAt.Add(time.Duration(short / least * float64(time.Second)))
+	if k := int(math.Ceil(short)); k <= len(l.own) {
+		if gone := l.own[k-1].Add(life); gone.Before(at) {
+			at = gone
+		}
+	}
+	if !at.After(now) {
+		return now
+	}
+	// A daemon waiting with nothing in flight hears nothing more of the
+	// window, and its estimate counts on its own requests leaving only:
+	// once the others fall silent (their work ended) the window empties
+	// while the estimate stands still, which idled the CRM for seconds at
+	// an import's tail. After winProbe without an answer one request goes
+	// to ask; its answer states the window as it is (a 429, if the others
+	// still fill it, pauses briefly).
+	if probe := l.winAt.Add(winProbe); l.pending == 0 && probe.Before(at) {
+		at = probe
+	}
+	return at
 }
 
 // perSecond counts events in the current one-second window and the one
@@ -393,13 +411,15 @@ func (l *Limiter) okRate(now time.Time) float64 {
 
 // SetWindow paces all requests by a CRM's stated allowance: at most max
 // requests in any rolling interval (HubSpot's rate-limit headers), of
-// which used are spent already. GCRA lets limiterBurst−1 requests through
-// ahead of the pace, so the pace is (max − limiterBurst + 1) per interval:
-// then no interval ever holds more than max. Requests sent before the
-// allowance was known went out in a burst: for the first interval after
-// the first answer, what the answers say is spent is booked from that
-// moment on, so that window is not overrun either.
-func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
+// which used are spent already; sent is when the request answered went
+// out (zero: the window did not count it, a 429). GCRA lets
+// limiterBurst−1 requests through ahead of the pace, so the pace is
+// (max − limiterBurst + 1) per interval: then no interval ever holds more
+// than max. Requests sent before the allowance was known went out in a
+// burst: for the first interval after the first answer, what the answers
+// say is spent is booked from that moment on, so that window is not
+// overrun either.
+func (l *Limiter) SetWindow(max, used int, interval time.Duration, sent time.Time) {
 	if max <= limiterBurst || interval <= 0 {
 		return
 	}
@@ -429,6 +449,18 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration) {
 		l.winLevel -= float64(l.pending - 1)
 	}
 	l.winAt, l.winBooked = now, 0
+	// The own requests this window holds: those gone before now are in
+	// neither used nor the refill to come. Answers come out of order.
+	for len(l.own) > 0 && !l.own[0].Add(interval+winSlack).After(now) {
+		l.own = l.own[1:]
+	}
+	if !sent.IsZero() && sent.Add(interval+winSlack).After(now) {
+		i := len(l.own)
+		for i > 0 && l.own[i-1].After(sent) {
+			i--
+		}
+		l.own = slices.Insert(l.own, i, sent)
+	}
 }
 
 // SetShared paces all requests by a CRM's token bucket that other clients

@@ -243,7 +243,7 @@ func (s *Server) salesforceUsage(used, limit int) {
 // limit without 429s; and keeps the daily allocation left for the metrics.
 func (s *Server) hubspotLimits(l hubspot.Limits) {
 	if l.Max > 0 && l.Interval > 0 {
-		s.limiter.SetWindow(l.Max, l.Max-l.Remaining, l.Interval)
+		s.limiter.SetWindow(l.Max, l.Max-l.Remaining, l.Interval, l.Sent)
 	}
 	if l.Daily > 0 {
 		s.met.quotaLeft.Store(int64(l.DailyRemaining))

@@ -301,10 +301,10 @@ func TestWindowGateProbesWhenSilent(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newFakeClock()
 			l := NewLimiter(0, clk)
-			l.SetWindow(400, 1, 10*time.Second)
+			l.SetWindow(400, 1, 10*time.Second, clk.Now())
 			clk.Advance(11 * time.Second) // past the first window's booking
 			// Another daemon filled the window: none of its 400 are ours.
-			l.SetWindow(400, 400, 10*time.Second)
+			l.SetWindow(400, 400, 10*time.Second, time.Time{})
 			if tc.inFlight {
 				l.mu.Lock()
 				l.pending = 1 // booked before the statement, not answered yet
@@ -321,6 +321,52 @@ func TestWindowGateProbesWhenSilent(t *testing.T) {
 	}
 }
 
+// A rolling window frees a request's place exactly an interval after it
+// came, so the gate waits for this daemon's own requests to leave, to the
+// millisecond, rather than for an even refill that promises room too early
+// (a full window frees nothing until its oldest request leaves). A request
+// answered 429 was not counted, so it frees nothing either.
+func TestWindowGateWaitsForOwnRequestsToLeave(t *testing.T) {
+	const per = 10 * time.Second
+	for _, tc := range []struct {
+		name    string
+		refused bool // a 429 came first, for a request sent before the others
+	}{
+		{"the oldest own request leaves first", false},
+		{"a request answered 429 frees no place", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newFakeClock()
+			at := func(tm time.Time) { clk.Advance(tm.Sub(clk.Now())) }
+			l := NewLimiter(0, clk)
+			l.SetWindow(190, 1, per, clk.Now())
+			clk.Advance(per + time.Second) // past the first window's booking
+			t0 := clk.Now()
+			if tc.refused {
+				at(t0.Add(-40 * time.Millisecond))
+				l.SetWindow(190, 190, per, time.Time{})
+			}
+			// 190 requests, 50 ms apart, each answered 10 ms later; the last
+			// answer comes at 9.9 s and states a full window.
+			for i := range 190 {
+				sent := t0.Add(time.Duration(i) * 50 * time.Millisecond)
+				at(sent.Add(10 * time.Millisecond))
+				if i == 189 {
+					at(t0.Add(9900 * time.Millisecond))
+				}
+				l.SetWindow(190, i+1, per, sent)
+			}
+			if err := l.Wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			want := t0.Add(per + winSlack)
+			if d := clk.Now().Sub(want); d < -time.Millisecond || d > time.Millisecond {
+				t.Fatalf("the slot came %v after the oldest request left (%v), want it then", d, want.Sub(t0))
+			}
+		})
+	}
+}
+
 // A request that must start before the gate's slot is refused with a
 // wait of at most winProbe, whatever the estimate: the estimate is revised
 // by the next answer, and the Retry verdict built from the wait must not
@@ -328,9 +374,9 @@ func TestWindowGateProbesWhenSilent(t *testing.T) {
 func TestWindowGateRefusesWithAShortWait(t *testing.T) {
 	clk := newFakeClock()
 	l := NewLimiter(0, clk)
-	l.SetWindow(400, 1, 10*time.Second)
+	l.SetWindow(400, 1, 10*time.Second, clk.Now())
 	clk.Advance(11 * time.Second)
-	l.SetWindow(400, 400, 10*time.Second) // another daemon filled it
+	l.SetWindow(400, 400, 10*time.Second, time.Time{}) // another daemon filled it
 	l.mu.Lock()
 	l.pending = 1 // its slot seconds away (TestWindowGateProbesWhenSilent)
 	l.mu.Unlock()
