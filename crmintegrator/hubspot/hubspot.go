@@ -14,9 +14,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"crmsync/crmintegrator/crmapi"
@@ -436,20 +438,50 @@ func (c *Connector) newRequest(ctx context.Context, method, path string, body []
 }
 
 func (c *Connector) do(req *http.Request, op string, out any) error {
-	sent := time.Now()
+	// When the request was written, not when Do began: a new connection's
+	// dial and TLS handshake (hundreds of ms to HubSpot) come before it
+	// reaches the window, and a pacer told it came earlier would free its
+	// place too soon (Limits.Sent).
+	var sent sentAt
+	if c.cfg.Limits != nil {
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			WroteRequest: func(httptrace.WroteRequestInfo) { sent.set(time.Now()) },
+		}))
+	}
 	resp, done, err := crmapi.Exchange(c.hc, req, op, c.cfg.Timeout, c.cfg.Observe)
 	if err != nil {
 		return err
 	}
 	defer done()
+	at := sent.get()
 	if resp.StatusCode == http.StatusTooManyRequests {
-		sent = time.Time{}
+		at = time.Time{}
 	}
-	c.limits(resp.Header, sent)
+	c.limits(resp.Header, at)
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		return c.statusError(resp, op)
 	}
 	return crmapi.DecodeJSON(resp, out)
+}
+
+// sentAt is when a request was written, set by the transport's goroutine.
+type sentAt struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (s *sentAt) set(t time.Time) { s.mu.Lock(); s.t = t; s.mu.Unlock() }
+
+// get is the time written, or now when the transport has not said (an
+// answer may come before the whole body is written): never earlier than
+// the request really went.
+func (s *sentAt) get() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.t.IsZero() {
+		return time.Now()
+	}
+	return s.t
 }
 
 func (c *Connector) limits(h http.Header, sent time.Time) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -228,13 +229,21 @@ func TestRateLimitHeaders(t *testing.T) {
 		io.WriteString(w, `{"name":"external_id","hasUniqueValue":true}`)
 	}))
 	defer srv.Close()
-	c, _ := New(Config{BaseURL: srv.URL, Limits: func(l Limits) { got = l }})
+	// A slow dial (a TLS handshake, to the real HubSpot) comes before the
+	// request reaches the window: Sent is when it was written, after it.
+	const dial = 50 * time.Millisecond
+	var d net.Dialer
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		time.Sleep(dial)
+		return d.DialContext(ctx, network, addr)
+	}}}
+	c, _ := New(Config{BaseURL: srv.URL, HTTP: hc, Limits: func(l Limits) { got = l }})
 	before := time.Now()
 	if err := c.Ping(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got.Sent.Before(before) || got.Sent.After(time.Now()) {
-		t.Errorf("Sent %v, want the request's start, after %v", got.Sent, before)
+	if got.Sent.Before(before.Add(dial)) || got.Sent.After(time.Now()) {
+		t.Errorf("Sent %v after the call began, want when the request was written, past the %v dial", got.Sent.Sub(before), dial)
 	}
 	want := Limits{Max: 190, Remaining: 187, Interval: 10 * time.Second, Daily: 650000, DailyRemaining: 649000, Sent: got.Sent}
 	if got != want {
