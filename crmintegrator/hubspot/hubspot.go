@@ -73,9 +73,10 @@ type Limits struct {
 	Interval       time.Duration
 	Daily          int
 	DailyRemaining int
-	// Sent is when the request went out, so a pacer knows when it leaves
-	// the window; zero when the answer was a 429, which HubSpot does not
-	// say it counts (taken as not: the guess that frees no room early).
+	// Sent is when the request was written to its connection, so a pacer
+	// knows when it leaves the window; zero when the answer was a 429,
+	// which HubSpot does not say it counts (taken as not: the guess that
+	// frees no room early).
 	Sent time.Time
 }
 
