@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -44,13 +45,23 @@ func TestScaleOutSharesTheQuota(t *testing.T) {
 		rows  = 8000 // 800 requests: 20 s at the quota
 	)
 	for _, tc := range []struct {
-		name  string
-		crm   fakecrm.Config
-		api   string
-		burst float64
+		name     string
+		crm      fakecrm.Config
+		api      string
+		burst    float64
+		minShare float64 // 0: 95%
 	}{
-		{"generic", fakecrm.Config{Faults: fakecrm.Faults{Rate: rate}}, "", rate},
-		{"hubspot", fakecrm.Config{API: fakecrm.APIHubSpot, HubSpot: fakecrm.HubSpotConfig{Window: 10 * rate}}, "hubspot", 0},
+		{"generic", fakecrm.Config{Faults: fakecrm.Faults{Rate: rate}}, "", rate, 0},
+		{"hubspot", fakecrm.Config{API: fakecrm.APIHubSpot, HubSpot: fakecrm.HubSpotConfig{Window: 10 * rate}}, "hubspot", 0, 0},
+		// A remote CRM: every answer 100-200 ms late, so each statement of
+		// the window is older and more of the other daemon's requests are
+		// unseen when the gate reads it. 0-1.35% answered 429 in eight runs,
+		// three beside a CPU burner (2.6-3.1% when the gate counted on an
+		// even refill); 94.0-95.4% of the best possible, as before that change: the first window's
+		// turnover and the run's last answers cost a second of the 20, so
+		// the floor is lower.
+		{"hubspot, 100-200 ms answers", fakecrm.Config{API: fakecrm.APIHubSpot, HubSpot: fakecrm.HubSpotConfig{Window: 10 * rate},
+			Faults: fakecrm.Faults{Latency: 100 * time.Millisecond, Jitter: 100 * time.Millisecond}}, "hubspot", 0, 0.90},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &stack{t: t, dsn: pgtest.DSN(t, true)}
@@ -85,9 +96,9 @@ func TestScaleOutSharesTheQuota(t *testing.T) {
 			pct429 := 100 * float64(au.RateLimited) / float64(au.Requests)
 			t.Logf("%d requests, %d answered 429 (%.2f %%); busy %.1fs at %.1f %% of the best possible; steady %.1fs at %.1f %% of the rate",
 				au.Requests, au.RateLimited, pct429, span.Seconds(), 100*share, window.Seconds(), 100*steady)
-			minShare := 0.95
+			minShare := cmp.Or(tc.minShare, 0.95)
 			if v, err := strconv.ParseFloat(os.Getenv("SCALEOUT_MIN_SHARE"), 64); err == nil {
-				minShare = v
+				minShare = min(minShare, v)
 			}
 			if share < minShare {
 				t.Errorf("the busy period ran at %.1f %% of the quota's best possible, want >= %.0f %%; requests accepted a second: %v", 100*share, 100*minShare, tap.perSecond())

@@ -249,9 +249,6 @@ func (l *Limiter) reserve(deadline time.Time) (wait time.Duration, booked, ok bo
 // seen yet, the more the larger their share. When the level is off, a 429
 // pauses and the next answer corrects it.
 func (l *Limiter) gate(now time.Time) time.Time {
-	// Each own request leaves the window an interval after it came, and it
-	// came a little after it was sent: winSlack covers that way's jitter.
-	life := l.winPer + winSlack
 	share := 1.0
 	if l.winUsed > 0 {
 		share = max(winMinShare, min(1, float64(len(l.own))/float64(l.winUsed)))
@@ -266,7 +263,7 @@ func (l *Limiter) gate(now time.Time) time.Time {
 	least := float64(l.winMax) / l.winPer.Seconds() * winMinShare
 	at := l.winAt.Add(time.Duration(short / least * float64(time.Second)))
 	if k := int(math.Ceil(short)); k <= len(l.own) {
-		if gone := l.own[k-1].Add(life); gone.Before(at) {
+		if gone := l.leaves(l.own[k-1]); gone.Before(at) {
 			at = gone
 		}
 	}
@@ -285,6 +282,11 @@ func (l *Limiter) gate(now time.Time) time.Time {
 	}
 	return at
 }
+
+// leaves is when an own request sent at sent leaves the window: an
+// interval after it came, and it came a little after it was sent (winSlack
+// covers one way there taking longer than the next).
+func (l *Limiter) leaves(sent time.Time) time.Time { return sent.Add(l.winPer + winSlack) }
 
 // perSecond counts events in the current one-second window and the one
 // before it.
@@ -451,10 +453,10 @@ func (l *Limiter) SetWindow(max, used int, interval time.Duration, sent time.Tim
 	l.winAt, l.winBooked = now, 0
 	// The own requests this window holds: those gone before now are in
 	// neither used nor the refill to come. Answers come out of order.
-	for len(l.own) > 0 && !l.own[0].Add(interval+winSlack).After(now) {
+	for len(l.own) > 0 && !l.leaves(l.own[0]).After(now) {
 		l.own = l.own[1:]
 	}
-	if !sent.IsZero() && sent.Add(interval+winSlack).After(now) {
+	if !sent.IsZero() && l.leaves(sent).After(now) {
 		i := len(l.own)
 		for i > 0 && l.own[i-1].After(sent) {
 			i--
